@@ -1,0 +1,39 @@
+"""Shared test setup. HF_HUB_OFFLINE must be set before transformers is imported anywhere."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One cache for the suite (tiny backbones, tokenizer, SynthPano): built once, reused by the
+# subprocess tests too. Builds are atomic and validated, so reuse across runs is safe.
+os.environ.setdefault("VLM_RESAMPLER_CACHE", str(REPO_ROOT / ".cache" / "vlm_resampler-tests"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    """The composed train config with debug=smoke, as launch/train.py would see it."""
+    from vlm_resampler.config.preflight import compose
+
+    def make(*overrides: str):
+        return compose("train", ["debug=smoke", *overrides])
+
+    return make
+
+
+def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_ROOT):
+    """Run a launch/ script in a fresh interpreter, as a user would."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )

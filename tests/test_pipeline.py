@@ -1,0 +1,148 @@
+"""debug=smoke through all three stages, the run directory layout, exact reload, evaluation."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from vlm_resampler import load_from_run
+from vlm_resampler.data.collate import CaptionCollator
+from vlm_resampler.data.datasets import CaptionExamples, prepare_split
+from vlm_resampler.data.prompts import PromptFormat
+from vlm_resampler.runs import layout
+from vlm_resampler.training.run import resolved_container, run_stage
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One CLI smoke run of all three stages, shared by the layout and eval tests."""
+    root = tmp_path_factory.mktemp("smoke")
+    run_dir = root / "runs" / "smoke"
+    done = run_cli("train.py", "debug=smoke", "experiment.name=smoke", f"hydra.run.dir={run_dir}", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done.stdout
+
+
+def test_run_directory_has_the_documented_layout(smoke_run):
+    run_dir, stdout = smoke_run
+    for name in (layout.RESOLVED_CONFIG, layout.RUN_META, layout.STATUS):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / layout.STATUS).read_text())["status"] == "done"
+    resolved = (run_dir / layout.RESOLVED_CONFIG).read_text()
+    assert "${" not in resolved, "the saved config must be fully resolved"
+    for stage in ("vision", "resampler", "finetune"):
+        stage_dir = run_dir / stage
+        for name in (layout.METADATA, layout.WEIGHTS, layout.TRAIN_METRICS, layout.TRAIN_LOG, layout.LOSS_PLOT):
+            assert (stage_dir / name).is_file(), f"{stage}/{name}"
+        meta = json.loads((stage_dir / layout.METADATA).read_text())
+        assert meta["stage"] == stage and meta["resampler_type"] == "mlp"
+        assert meta["resampler"]["hidden_dim"] == 1536 and meta["resampler"]["input_dim"] == 64
+        assert set(meta["weights_sha256"]) >= {layout.WEIGHTS}
+    assert (run_dir / "finetune" / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS).is_file()
+    assert not (run_dir / "resampler" / layout.ADAPTER_DIR).exists()
+    meta = json.loads((run_dir / "finetune" / layout.METADATA).read_text())
+    assert meta["init_from"].endswith("resampler")
+    assert meta["model"]["lora"]["r"] == 16
+    # The trainable set is printed per stage.
+    assert "stage finetune: training" in stdout and "lora" in stdout
+
+
+def test_eval_from_the_checkpoint_dir_alone(smoke_run):
+    run_dir, _ = smoke_run
+    done = run_cli("eval.py", "--checkpoint-dir", str(run_dir / "finetune"), "debug=smoke", "resampler.hidden_dim=1024")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ignored resampler.hidden_dim=1024: the checkpoint says resampler.hidden_dim=1536" in done.stdout
+    out = run_dir / "finetune" / "eval" / "synthpano-test"
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "query", "prediction", "references"]
+    assert len(rows) == 4 and all(len(json.loads(r["references"])) >= 3 for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_items"] == 4
+    for scores in (metrics["model"], metrics["baselines"]["untrained"], metrics["baselines"]["constant_caption"]):
+        assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(scores)
+    assert metrics["baselines"]["constant_caption"]["CIDEr"] > 0
+
+
+def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):
+    run_dir, _ = smoke_run
+    done = run_cli("eval.py", f"checkpoint_dir={run_dir}", "debug=smoke", "baselines=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "evaluating its last completed stage, finetune" in done.stdout
+
+
+def test_a_damaged_weight_file_is_refused_by_name(smoke_run, tmp_path):
+    import shutil
+
+    run_dir, _ = smoke_run
+    copy = tmp_path / "resampler"
+    shutil.copytree(run_dir / "resampler", copy)
+    data = bytearray((copy / layout.WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / layout.WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="model.safetensors: sha256"):
+        load_from_run(copy)
+
+
+def batch_for(cfg, tokenizer, n=3):
+    data = OmegaConf.create(cfg["data"])
+    items = prepare_split(data, "train")
+    examples = CaptionExamples(items, data.erp_width, data.erp_height)
+    collate = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), data.max_answer_tokens)
+    return collate([examples[i] for i in range(n)])
+
+
+def test_load_from_run_reproduces_the_saved_model_exactly(smoke_config, tmp_path):
+    from vlm_resampler.models.backbones import load_tokenizer
+
+    cfg = resolved_container(smoke_config())
+    tokenizer = load_tokenizer(cfg["backbone"]["tokenizer"]["name_or_path"])
+    batch = batch_for(cfg, tokenizer)
+    previous = None
+    for stage in ("vision", "resampler", "finetune"):
+        result = run_stage(cfg, stage, tmp_path, previous)
+        rebuilt = load_from_run(result.stage_dir)
+        with torch.no_grad():
+            expected = result.model.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+            found = rebuilt.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        assert torch.equal(expected, found), stage
+        previous = result.stage_dir
+
+
+def test_freeze_matrix_and_lora_training(smoke_config, tmp_path):
+    cfg = resolved_container(smoke_config("stages=[resampler,finetune]", "stage.finetune.max_steps=3"))
+    resampler = run_stage(cfg, "resampler", tmp_path, None)
+    assert all(not p.requires_grad for p in resampler.model.llm.parameters())
+    assert all(not p.requires_grad for p in resampler.model.vision.parameters())
+    assert not any(p.requires_grad for p in resampler.model.overlap_head.parameters())
+    finetune = run_stage(cfg, "finetune", tmp_path, resampler.stage_dir)
+    trainable = {n for n, p in finetune.model.named_parameters() if p.requires_grad}
+    assert any(".lora_" in n for n in trainable)
+    assert all(n.startswith(("resampler.", "projector.")) or ".lora_" in n for n in trainable)
+    # LoRA B starts at zero: after training it must have moved, so gradients reached it.
+    adapter = load_file(str(finetune.stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+
+
+def test_untrusted_target_in_a_run_dir_is_refused_without_calling_it(smoke_run, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    run_dir, _ = smoke_run
+    copy = tmp_path / "resampler"
+    shutil.copytree(run_dir / "resampler", copy)
+    meta = json.loads((copy / layout.METADATA).read_text())
+    meta["model"]["resampler"] = {"_target_": "os.system", "command": "touch pwned"}
+    (copy / layout.METADATA).write_text(json.dumps(meta))
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a: calls.append(a))
+    with pytest.raises(ValueError, match="os.system.*not allowed"):
+        load_from_run(copy)
+    assert not calls

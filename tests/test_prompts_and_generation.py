@@ -1,0 +1,75 @@
+"""One prompt format for training and generation; left padding; batching changes nothing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlm_resampler.data.collate import CaptionCollator, PromptCollator
+from vlm_resampler.data.prompts import IMAGE_SLOT, PromptFormat, answer_ids, prompt_ids
+from vlm_resampler.evaluation.generate import generate_batch
+from vlm_resampler.runs.load import build_model
+from vlm_resampler.training.run import resolved_container
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from vlm_resampler.models.backbones import load_tokenizer
+
+    return load_tokenizer("vlm-resampler/tiny-qwen3")
+
+
+FMT = PromptFormat(system_prompt=None, user_template="<image>\n{query}")
+
+
+def test_prompt_has_one_image_slot_and_ends_with_the_generation_prompt(tokenizer):
+    ids = prompt_ids(tokenizer, FMT, "Describe the panorama.")
+    assert ids.count(IMAGE_SLOT) == 1
+    text = tokenizer.decode([i for i in ids if i != IMAGE_SLOT])
+    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_answer_ends_with_the_end_of_turn_token(tokenizer):
+    ids = answer_ids(tokenizer, FMT, "q", "a red square in front.")
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.decode(ids[:-1]) == "a red square in front."
+
+
+def test_training_batch_is_left_padded_with_labels_on_the_answer_only(tokenizer):
+    collate = CaptionCollator(tokenizer, FMT, 48)
+    pano = torch.zeros(3, 8, 16)
+    batch = collate([
+        {"panorama": pano, "query": "q", "answer": "a red square in front."},
+        {"panorama": pano, "query": "a much longer question here", "answer": "a blue circle."},
+    ])
+    assert batch["attention_mask"][:, -1].all(), "left padding: the last position is real in every row"
+    assert (batch["attention_mask"][0, 0] == 0) or (batch["attention_mask"][1, 0] == 0)
+    for row in range(2):
+        labelled = batch["labels"][row] != -100
+        answer = batch["input_ids"][row][labelled]
+        assert answer[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        first = int(labelled.float().argmax())
+        assert labelled[first:].all(), "the answer is one block at the end"
+
+
+def test_prompt_over_the_limit_is_an_error_naming_the_setting(tokenizer):
+    collate = CaptionCollator(tokenizer, FMT, 3)
+    with pytest.raises(ValueError, match="max_answer_tokens=3"):
+        collate([{"panorama": torch.zeros(3, 8, 16), "query": "q", "answer": "a long answer of many tokens"}])
+
+
+def test_batched_generation_equals_one_at_a_time(smoke_config, tokenizer):
+    cfg = resolved_container(smoke_config())
+    model = build_model(cfg["model"], seed=0).eval()
+    # A trained-looking projector so that the outputs depend on the image.
+    torch.manual_seed(1)
+    for p in model.projector.parameters():
+        p.data.normal_(0, 0.5)
+    collate = PromptCollator(tokenizer, FMT)
+    torch.manual_seed(2)
+    examples = [
+        {"panorama": torch.rand(3, 64, 128), "query": q}
+        for q in ("Describe the panorama.", "What is behind you, and what colour is it?", "Count the objects.")
+    ]
+    together = generate_batch(model, tokenizer, collate(examples), max_new_tokens=8)
+    alone = [generate_batch(model, tokenizer, collate([ex]), max_new_tokens=8)[0] for ex in examples]
+    assert together == alone

@@ -1,0 +1,247 @@
+"""Tests for vlm_resampler.data.synthpano: determinism, layout, rendering geometry, CSV loading."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlm_resampler.data.synthpano import (
+    COLOURS,
+    DIRECTION_YAW_DEG,
+    PITCH_JITTER_DEG,
+    SHAPES,
+    SPLITS,
+    YAW_JITTER_DEG,
+    SceneObject,
+    ensure_synthpano,
+    generate_synthpano,
+    load_objects,
+    load_quic360_csv,
+    object_mask,
+)
+from vlm_resampler.panorama.views import HorizonViews
+
+SMALL = {"num_train": 24, "num_val": 6, "num_test": 6}
+DIRECTION_PHRASES = {
+    "front": ("in front", "ahead"),
+    "right": ("on the right", "to the right"),
+    "behind": ("behind",),
+    "left": ("on the left", "to the left"),
+}
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "synthpano"
+    generate_synthpano(root, seed=0, **SMALL)
+    return root
+
+
+def read_image(root: Path, url: str) -> np.ndarray:
+    with Image.open(root / url) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- files and determinism
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(dataset: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generate_synthpano(again, seed=0, **SMALL)
+    assert file_hashes(again) == file_hashes(dataset)
+    other = tmp_path / "other"
+    generate_synthpano(other, seed=1, **SMALL)
+    assert (other / "train.csv").read_bytes() != (dataset / "train.csv").read_bytes()
+    assert (other / "images/train_00000.png").read_bytes() != (dataset / "images/train_00000.png").read_bytes()
+
+
+def test_scenes_do_not_depend_on_split_sizes(dataset: Path, tmp_path: Path) -> None:
+    generate_synthpano(tmp_path / "tiny", seed=0, num_train=2, num_val=0, num_test=1)
+    for url in ("images/train_00001.png", "images/test_00000.png"):
+        assert (tmp_path / "tiny" / url).read_bytes() == (dataset / url).read_bytes()
+
+
+def test_layout_and_csv_columns(dataset: Path) -> None:
+    for split in SPLITS:
+        with open(dataset / f"{split}.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["url", "query", "annotation"]
+        urls = {row[0] for row in rows[1:]}
+        assert urls == {f"images/{split}_{i:05d}.png" for i in range(SMALL[f"num_{split}"])}
+        assert {row[1] for row in rows[1:]} == {"Describe the panorama."}
+    with Image.open(dataset / "images/train_00000.png") as image:
+        assert image.size == (512, 256) and image.mode == "RGB"
+    leftovers = [p.name for p in dataset.parent.iterdir() if p.name != dataset.name]
+    assert leftovers == []  # staging directory renamed away, nothing else left behind
+
+
+def test_manifest_records_params_counts_and_csv_hashes(dataset: Path) -> None:
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["params"] == {**SMALL, "seed": 0, "size": [512, 256], "query": "Describe the panorama."}
+    assert manifest["counts"]["train"] == {"images": 24, "rows": 96}
+    for split in SPLITS:
+        assert manifest["csv_sha256"][split] == hashlib.sha256((dataset / f"{split}.csv").read_bytes()).hexdigest()
+
+
+def test_splits_share_no_scene(dataset: Path) -> None:
+    image_hashes = {
+        split: {hashlib.sha256(p.read_bytes()).hexdigest() for p in (dataset / "images").glob(f"{split}_*.png")}
+        for split in SPLITS
+    }
+    assert len(image_hashes["train"]) == SMALL["num_train"]
+    assert not image_hashes["train"] & image_hashes["val"]
+    assert not image_hashes["train"] & image_hashes["test"]
+    assert not image_hashes["val"] & image_hashes["test"]
+
+
+def test_ensure_reuses_matching_dataset_and_regenerates_otherwise(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    params = {"seed": 3, "num_train": 3, "num_val": 1, "num_test": 1, "size": (128, 64)}
+    ensure_synthpano(root, **params)
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    ensure_synthpano(root, **params)
+    assert (root / "manifest.json").stat().st_mtime_ns == stamp
+
+    ensure_synthpano(root, **{**params, "num_val": 2})
+    assert json.loads((root / "manifest.json").read_text())["counts"]["val"]["images"] == 2
+
+    (root / "train.csv").write_text("url,query,annotation\n")  # tampered: hash no longer matches
+    ensure_synthpano(root, **{**params, "num_val": 2})
+    assert len(load_quic360_csv(root / "train.csv")) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"size": (512, 512)}, "size"), ({"num_train": -1}, "num_train"), ({"query": " "}, "query")],
+)
+def test_generate_validates_params(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        generate_synthpano(tmp_path / "bad", **kwargs)
+
+
+# --------------------------------------------------------------------------- content
+
+
+def test_captions_state_every_object(dataset: Path) -> None:
+    objects = load_objects(dataset / "train_objects.jsonl")
+    records = load_quic360_csv(dataset / "train.csv")
+    assert len(records) == SMALL["num_train"]
+    for record in records:
+        url = record["image"].relative_to(dataset).as_posix()
+        assert len(record["references"]) >= 3
+        assert len(set(record["references"])) == len(record["references"])
+        for reference in record["references"]:
+            assert len(reference.split()) <= 25
+            assert reference == reference.lower()
+            for obj in objects[url]:
+                assert f"{obj.colour} {obj.shape}" in reference
+                assert any(phrase in reference for phrase in DIRECTION_PHRASES[obj.direction])
+
+
+def test_object_annotations_are_in_range(dataset: Path) -> None:
+    for split in SPLITS:
+        for url, objects in load_objects(dataset / f"{split}_objects.jsonl").items():
+            assert 1 <= len(objects) <= 3
+            assert len({o.direction for o in objects}) == len(objects)
+            for obj in objects:
+                assert obj.colour in COLOURS and obj.shape in SHAPES
+                yaw_offset = (obj.yaw - DIRECTION_YAW_DEG[obj.direction] + 180.0) % 360.0 - 180.0
+                assert abs(yaw_offset) <= YAW_JITTER_DEG and abs(obj.pitch) <= PITCH_JITTER_DEG
+
+
+def test_objects_are_drawn_where_annotated(dataset: Path) -> None:
+    for url, objects in load_objects(dataset / "train_objects.jsonl").items():
+        image = read_image(dataset, url)
+        for obj in objects:
+            col = int((obj.yaw / 360.0 + 0.5) * 512) % 512
+            row = int((0.5 - obj.pitch / 180.0) * 256)
+            assert tuple(image[row, col]) == COLOURS[obj.colour], (url, obj)
+
+
+def test_an_object_behind_straddles_the_seam(dataset: Path) -> None:
+    straddling = []
+    for url, objects in load_objects(dataset / "train_objects.jsonl").items():
+        for obj in objects:
+            mask = object_mask(obj, (256, 512))
+            if mask[:, 0].any() and mask[:, -1].any():
+                assert obj.direction == "behind"
+                pixels = read_image(dataset, url)[mask]
+                assert (pixels == np.array(COLOURS[obj.colour], dtype=np.uint8)).all()
+                straddling.append(url)
+    assert straddling
+
+
+def test_object_at_180_is_split_evenly_across_the_seam() -> None:
+    mask = object_mask(SceneObject("circle", "red", "behind", 180.0, 0.0), (256, 512))
+    assert mask[:, 0].any() and mask[:, -1].any()
+    assert mask[:, :256].sum() == mask[:, 256:].sum()
+    assert not mask[:, 128:384].any()  # nothing near the front
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_smallest_placement_is_clearly_visible_in_a_112px_view(shape: str) -> None:
+    # Worst case: full jitter, seen in the 120 deg / 112 px view of its direction.
+    obj = SceneObject(shape, "red", "right", 90.0 + YAW_JITTER_DEG, PITCH_JITTER_DEG)
+    mask = torch.from_numpy(object_mask(obj, (256, 512))).float()[None]
+    right_view = HorizonViews(fov_deg=120.0, overlap=0.25, size=112).views(mask)[1, 0]
+    assert (right_view > 0.5).sum() >= 250  # e.g. >= 16x16 px
+
+
+# --------------------------------------------------------------------------- load_quic360_csv
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_load_groups_by_url_and_query_in_order(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    rows = [
+        ["b.png", "q1", "b one"],
+        ["a.png", "q1", "a one"],
+        ["b.png", "q1", "b two"],
+        ["b.png", "q2", "b other query"],
+    ]
+    records = load_quic360_csv(write_csv(tmp_path / "x.csv", ["url", "query", "annotation", "extra"], rows))
+    assert records == [
+        {"image": tmp_path / "b.png", "query": "q1", "references": ["b one", "b two"]},
+        {"image": tmp_path / "a.png", "query": "q1", "references": ["a one"]},
+        {"image": tmp_path / "b.png", "query": "q2", "references": ["b other query"]},
+    ]
+
+
+def test_load_reports_missing_columns(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "cols.csv", ["url", "caption"], [["a.png", "x"]])
+    with pytest.raises(ValueError, match=r"cols\.csv.*query, annotation"):
+        load_quic360_csv(path)
+
+
+def test_load_reports_missing_image_with_row_number(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    path = write_csv(
+        tmp_path / "img.csv",
+        ["url", "query", "annotation"],
+        [["a.png", "q", "x"], ["a.png", "q", "y"], ["gone.png", "q", "z"]],
+    )
+    with pytest.raises(FileNotFoundError, match=r"img\.csv row 3 .*gone\.png"):
+        load_quic360_csv(path)

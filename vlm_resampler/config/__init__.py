@@ -1,0 +1,1 @@
+"""Composing and validating configs before anything is built or submitted."""

@@ -1,0 +1,161 @@
+"""Before Hydra runs anything: parse the command line, expand sweeps into jobs, compose and
+validate each job, and stop with a short message (exit 2) at the first bad one."""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.config.suggest import did_you_mean
+from vlm_resampler.config.validate import CONF_DIR
+
+# Hydra flags that take a value in the next argument.
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], bool]:
+    overrides, multirun, skip = [], False, False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """Group path (e.g. 'resampler', 'hydra/launcher') -> its options (yaml file stems)."""
+    groups = {}
+    for folder in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            groups[folder.relative_to(conf_dir).as_posix()] = options
+    return groups
+
+
+def expand_jobs(overrides: list[str], groups: dict[str, list[str]]) -> list[list[str]]:
+    """Sweeps (a,b / range / glob) -> the cartesian product of plain override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    axes = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes.append([override.input_line])
+        elif override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            options = groups.get(override.key_or_group, [])
+            axes.append([f"{key}={o}" for o in override.value().filter(options)])
+        else:
+            axes.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def check_override_names(job: list[str], config_name: str, groups: dict[str, list[str]]) -> None:
+    """Unknown groups, options and keys, each with the closest valid names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parsed = OverridesParser.create().parse_overrides(job)
+    for o in parsed:
+        value = o.value()
+        if o.key_or_group in groups and value is not None and str(value) not in groups[o.key_or_group]:
+            key = o.key_or_group
+            raise ConfigError(
+                f"{key}={value}: no such option.{did_you_mean(str(value), groups[key])}\n"
+                f"  options for {key}: {', '.join(groups[key])}"
+            )
+    base = compose(config_name, [o.input_line for o in parsed if o.key_or_group in groups])
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or key in groups:
+            continue
+        if o.type in (OverrideType.ADD, OverrideType.FORCE_ADD):
+            continue
+        check_key_exists(base, key)
+
+
+def check_key_exists(cfg: DictConfig, key: str) -> None:
+    parts = key.split(".")
+    node = cfg
+    for depth, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            where = ".".join(parts[:depth]) or "the config"
+            siblings = [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
+            message = f"{key}: unknown key {part!r} in {where}.{did_you_mean(part, siblings)}"
+            if parts[0] == "resampler" and depth == 1:
+                from vlm_resampler.config.validate import resampler_options_with
+
+                elsewhere = resampler_options_with(part)
+                message = f"resampler.{part} is not a parameter of this resampler.{did_you_mean(part, siblings)}"
+                if elsewhere:
+                    message += f" `{part}` is a parameter of resampler={', '.join(elsewhere)}."
+            if siblings:
+                message += f"\n  valid keys here: {', '.join(map(str, siblings))}"
+            raise ConfigError(message)
+        if OmegaConf.is_missing(node, part):
+            return
+        node = node[part]
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).strip()) from err
+
+
+def preflight(config_name: str, argv: list[str], validate, before_validate=None) -> list[DictConfig]:
+    """Compose every job of the command line, then validate each; on error print and exit 2.
+
+    `before_validate(configs)` runs once between the two phases (validation imports
+    transformers, and the hub must be configured before that)."""
+    overrides, multirun = split_argv(argv)
+    groups = config_groups()
+    jobs = expand_jobs(overrides, groups) if multirun else [overrides]
+    composed, failures = [], []
+    for job in jobs:
+        try:
+            check_override_names(job, config_name, groups)
+            composed.append((job, compose(config_name, job)))
+        except ConfigError as err:
+            failures.append((job, str(err)))
+    if not failures and before_validate is not None:
+        before_validate([cfg for _, cfg in composed])
+    for job, cfg in composed if not failures else []:
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            failures.append((job, str(err)))
+    if failures:
+        print(f"error: {len(failures)} of {len(jobs)} job(s) have an invalid config; nothing was started.", file=sys.stderr)
+        for job, message in failures[:20]:
+            label = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra.")) or "(no overrides)"
+            prefix = f"[{label}] " if len(jobs) > 1 else ""
+            print(f"  {prefix}{message}", file=sys.stderr)
+        sys.exit(2)
+    return [cfg for _, cfg in composed]
+
+
+def backbone_names(configs: list[DictConfig]) -> list[str]:
+    names = []
+    for cfg in configs:
+        for key in ("vision_encoder", "language_model"):
+            node = OmegaConf.select(cfg, f"model.{key}")
+            if node is not None:
+                names.append(str(node.name_or_path))
+    return names

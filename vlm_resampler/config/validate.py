@@ -1,0 +1,202 @@
+"""Checks on a composed config that Hydra does not make: `_target_` arguments against the
+class signature (unknown names, missing values, types, ranges via a meta-device build), the
+stage list, and paths that must exist. Runs in seconds, before any backbone is loaded."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.config.suggest import did_you_mean
+from vlm_resampler.runs.layout import STAGE_NAMES, is_stage_dir
+from vlm_resampler.runs.targets import ALLOWED_TARGET_PREFIXES
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# Widths filled in by PanoramaVLM when it builds the part (never typed in a config).
+INJECTED = {
+    "model.resampler": {"input_dim"},
+    "model.projector": {"input_dim", "output_dim"},
+    "model.overlap_head": {"input_dim"},
+}
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def import_target(path: str, where: str):
+    if not path.startswith(ALLOWED_TARGET_PREFIXES):
+        raise ConfigError(f"{where}._target_={path!r}: only targets under {', '.join(ALLOWED_TARGET_PREFIXES)} are allowed")
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"{where}._target_={path!r}: module {module_name!r} not found ({err})") from err
+    if not hasattr(module, attr):
+        raise ConfigError(f"{where}._target_={path!r}: {module_name} has no {attr!r}")
+    return getattr(module, attr)
+
+
+def resampler_options_with(key: str) -> list[str]:
+    options = []
+    for path in sorted((CONF_DIR / "resampler").glob("*.yaml")):
+        if key in OmegaConf.load(path):
+            options.append(path.stem)
+    return options
+
+
+def _type_ok(value, annotation) -> bool:
+    if annotation is inspect.Parameter.empty or value is None and _allows_none(annotation):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation) if a is not type(None)) or (
+            value is None and type(None) in typing.get_args(annotation)
+        )
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _allows_none(annotation) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def check_target_node(node: DictConfig, where: str) -> None:
+    target = import_target(str(node._target_), where)
+    init = target.__init__ if inspect.isclass(target) else target
+    params = dict(inspect.signature(init).parameters)
+    params.pop("self", None)
+    hints = typing.get_type_hints(init)
+    injected = INJECTED.get(where, set())
+    given = {k for k in node.keys() if k not in HYDRA_KEYS}
+    for key in sorted(given - set(params)):
+        message = f"{where}.{key} is not a parameter of {node._target_}.{did_you_mean(key, set(params) - injected)}"
+        if where == "model.resampler":
+            elsewhere = resampler_options_with(key)
+            message = (
+                f"resampler.{key} is not a parameter of this resampler ({target.__name__})."
+                + did_you_mean(key, set(params) - injected)
+            )
+            if elsewhere:
+                message += f" `{key}` is a parameter of resampler={', '.join(elsewhere)}."
+            message += f"\n  valid keys: {', '.join(k for k in params if k not in injected)}"
+        raise ConfigError(message)
+    for key in sorted(given & injected):
+        raise ConfigError(f"{where}.{key} is filled in from the model's other parts; remove it from the config")
+    for key, param in params.items():
+        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or key in injected:
+            continue
+        if key not in given and param.default is inspect.Parameter.empty:
+            raise ConfigError(f"{where}.{key} is missing: {node._target_} needs it")
+        if key in given:
+            value = node[key]
+            if OmegaConf.is_missing(node, key):
+                raise ConfigError(f"{where}.{key} is ??? (mandatory): give it a value")
+            if isinstance(value, (DictConfig, ListConfig)):
+                continue
+            if not _type_ok(value, hints.get(key, param.annotation)):
+                expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
+                raise ConfigError(f"{where}.{key}={value!r}: expected {expected}, found {type(value).__name__}")
+
+
+def walk_targets(node, where: str) -> None:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            check_target_node(node, where)
+        for key in node.keys():
+            if key not in HYDRA_KEYS:
+                walk_targets(node[key], f"{where}.{key}")
+
+
+def check_resampler_builds(cfg: DictConfig) -> None:
+    """Run the resampler's own range checks on the meta device: no memory, no weights."""
+    import torch
+    from hydra.utils import instantiate
+
+    node = cfg.model.resampler
+    with torch.device("meta"):
+        try:
+            instantiate(node, _convert_="all")(input_dim=8)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+
+def check_stages(cfg: DictConfig) -> None:
+    from vlm_resampler.training.stages import OBJECTIVES
+
+    stages = list(cfg.stages)
+    if not stages:
+        raise ConfigError("stages=[]: expected at least one of " + ", ".join(STAGE_NAMES))
+    for name in stages:
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"stages: unknown stage {name!r}.{did_you_mean(name, STAGE_NAMES)} Valid: {list(STAGE_NAMES)}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"stages={stages}: a stage appears twice")
+    order = [STAGE_NAMES.index(s) for s in stages]
+    if order != sorted(order):
+        raise ConfigError(f"stages={stages}: out of order; stages run as {list(STAGE_NAMES)}")
+    for name in stages:
+        stage = cfg.stage[name]
+        if stage.objective not in OBJECTIVES:
+            raise ConfigError(f"stage.{name}.objective={stage.objective!r}: expected one of {list(OBJECTIVES)}")
+        for key in ("lr", "batch_size", "epochs"):
+            if not stage[key] > 0:
+                raise ConfigError(f"stage.{name}.{key}={stage[key]!r}: expected a positive number")
+        if stage.objective == "overlap_vicreg" and not stage.vicreg:
+            raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
+    if "vision" in stages:
+        resampler = import_target(str(cfg.model.resampler._target_), "model.resampler")
+        if not resampler.keeps_token_grid:
+            raise ConfigError(
+                f"stages include 'vision', whose overlap loss compares tokens at the same place in the "
+                f"patch grid, but resampler {resampler.__name__} outputs query tokens; "
+                "use stages=[resampler,finetune] for this resampler"
+            )
+
+
+def tree_differences(a, b, where: str = "") -> list[str]:
+    """Paths where two plain config trees differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += tree_differences(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if a == b else [f"{where}: {a!r} here, {b!r} in the checkpoint"]
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """A run that continues from a checkpoint must describe the same model: a setting that
+    disagrees would otherwise be silently replaced by the checkpoint's."""
+    import json
+
+    if cfg.init_from is None:
+        return
+    path = Path(cfg.init_from)
+    if not is_stage_dir(path):
+        raise ConfigError(f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a checkpoint_metadata.json)")
+    saved = json.loads((path / "checkpoint_metadata.json").read_text(encoding="utf-8"))["model"]
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    saved, wanted = dict(saved), dict(wanted)
+    saved.pop("lora", None)
+    wanted.pop("lora", None)
+    differences = tree_differences(wanted, saved, "model")
+    if differences:
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the configured model differs from the checkpoint's; "
+            "continue with the checkpoint's settings or train anew:\n  " + "\n  ".join(differences[:10])
+        )
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    walk_targets(cfg.model, "model")
+    check_resampler_builds(cfg)
+    check_stages(cfg)
+    check_init_from(cfg)

@@ -1,0 +1,1 @@
+"""Datasets: synthetic panoramas and QuIC-360-style caption CSVs."""

@@ -1,0 +1,106 @@
+"""Caption datasets over panoramas: items from a QuIC-360 style CSV, images as [3, H, W] floats."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vlm_resampler.models.cache import cache_root
+
+SPLITS = ("train", "val", "test")
+
+
+def load_panorama(path: Path, width: int, height: int) -> torch.Tensor:
+    """An ERP image as float [3, height, width] in [0, 1] (resized if it has another size)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def synthpano_root(data_cfg) -> Path:
+    if data_cfg.root:
+        return Path(data_cfg.root)
+    settings = {k: data_cfg[k] for k in ("seed", "num_train", "num_val", "num_test", "erp_width", "erp_height", "query")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_root() / "data" / f"synthpano-{digest}"
+
+
+def prepare_split(data_cfg, split: str) -> list[dict]:
+    """Items {image, query, references} of one split; SynthPano is generated on first use."""
+    from vlm_resampler.data.synthpano import ensure_synthpano, load_quic360_csv
+
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+    if data_cfg.name != "synthpano":
+        raise ValueError(f"data.name={data_cfg.name!r}: expected 'synthpano' (the only dataset so far)")
+    csvs = ensure_synthpano(
+        synthpano_root(data_cfg),
+        seed=int(data_cfg.seed),
+        num_train=int(data_cfg.num_train),
+        num_val=int(data_cfg.num_val),
+        num_test=int(data_cfg.num_test),
+        size=(int(data_cfg.erp_width), int(data_cfg.erp_height)),
+        query=str(data_cfg.query),
+    )
+    return load_quic360_csv(csvs[split])
+
+
+class CaptionExamples(Dataset):
+    """One example per (image, query, reference): every reference is a training target."""
+
+    def __init__(self, items: list[dict], width: int, height: int) -> None:
+        self.rows = [(item, ref) for item in items for ref in item["references"]]
+        self.width, self.height = width, height
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        item, reference = self.rows[index]
+        return {
+            "panorama": load_panorama(item["image"], self.width, self.height),
+            "query": item["query"],
+            "answer": reference,
+        }
+
+
+class EvalItems(Dataset):
+    """One example per (image, query) with all its references."""
+
+    def __init__(self, items: list[dict], width: int, height: int) -> None:
+        self.items = items
+        self.width, self.height = width, height
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        return {
+            "panorama": load_panorama(item["image"], self.width, self.height),
+            "query": item["query"],
+            "references": item["references"],
+            "image": str(item["image"]),
+        }
+
+
+class Panoramas(Dataset):
+    """Each distinct image once (the vision stage needs no text)."""
+
+    def __init__(self, items: list[dict], width: int, height: int) -> None:
+        self.images = sorted({str(item["image"]) for item in items})
+        self.width, self.height = width, height
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"panorama": load_panorama(Path(self.images[index]), self.width, self.height)}

@@ -1,0 +1,64 @@
+"""One prompt format for training and generation: the LLM's own chat template, with the
+panorama's visual tokens spliced in where the user message says `<image>`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGE_MARKER = "<image>"
+# Placeholder id that no tokenizer produces; the model replaces it by the visual tokens.
+IMAGE_SLOT = -200
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    system_prompt: str | None
+    user_template: str  # must contain IMAGE_MARKER and "{query}"
+
+    def __post_init__(self) -> None:
+        if self.user_template.count(IMAGE_MARKER) != 1 or "{query}" not in self.user_template:
+            raise ValueError(
+                f"prompt.user_template={self.user_template!r}: expected exactly one "
+                f"{IMAGE_MARKER!r} and a '{{query}}' field"
+            )
+
+    def messages(self, query: str) -> list[dict[str, str]]:
+        messages = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": self.user_template.format(query=query)})
+        return messages
+
+
+def _tokenize(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def end_of_turn_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos token: cannot end a turn")
+    return tokenizer.eos_token_id
+
+
+def prompt_ids(tokenizer, fmt: PromptFormat, query: str) -> list[int]:
+    """Token ids of the prompt up to the start of the assistant's answer, IMAGE_SLOT included once."""
+    text = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
+    before, after = text.split(IMAGE_MARKER)
+    return _tokenize(tokenizer, before) + [IMAGE_SLOT] + _tokenize(tokenizer, after)
+
+
+def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[int]:
+    """Token ids the assistant must produce: whatever the chat template puts between the
+    generation prompt and the end of the turn, the end-of-turn token included."""
+    prompt = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        fmt.messages(query) + [{"role": "assistant", "content": answer}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} renders a conversation that does not "
+            "start with its own generation prompt; cannot separate the answer from the prompt"
+        )
+    ids = _tokenize(tokenizer, full[len(prompt):])
+    eot = end_of_turn_id(tokenizer)
+    # Anything the template adds after the end-of-turn token (a newline) is not the model's to say.
+    return ids[: ids.index(eot) + 1] if eot in ids else ids + [eot]

@@ -1,0 +1,1 @@
+"""Generation, caption metrics and the evaluation of a checkpoint directory."""

@@ -1,0 +1,130 @@
+"""Evaluate one checkpoint directory: rebuild, generate, score, write, summarise."""
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vlm_resampler.data.collate import PromptCollator
+from vlm_resampler.data.datasets import EvalItems, prepare_split
+from vlm_resampler.evaluation.generate import generate_batch
+from vlm_resampler.evaluation.metrics import CaptionScorer
+from vlm_resampler.runs import layout
+from vlm_resampler.runs.atomic import write_json, write_text
+from vlm_resampler.runs.load import build_model, load_stage
+
+log = logging.getLogger(__name__)
+# Where a command-line group of eval.yaml lives in a checkpoint's model tree.
+MODEL_PATHS = {"resampler": "model.resampler", "view": "model.views", "projector": "model.projector", "model": "model", "prompt": "prompt", "backbone": "backbone"}
+
+
+def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
+    """Model settings on the eval command line that disagree with the checkpoint: reported, ignored."""
+    from hydra.core.hydra_config import HydraConfig
+
+    saved = {"model": meta["model"], "prompt": meta["prompt"], "backbone": {
+        "vision_encoder": meta["model"]["vision_encoder"], "language_model": meta["model"]["language_model"], "tokenizer": meta["tokenizer"]}}
+    notes = []
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.lstrip("+~").partition("=")
+        root = key.split(".")[0]
+        if root not in MODEL_PATHS:
+            continue
+        if key == "resampler":
+            found = meta["resampler_type"]
+        elif key in ("view", "backbone"):
+            continue  # a whole option: its keys are compared one by one below when given
+        else:
+            path = MODEL_PATHS[root] + key[len(root):]
+            found = OmegaConf.select(OmegaConf.create(saved), path, default="<absent>")
+        if str(found) != value:
+            notes.append(f"ignored {key}={value}: the checkpoint says {key}={found}")
+    for note in notes:
+        print(note)
+    return notes
+
+
+def predict(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int, max_new_tokens: int, label: str) -> list[str]:
+    dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PromptCollator(tokenizer, prompt))
+    predictions: list[str] = []
+    with tqdm(total=len(dataset), desc=f"generate ({label})", unit="item") as bar:
+        for batch in loader:
+            predictions += generate_batch(model, tokenizer, batch, max_new_tokens)
+            bar.update(len(batch["input_ids"]))
+    return predictions
+
+
+def constant_caption(data_cfg) -> str:
+    """The most frequent training reference (ties: alphabetical): the best a blind guess can do."""
+    counts = collections.Counter(ref for item in prepare_split(data_cfg, "train") for ref in item["references"])
+    best = max(counts.values())
+    return sorted(ref for ref, n in counts.items() if n == best)[0]
+
+
+def write_predictions(path: Path, items: list[dict], predictions: list[str], root: Path | None = None) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "query", "prediction", "references"])
+    for item, prediction in zip(items, predictions):
+        writer.writerow([str(item["image"]), item["query"], prediction, json.dumps(item["references"])])
+    write_text(path, buffer.getvalue())
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    stage_dir = layout.resolve_stage_dir(Path(cfg.checkpoint_dir))
+    if stage_dir != Path(cfg.checkpoint_dir):
+        print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
+    started = time.perf_counter()
+    loaded = load_stage(stage_dir, verify=bool(cfg.verify))
+    meta = loaded.metadata
+    print(f"model rebuilt from {stage_dir / layout.METADATA} (resampler={meta['resampler_type']}, "
+          f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})")
+    ignored = report_ignored_settings(cfg, meta)
+
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else meta["data"]
+    data_cfg = OmegaConf.create(data_cfg)
+    items = prepare_split(data_cfg, cfg.split)
+    if cfg.max_items:
+        items = items[: int(cfg.max_items)]
+    references = [item["references"] for item in items]
+    out_dir = stage_dir / "eval" / f"{data_cfg.name}-{cfg.split}"
+
+    predictions = predict(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), int(cfg.max_new_tokens), "model")
+    results = {"checkpoint_dir": str(stage_dir), "stage": meta["stage"], "dataset": data_cfg.name, "split": cfg.split, "n_items": len(items)}
+    with CaptionScorer() as scorer:
+        results["model"] = scorer.score(predictions, references)
+        if cfg.baselines:
+            untrained = build_model(meta["model"], seed=0).eval()
+            blind = predict(untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), int(cfg.max_new_tokens), "untrained")
+            caption = constant_caption(data_cfg)
+            results["baselines"] = {
+                "untrained": scorer.score(blind, references),
+                "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
+            }
+    results["ignored_settings"] = ignored
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    write_predictions(out_dir / "predictions.csv", items, predictions)
+    write_json(out_dir / "metrics.json", results)
+    print(summary_table(results))
+    print(f"eval written to {out_dir} (predictions.csv, metrics.json)")
+    return results
+
+
+def summary_table(results: dict) -> str:
+    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    rows = [("model", results["model"])] + list(results.get("baselines", {}).items())
+    lines = [f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
+             f"{'':<18}" + "".join(f"{n:>10}" for n in names)]
+    for label, scores in rows:
+        lines.append(f"{label:<18}" + "".join(f"{scores.get(n, float('nan')):>10.4f}" for n in names))
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""LoRA on the language model through peft, configured from plain data so it can be recorded."""
+from __future__ import annotations
+
+from torch import nn
+
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    unknown = set(lora) - set(LORA_KEYS)
+    if unknown:
+        raise ValueError(f"lora: unknown keys {sorted(unknown)}; expected {list(LORA_KEYS)}")
+    config = LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(language_model, config)
+
+
+def lora_parameters(language_model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in language_model.named_parameters() if ".lora_" in n}

@@ -1,0 +1,136 @@
+"""The panoramic VLM: ERP panorama -> views -> vision encoder -> resampler -> projector -> LLM.
+
+Everything is passed in already built (Hydra instantiates the backbones and view strategy) or as
+a partial that still needs a width only known once the backbones exist: the resampler's input
+width is the vision encoder's, never a number typed in a config.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vlm_resampler.data.prompts import IMAGE_SLOT
+from vlm_resampler.models.lora import attach_lora
+
+
+class PanoramaVLM(nn.Module):
+    def __init__(
+        self,
+        vision_encoder: nn.Module,
+        language_model: nn.Module,
+        views,
+        resampler: Callable[..., nn.Module],
+        projector: Callable[..., nn.Module],
+        overlap_head: Callable[..., nn.Module],
+        lora: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.vision = vision_encoder
+        self.views = views
+        self.resampler = resampler(input_dim=vision_encoder.hidden_size)
+        llm_width = language_model.get_input_embeddings().embedding_dim
+        self.projector = projector(input_dim=self.resampler.latent_dimension, output_dim=llm_width)
+        self.overlap_head = overlap_head(input_dim=self.resampler.latent_dimension)
+        self.llm = attach_lora(language_model, lora) if lora else language_model
+        self.lora_config = dict(lora) if lora else None
+        mean = torch.tensor(vision_encoder.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(vision_encoder.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        # Not persistent: they come from the vision encoder's own preprocessing config.
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def view_grid(self) -> tuple[int, int]:
+        h, w = self.views.metadata()[0].size
+        return self.vision.grid_hw(h, w)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views.metadata())
+
+    @property
+    def tokens_per_view(self) -> int:
+        gh, gw = self.view_grid
+        return self.resampler.output_tokens(gh * gw)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.num_views * self.tokens_per_view
+
+    # ---- vision side --------------------------------------------------------------------
+    def encode_views(self, panoramas: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> resampled view tokens [B, V, S', latent]."""
+        views = self.views.views(panoramas)  # [B, V, 3, h, w]
+        b, v = views.shape[:2]
+        pixels = (views.flatten(0, 1) - self.image_mean) / self.image_std
+        features = self.vision(pixels)  # [B*V, S, D]
+        tokens = self.resampler(features)
+        return tokens.view(b, v, tokens.shape[1], tokens.shape[2])
+
+    def visual_embeddings(self, panoramas: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, V*S', llm_width], views in order, tokens row-major within a view."""
+        tokens = self.encode_views(panoramas)
+        return self.projector(tokens.flatten(1, 2))
+
+    # ---- language side ------------------------------------------------------------------
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        visual: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Replace the single IMAGE_SLOT of each (left padded) row by that row's visual tokens.
+
+        Every row grows by the same number of tokens, so left padding is preserved and the
+        text after the image (the answer) still ends at the last position.
+        """
+        slots = input_ids == IMAGE_SLOT
+        per_row = slots.sum(dim=1)
+        if not torch.all(per_row == 1):
+            raise ValueError(f"each prompt must hold exactly one image slot, found {per_row.tolist()}")
+        embed = self.llm.get_input_embeddings()
+        text = embed(input_ids.masked_fill(slots, 0))
+        pos = slots.float().argmax(dim=1)
+        n_vis = visual.shape[1]
+        rows, masks, label_rows = [], [], []
+        for i in range(input_ids.shape[0]):
+            p = int(pos[i])
+            rows.append(torch.cat([text[i, :p], visual[i].to(text.dtype), text[i, p + 1 :]]))
+            ones = attention_mask.new_ones(n_vis)
+            masks.append(torch.cat([attention_mask[i, :p], ones, attention_mask[i, p + 1 :]]))
+            if labels is not None:
+                ignore = labels.new_full((n_vis,), -100)
+                label_rows.append(torch.cat([labels[i, :p], ignore, labels[i, p + 1 :]]))
+        mask = torch.stack(masks)
+        out = {
+            "inputs_embeds": torch.stack(rows),
+            "attention_mask": mask,
+            # Count positions from the first real token, exactly as generation does.
+            "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
+        }
+        if labels is not None:
+            out["labels"] = torch.stack(label_rows)
+        return out
+
+    def answer_logits(
+        self, panoramas: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits that predict the answer tokens, and those tokens (-100 where not an answer).
+
+        With left padding every answer ends at the last position, so only the last
+        `max answer length + 1` positions need the (vocabulary-sized) output layer.
+        """
+        spliced = self.splice(input_ids, attention_mask, self.visual_embeddings(panoramas), labels)
+        answer_len = int((spliced["labels"] != -100).sum(dim=1).max())
+        out = self.llm(
+            inputs_embeds=spliced["inputs_embeds"],
+            attention_mask=spliced["attention_mask"],
+            position_ids=spliced["position_ids"],
+            logits_to_keep=answer_len + 1,
+            use_cache=False,
+        )
+        return out.logits[:, :-1], spliced["labels"][:, -answer_len:]

@@ -1,0 +1,1 @@
+"""Panorama geometry and view generation (equirectangular -> perspective views)."""

@@ -1,0 +1,76 @@
+"""Perceiver resampler: learned latents cross-attend to a view's tokens (Flamingo-style: the keys
+are the tokens and the latents together), each layer followed by a feed-forward block."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlm_resampler.resamplers.base import Resampler, require
+
+
+class PerceiverLayer(nn.Module):
+    def __init__(self, width: int, heads: int, dim_head: int, ff_mult: int, dropout: float) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.norm_media = nn.LayerNorm(width)
+        self.norm_latents = nn.LayerNorm(width)
+        self.heads, self.dim_head = heads, dim_head
+        self.to_q = nn.Linear(width, inner, bias=False)
+        self.to_kv = nn.Linear(width, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, width, bias=False)
+        self.ff = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, ff_mult * width, bias=False), nn.GELU(), nn.Linear(ff_mult * width, width, bias=False)
+        )
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.dim_head).transpose(1, 2)
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        m, lat = self.norm_media(media), self.norm_latents(latents)
+        q = self._split(self.to_q(lat))
+        k, v = self.to_kv(torch.cat([m, lat], dim=1)).chunk(2, dim=-1)
+        attended = nn.functional.scaled_dot_product_attention(
+            q, self._split(k), self._split(v), dropout_p=self.dropout if self.training else 0.0
+        )
+        latents = latents + self.to_out(attended.transpose(1, 2).flatten(2))
+        return latents + self.ff(latents)
+
+
+class PerceiverResampler(Resampler):
+    type_name = "perceiver"
+    keeps_token_grid = False
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dimension: int,
+        num_latents: int,
+        depth: int,
+        heads: int,
+        hidden_dim: int,
+        dim_head: int,
+        ff_mult: int,
+        dropout: float,
+    ) -> None:
+        super().__init__(input_dim, latent_dimension)
+        for key, value in (("num_latents", num_latents), ("depth", depth), ("heads", heads), ("hidden_dim", hidden_dim), ("dim_head", dim_head), ("ff_mult", ff_mult)):
+            require(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
+        require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
+        self.hidden_dim = hidden_dim
+        self.num_latents = num_latents
+        self.input_proj = nn.Linear(input_dim, hidden_dim)
+        self.latents = nn.Parameter(torch.randn(num_latents, hidden_dim) * 0.02)
+        self.layers = nn.ModuleList(PerceiverLayer(hidden_dim, heads, dim_head, ff_mult, float(dropout)) for _ in range(depth))
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, latent_dimension)
+
+    def output_tokens(self, input_tokens: int) -> int:
+        return self.num_latents
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        media = self.input_proj(tokens)
+        latents = self.latents.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        for layer in self.layers:
+            latents = layer(media, latents)
+        return self.output_proj(self.norm(latents))

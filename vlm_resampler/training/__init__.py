@@ -1,0 +1,1 @@
+"""Stages, their losses and the loop that runs them (transformers' Trainer)."""

@@ -1,0 +1,171 @@
+"""One run: its directory, its stages in order, each starting from the previous stage's saved
+checkpoint (rebuilt from disk, loaded strictly), and a status file that says how it ended."""
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vlm_resampler.data.collate import CaptionCollator, panorama_only
+from vlm_resampler.data.datasets import CaptionExamples, Panoramas, prepare_split
+from vlm_resampler.data.prompts import PromptFormat
+from vlm_resampler.models.lora import attach_lora
+from vlm_resampler.runs import layout
+from vlm_resampler.runs.atomic import write_json, write_text
+from vlm_resampler.runs.checkpoint import save_weights
+from vlm_resampler.runs.load import build_model, load_stage
+from vlm_resampler.runs.metadata import build_metadata
+from vlm_resampler.runs.run_meta import run_meta
+from vlm_resampler.training.plots import plot_losses
+from vlm_resampler.training.stages import apply_freeze, format_trainable
+from vlm_resampler.training.trainer import JsonlLog, StageTrainer, training_arguments
+
+log = logging.getLogger(__name__)
+ALWAYS_SAVED = ["resampler", "projector", "overlap_head"]
+
+
+def resolved_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def backbone_records(cfg: dict) -> dict:
+    from vlm_resampler.models.backbones import backbone_fingerprint, resolve_backbone
+
+    records = {}
+    for role, key in (("vision", "vision_encoder"), ("llm", "language_model")):
+        node = cfg["model"][key]
+        records[role] = {
+            "name_or_path": node["name_or_path"],
+            "revision": node["revision"],
+            "fingerprint": backbone_fingerprint(resolve_backbone(node["name_or_path"])),
+        }
+    return records
+
+
+def set_status(run_dir: Path, state: str, **extra) -> None:
+    write_json(run_dir / layout.STATUS, {"status": state, **extra})
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> Path:
+    """Run every stage in cfg.stages; returns the last stage directory."""
+    run_dir = Path(run_dir)
+    resolved = resolved_container(cfg)
+    write_text(run_dir / layout.RESOLVED_CONFIG, OmegaConf.to_yaml(resolved))
+    write_json(run_dir / layout.RUN_META, run_meta(cfg))
+    set_status(run_dir, "running", stages=list(cfg.stages))
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        previous = Path(cfg.init_from) if cfg.init_from else None
+        done = []
+        for name in cfg.stages:
+            previous = run_stage(resolved, name, run_dir, previous).stage_dir
+            done.append(name)
+            set_status(run_dir, "running", stages=list(cfg.stages), completed=done)
+    except BaseException as err:
+        write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
+        set_status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback=layout.TRACEBACK)
+        raise
+    set_status(run_dir, "done", stages=list(cfg.stages), completed=done)
+    return previous
+
+
+def start_model(cfg: dict, init_from: Path | None):
+    """A fresh model from the config, or the model of a saved stage (rebuilt from its metadata)."""
+    if init_from is None:
+        return build_model(cfg["model"], seed=int(cfg["seed"])), dict(cfg["model"]), list(ALWAYS_SAVED)
+    loaded = load_stage(init_from)
+    log.info("stage starts from %s (metadata loaded, weights loaded strictly)", init_from)
+    return loaded.model, dict(loaded.metadata["model"]), list(loaded.metadata["saved_modules"])
+
+
+@dataclass
+class StageResult:
+    stage_dir: Path
+    model: torch.nn.Module  # in eval mode, exactly as saved
+
+
+def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> StageResult:
+    stage = OmegaConf.create(cfg["stage"][name])
+    stage_dir = run_dir / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    model, model_tree, saved_modules = start_model(cfg, init_from)
+    log.info("resampler %s applied: %s", model.resampler.type_name, json.dumps(model_tree["resampler"]))
+    if stage.lora:
+        lora = OmegaConf.to_container(stage.lora)
+        if model.lora_config is None:
+            model.llm = attach_lora(model.llm, lora)
+            model.lora_config = lora
+            model_tree["lora"] = lora
+        elif model.lora_config != lora:
+            raise ValueError(
+                f"stage.{name}.lora={lora} differs from the LoRA of the checkpoint it starts from "
+                f"({model.lora_config}); a LoRA cannot change shape between stages"
+            )
+    if int(stage.vision_trainable_blocks) != 0 and "vision" not in saved_modules:
+        saved_modules.append("vision")
+
+    rows = apply_freeze(model, stage)
+    print(format_trainable(name, rows, model), flush=True)
+
+    data = OmegaConf.create(cfg["data"])
+    items = prepare_split(data, "train")
+    width, height = int(data.erp_width), int(data.erp_height)
+    tokenizer_cfg = cfg["backbone"]["tokenizer"]
+    if stage.objective == "overlap_vicreg":
+        dataset, collator, tokenizer = Panoramas(items, width, height), panorama_only, None
+    else:
+        from vlm_resampler.models.backbones import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_cfg["name_or_path"], tokenizer_cfg["revision"])
+        dataset = CaptionExamples(items, width, height)
+        collator = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), int(data.max_answer_tokens))
+
+    journal = JsonlLog(stage_dir / layout.TRAIN_LOG)
+    journal.path.unlink(missing_ok=True)
+    trainer = StageTrainer(
+        model=model,
+        args=training_arguments(stage, stage_dir / "trainer", int(cfg["seed"])),
+        train_dataset=dataset,
+        data_collator=collator,
+        objective=str(stage.objective),
+        vicreg=OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
+        callbacks=[journal],
+    )
+    result = trainer.train()
+    model.eval()
+
+    losses = [r["loss"] for r in journal.records if "loss" in r]
+    summary = {
+        "steps": result.global_step,
+        "final_loss": losses[-1] if losses else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "examples": len(dataset),
+    }
+    write_json(stage_dir / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
+    plot_losses(journal.records, stage_dir / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
+
+    weight_files = save_weights(model, stage_dir, saved_modules)
+    metadata = build_metadata(
+        stage=name,
+        model_tree=model_tree,
+        model=model,
+        tokenizer=dict(tokenizer_cfg),
+        prompt=dict(cfg["prompt"]),
+        data=dict(cfg["data"]),
+        backbones=backbone_records(cfg),
+        saved_modules=saved_modules,
+        weight_files=weight_files,
+        init_from=str(init_from) if init_from else None,
+        trainable=rows,
+        train_summary=summary,
+    )
+    # Written last: a stage directory without it is not a checkpoint.
+    write_json(stage_dir / layout.METADATA, metadata)
+    print(f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}", flush=True)
+    return StageResult(stage_dir, model)
