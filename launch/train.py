@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vlm_resampler.config.preflight import backbone_names, preflight
-from vlm_resampler.config.validate import validate_train_config
+from vlm_resampler.config.validate import check_run_dir_free, validate_train_config
 from vlm_resampler.hub import configure_hub_access
 
 
@@ -38,5 +38,7 @@ def configure_hub(configs: list[DictConfig]) -> None:
 
 
 if __name__ == "__main__":
-    preflight("train", sys.argv[1:], validate=validate_train_config, before_validate=configure_hub)
+    preflight(
+        "train", sys.argv[1:], validate=validate_train_config, before_validate=configure_hub, single_run_check=check_run_dir_free
+    )
     main()

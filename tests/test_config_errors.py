@@ -57,3 +57,21 @@ def test_eval_requires_an_existing_checkpoint_dir(tmp_path):
     done = run_cli("eval.py", f"checkpoint_dir={tmp_path / 'nope'}", cwd=tmp_path)
     assert done.returncode == 2
     assert "does not exist" in done.stderr
+
+
+def test_a_hub_backbone_without_a_hub_fails_in_seconds_pointing_to_the_offline_default(tmp_path):
+    started = time.perf_counter()
+    done = run_cli("train.py", "backbone=siglip_base_qwen3_0_6b", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "google/siglip-base-patch16-224" in done.stderr and "backbone=tiny" in done.stderr
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_into_an_existing_run_is_refused(tmp_path):
+    run_dir = tmp_path / "runs" / "taken"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text('{"status": "done"}')
+    done = run_cli("train.py", "experiment.name=taken", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "already holds a run" in done.stderr and "experiment.name" in done.stderr

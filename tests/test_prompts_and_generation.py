@@ -73,3 +73,21 @@ def test_batched_generation_equals_one_at_a_time(smoke_config, tokenizer):
     together = generate_batch(model, tokenizer, collate(examples), max_new_tokens=8)
     alone = [generate_batch(model, tokenizer, collate([ex]), max_new_tokens=8)[0] for ex in examples]
     assert together == alone
+
+
+def test_answer_logits_are_the_full_forward_logits_at_the_answer_positions(smoke_config, tokenizer):
+    cfg = resolved_container(smoke_config())
+    model = build_model(cfg["model"], seed=0).eval()
+    collate = CaptionCollator(tokenizer, FMT, 48)
+    torch.manual_seed(3)
+    batch = collate([
+        {"panorama": torch.rand(3, 64, 128), "query": "q", "answer": "a red square in front."},
+        {"panorama": torch.rand(3, 64, 128), "query": "a longer question", "answer": "a blue circle on the left and more."},
+    ])
+    with torch.no_grad():
+        logits, targets = model.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+        spliced = model.splice(batch["input_ids"], batch["attention_mask"], model.visual_embeddings(batch["panoramas"]), batch["labels"])
+        full = model.llm(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"], position_ids=spliced["position_ids"]).logits
+    n = targets.shape[1]
+    torch.testing.assert_close(logits, full[:, -n - 1 : -1])
+    assert torch.equal(targets, spliced["labels"][:, -n:])

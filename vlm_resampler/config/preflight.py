@@ -106,7 +106,7 @@ def check_key_exists(cfg: DictConfig, key: str) -> None:
         node = node[part]
 
 
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
+def compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -114,16 +114,17 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(str(err).strip()) from err
 
 
-def preflight(config_name: str, argv: list[str], validate, before_validate=None) -> list[DictConfig]:
+def preflight(config_name: str, argv: list[str], validate, before_validate=None, single_run_check=None) -> list[DictConfig]:
     """Compose every job of the command line, then validate each; on error print and exit 2.
 
     `before_validate(configs)` runs once between the two phases (validation imports
-    transformers, and the hub must be configured before that)."""
+    transformers, and the hub must be configured before that). `single_run_check(cfg)` gets
+    the config with its `hydra` node, for a run without -m."""
     overrides, multirun = split_argv(argv)
     groups = config_groups()
     jobs = expand_jobs(overrides, groups) if multirun else [overrides]
@@ -139,6 +140,8 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None)
     for job, cfg in composed if not failures else []:
         try:
             validate(cfg)
+            if single_run_check is not None and not multirun:
+                single_run_check(compose(config_name, job, with_hydra=True))
         except ConfigError as err:
             failures.append((job, str(err)))
     if failures:

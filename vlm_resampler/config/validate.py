@@ -195,8 +195,31 @@ def check_init_from(cfg: DictConfig) -> None:
         )
 
 
+def check_backbones_available(cfg: DictConfig) -> None:
+    """Locally built backbones are built now (seconds); a hub name without a hub fails now."""
+    from vlm_resampler.models.backbones import BackboneUnavailableError, resolve_backbone
+
+    for key in ("vision_encoder", "language_model"):
+        node = cfg.model[key]
+        try:
+            resolve_backbone(str(node.name_or_path), node.revision)
+        except BackboneUnavailableError as err:
+            raise ConfigError(f"model.{key}.name_or_path={node.name_or_path!r}: {err}") from err
+
+
+def check_run_dir_free(cfg: DictConfig) -> None:
+    """Never train into a directory that already holds a run: its checkpoints would be mixed."""
+    run_dir = Path(cfg.hydra.run.dir)
+    if (run_dir / "status.json").exists() or any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
+        raise ConfigError(
+            f"{run_dir} already holds a run (experiment.name={cfg.experiment.name!r}); "
+            "choose another experiment.name"
+        )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
     check_stages(cfg)
     check_init_from(cfg)
+    check_backbones_available(cfg)

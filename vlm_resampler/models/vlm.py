@@ -125,12 +125,16 @@ class PanoramaVLM(nn.Module):
         `max answer length + 1` positions need the (vocabulary-sized) output layer.
         """
         spliced = self.splice(input_ids, attention_mask, self.visual_embeddings(panoramas), labels)
+        length = spliced["labels"].shape[1]
         answer_len = int((spliced["labels"] != -100).sum(dim=1).max())
+        # Position t predicts token t+1: keep exactly the positions before each answer token
+        # (no slicing afterwards, whose backward would allocate the full logits again).
+        predicting = torch.arange(length - answer_len - 1, length - 1, device=input_ids.device)
         out = self.llm(
             inputs_embeds=spliced["inputs_embeds"],
             attention_mask=spliced["attention_mask"],
             position_ids=spliced["position_ids"],
-            logits_to_keep=answer_len + 1,
+            logits_to_keep=predicting,
             use_cache=False,
         )
-        return out.logits[:, :-1], spliced["labels"][:, -answer_len:]
+        return out.logits, spliced["labels"][:, -answer_len:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,16 +129,19 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
 
     journal = JsonlLog(stage_dir / layout.TRAIN_LOG)
     journal.path.unlink(missing_ok=True)
-    trainer = StageTrainer(
-        model=model,
-        args=training_arguments(stage, stage_dir / "trainer", int(cfg["seed"])),
-        train_dataset=dataset,
-        data_collator=collator,
-        objective=str(stage.objective),
-        vicreg=OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
-        callbacks=[journal],
-    )
-    result = trainer.train()
+    # The Trainer saves nothing itself (our checkpoint format is written below); its output
+    # directory is a scratch folder.
+    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
+        trainer = StageTrainer(
+            model=model,
+            args=training_arguments(stage, Path(scratch), int(cfg["seed"])),
+            train_dataset=dataset,
+            data_collator=collator,
+            objective=str(stage.objective),
+            vicreg=OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
+            callbacks=[journal],
+        )
+        result = trainer.train()
     model.eval()
 
     losses = [r["loss"] for r in journal.records if "loss" in r]
