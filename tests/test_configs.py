@@ -5,6 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.preflight import config_groups
 from vlm_resampler.config.validate import validate_train_config
 
@@ -32,11 +33,28 @@ def test_every_resampler_option_composes_validates_and_runs(resampler, smoke_con
 
 
 # Stage options are always all composed (at stage.<name>); eval_debug belongs to eval.yaml.
-@pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("resampler", "eval_debug", "stage")])
+@pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("resampler", "eval_debug", "stage", "backbone")])
 def test_every_option_of_every_group_composes_and_validates(group, smoke_config):
     for option in GROUPS[group]:
         cfg = smoke_config(f"{group}={option}")
         validate_train_config(cfg)
+
+
+HUB_BACKBONES = ["siglip_base_qwen3_0_6b", "siglip2_so400m_qwen3_1_7b"]
+
+
+@pytest.mark.parametrize("option", GROUPS["backbone"])
+def test_every_backbone_option_composes_and_is_checked_before_loading(option, smoke_config):
+    cfg = smoke_config(f"backbone={option}")
+    assert cfg.model.vision_encoder.name_or_path and cfg.model.language_model.name_or_path
+    assert cfg.model.views.size == cfg.backbone.image_size
+    if option in HUB_BACKBONES:
+        # No hub here: validation must stop, naming the model and the offline default.
+        with pytest.raises(ConfigError, match="backbone=tiny"):
+            validate_train_config(cfg)
+    elif option == "tiny":
+        validate_train_config(cfg)
+    # smollm2 converts a 135M-parameter GGUF on first use: validated by the slow test.
 
 
 def test_stage_overrides_reach_one_stage_only(smoke_config):

@@ -1,6 +1,8 @@
 """LoRA on the language model through peft, configured from plain data so it can be recorded."""
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
@@ -19,7 +21,11 @@ def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
         target_modules=list(lora["target_modules"]),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(language_model, config)
+    with warnings.catch_warnings():
+        # peft warns when LoRA targets a layer tied to the input embeddings (lm_head): the LoRA
+        # delta applies to the output side only, which is what we want; the tie itself is untouched.
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*ensure_weight_tying.*")
+        return get_peft_model(language_model, config)
 
 
 def lora_parameters(language_model: nn.Module) -> dict[str, nn.Parameter]:
