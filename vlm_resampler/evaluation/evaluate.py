@@ -41,8 +41,9 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
             continue
         if key == "resampler":
             found = meta["resampler_type"]
-        elif key in ("view", "backbone"):
-            continue  # a whole option: its keys are compared one by one below when given
+        elif "." not in key:
+            notes.append(f"ignored {key}={value}: the model's settings come from the checkpoint")
+            continue
         else:
             path = MODEL_PATHS[root] + key[len(root):]
             found = OmegaConf.select(OmegaConf.create(saved), path, default="<absent>")
@@ -104,7 +105,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     with CaptionScorer() as scorer:
         results["model"] = scorer.score(predictions, references)
         if cfg.baselines:
-            untrained = build_model(meta["model"], seed=0).eval()
+            untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
             blind = predict(untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), int(cfg.max_new_tokens), "untrained")
             caption = constant_caption(data_cfg)
             results["baselines"] = {

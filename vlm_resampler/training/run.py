@@ -157,6 +157,7 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
     weight_files = save_weights(model, stage_dir, saved_modules)
     metadata = build_metadata(
         stage=name,
+        seed=int(cfg["seed"]),
         model_tree=model_tree,
         model=model,
         tokenizer=dict(tokenizer_cfg),

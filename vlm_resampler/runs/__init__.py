@@ -1,0 +1,1 @@
+"""Run directories: layout, atomic files, checkpoints with their metadata, and rebuilding."""

@@ -1,0 +1,50 @@
+"""Names of the files in a run directory (see DESIGN.md), in one place."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+RUN_META = "run_meta.json"
+STATUS = "status.json"
+TRACEBACK = "traceback.txt"
+METADATA = "checkpoint_metadata.json"
+WEIGHTS = "model.safetensors"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAIN_METRICS = "train_metrics.json"
+TRAIN_LOG = "train_log.jsonl"
+LOSS_PLOT = "loss_curve.png"
+STAGE_NAMES = ("vision", "resampler", "finetune")
+
+
+def is_stage_dir(path: Path) -> bool:
+    return (Path(path) / METADATA).is_file()
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / RESOLVED_CONFIG).is_file()
+
+
+def last_completed_stage(run_dir: Path) -> Path:
+    """The stage directory of the last stage (in training order) that saved a checkpoint."""
+    run_dir = Path(run_dir)
+    done = [run_dir / s for s in STAGE_NAMES if is_stage_dir(run_dir / s)]
+    if not done:
+        raise FileNotFoundError(
+            f"{run_dir}: no completed stage (none of {', '.join(STAGE_NAMES)} holds a {METADATA})"
+        )
+    return done[-1]
+
+
+def resolve_stage_dir(path: Path) -> Path:
+    """Accept a stage directory or a run directory (its last completed stage)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    if is_stage_dir(path):
+        return path
+    if is_run_dir(path):
+        return last_completed_stage(path)
+    raise FileNotFoundError(
+        f"{path} is neither a stage directory (with {METADATA}) nor a run directory (with {RESOLVED_CONFIG})"
+    )

@@ -1,0 +1,78 @@
+"""Rebuild a model from a run or stage directory alone: the saved `_target_` tree (never `conf/`,
+which may have changed since), then strict weight loading."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlm_resampler.data.prompts import PromptFormat
+from vlm_resampler.runs import layout
+from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, verify_files
+from vlm_resampler.runs.metadata import read_metadata
+from vlm_resampler.runs.targets import check_targets
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_tree: dict, seed: int):
+    """Instantiate a model `_target_` tree (allow-listed) with a fixed seed for fresh weights."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    check_targets(model_tree)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return instantiate(OmegaConf.create(model_tree), _convert_="all")
+
+
+def check_backbones(recorded: dict) -> None:
+    from vlm_resampler.models.backbones import backbone_fingerprint, resolve_backbone
+
+    for role, info in recorded.items():
+        if not info.get("fingerprint"):
+            continue
+        found = backbone_fingerprint(resolve_backbone(info["name_or_path"]))
+        if found != info["fingerprint"]:
+            raise CheckpointMismatch(
+                f"{role} backbone {info['name_or_path']!r} has fingerprint {found!r}, but the checkpoint "
+                f"was trained on {info['fingerprint']!r}: the backbone weights changed since"
+            )
+
+
+@dataclass
+class LoadedStage:
+    model: torch.nn.Module
+    tokenizer: object
+    prompt: PromptFormat
+    metadata: dict
+    stage_dir: Path
+
+
+def load_stage(path: Path | str, verify: bool = True) -> LoadedStage:
+    from vlm_resampler.models.backbones import load_tokenizer
+
+    stage_dir = layout.resolve_stage_dir(Path(path))
+    meta = read_metadata(stage_dir)
+    if verify:
+        verify_files(stage_dir, meta["weights_sha256"])
+        check_backbones(meta["backbones"])
+    model = build_model(meta["model"], seed=0)
+    load_weights(model, stage_dir, meta["saved_modules"])
+    model.eval()
+    log.info(
+        "rebuilt %s (stage %s, resampler=%s) from %s",
+        type(model).__name__,
+        meta["stage"],
+        meta["resampler_type"],
+        stage_dir / layout.METADATA,
+    )
+    tokenizer = load_tokenizer(meta["tokenizer"]["name_or_path"], meta["tokenizer"].get("revision"))
+    return LoadedStage(model, tokenizer, PromptFormat(**meta["prompt"]), meta, stage_dir)
+
+
+def load_from_run(path: Path | str, verify: bool = True) -> torch.nn.Module:
+    """The model of a stage directory, or of a run directory's last completed stage, in eval mode."""
+    return load_stage(path, verify=verify).model
