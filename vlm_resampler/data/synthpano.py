@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlm_resampler.panorama.geometry import wrap_yaw
+
 GENERATOR_NAME = "vlm_resampler.data.synthpano"
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -108,15 +110,6 @@ def _darker(rgb: tuple[float, float, float], factor: float) -> tuple[float, floa
     return (rgb[0] * factor, rgb[1] * factor, rgb[2] * factor)
 
 
-def _wrap_yaw(yaw_deg: float) -> float:
-    wrapped = math.fmod(yaw_deg, 360.0)
-    if wrapped > 180.0:
-        wrapped -= 360.0
-    elif wrapped <= -180.0:
-        wrapped += 360.0
-    return wrapped
-
-
 def sample_scene(rng: np.random.Generator) -> Scene:
     """Draw one scene (objects, background colours, captions) from ``rng``."""
     num_objects = int(rng.integers(1, 4))
@@ -126,7 +119,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         direction = DIRECTIONS[direction_id]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        yaw = _wrap_yaw(DIRECTION_YAW_DEG[direction] + float(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG)))
+        yaw = wrap_yaw(DIRECTION_YAW_DEG[direction] + float(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG)))
         pitch = float(rng.uniform(-PITCH_JITTER_DEG, PITCH_JITTER_DEG))
         # Rounded so the JSONL annotations reproduce the rendered scene exactly.
         objects.append(SceneObject(shape, colour, direction, round(yaw, 3), round(pitch, 3)))

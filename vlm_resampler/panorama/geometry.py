@@ -226,3 +226,13 @@ def e2p(
         raise ValueError(f"equirect must be [C, H, W], got shape {tuple(equirect.shape)}")
     grid = view_sampling_grid(fov_deg, yaw_deg, pitch_deg, out_hw, tuple(equirect.shape[-2:]))
     return sample_erp(equirect.unsqueeze(0), grid)[0]
+
+
+def wrap_yaw(yaw_deg: float) -> float:
+    """Map a yaw to (-180, 180], so "behind" reads as 180 and "left" as -90."""
+    wrapped = math.fmod(yaw_deg, 360.0)
+    if wrapped > 180.0:
+        wrapped -= 360.0
+    elif wrapped <= -180.0:
+        wrapped += 360.0
+    return wrapped

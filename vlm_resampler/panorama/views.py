@@ -19,6 +19,7 @@ from vlm_resampler.panorama.geometry import (
     view_directions,
     view_sampling_grid,
     view_xy_to_pixel,
+    wrap_yaw,
 )
 
 TokenPairs = list[tuple[int, int, Tensor, Tensor]]
@@ -56,16 +57,6 @@ class ViewStrategy(ABC):
     @property
     def num_views(self) -> int:
         return len(self.metadata())
-
-
-def _wrap_yaw(yaw_deg: float) -> float:
-    """Map a yaw to (-180, 180] so "behind" reads as 180 and "left" as -90."""
-    wrapped = math.fmod(yaw_deg, 360.0)
-    if wrapped > 180.0:
-        wrapped -= 360.0
-    elif wrapped <= -180.0:
-        wrapped += 360.0
-    return wrapped
 
 
 def _token_cell(view_xy: Tensor, image_len: int, grid_len: int) -> tuple[Tensor, Tensor]:
@@ -150,7 +141,7 @@ class HorizonViews(ViewStrategy):
         self._meta = [
             ViewMeta(
                 index=i,
-                yaw_deg=_wrap_yaw(i * step),
+                yaw_deg=wrap_yaw(i * step),
                 pitch_deg=self.pitch_deg,
                 fov_deg=self.fov_deg,
                 size=(self.size, self.size),
