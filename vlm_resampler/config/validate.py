@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 import typing
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _type_ok(value, annotation) -> bool:
     if annotation is inspect.Parameter.empty or value is None and _allows_none(annotation):
         return True
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(annotation) if a is not type(None)) or (
             value is None and type(None) in typing.get_args(annotation)
         )
