@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-
 
 def require_java() -> None:
     if shutil.which("java") is None:
@@ -62,12 +60,3 @@ class CaptionScorer:
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
         return scores
-
-    def per_item_cider(self, predictions: list[str], references: list[list[str]]) -> list[float]:
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tokenizer = PTBTokenizer()
-        gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
-        res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)})
-        return [float(s) for s in Cider().compute_score(gts, res)[1]]
