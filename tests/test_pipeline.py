@@ -68,6 +68,9 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
     for scores in (metrics["model"], metrics["baselines"]["untrained"], metrics["baselines"]["constant_caption"]):
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(scores)
     assert metrics["baselines"]["constant_caption"]["CIDEr"] > 0
+    dependence = metrics["image_dependence"]
+    assert dependence["gap"] == pytest.approx(dependence["answer_loss_images_rotated"] - dependence["answer_loss"], abs=1e-3)
+    assert "image dependence: answer loss" in done.stdout
 
 
 def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):

@@ -65,6 +65,31 @@ def predict(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: i
     return predictions
 
 
+@torch.no_grad()
+def image_dependence(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int) -> dict:
+    """Answer loss with each item's own panorama, and with the panoramas rotated by one item.
+
+    A model that reads the image does much worse on the rotated pairs; a gap near zero means
+    the captions come from the language prior alone, whatever the caption metrics say.
+    """
+    from vlm_resampler.data.collate import CaptionCollator
+    from vlm_resampler.training.losses import next_token_loss
+
+    if len(items) < 2:
+        return {}
+    collate = CaptionCollator(tokenizer, prompt, int(data_cfg["max_answer_tokens"]))
+    dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
+    examples = [dataset[i] | {"answer": item["references"][0]} for i, item in enumerate(items)]
+    shuffled = [ex | {"panorama": examples[(i + 1) % len(examples)]["panorama"]} for i, ex in enumerate(examples)]
+    totals = {"own": 0.0, "rotated": 0.0}
+    for start in range(0, len(examples), batch_size):
+        for label, rows in (("own", examples), ("rotated", shuffled)):
+            chunk = rows[start : start + batch_size]
+            totals[label] += float(next_token_loss(model, collate(chunk))[0]) * len(chunk)
+    own, rotated = totals["own"] / len(examples), totals["rotated"] / len(examples)
+    return {"answer_loss": round(own, 4), "answer_loss_images_rotated": round(rotated, 4), "gap": round(rotated - own, 4)}
+
+
 def constant_caption(data_cfg) -> str:
     """The most frequent training reference (ties: alphabetical): the best a blind guess can do."""
     counts = collections.Counter(ref for item in prepare_split(data_cfg, "train") for ref in item["references"])
@@ -112,6 +137,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                 "untrained": scorer.score(blind, references),
                 "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
             }
+    results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["ignored_settings"] = ignored
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_predictions(out_dir / "predictions.csv", items, predictions)
@@ -128,4 +154,10 @@ def summary_table(results: dict) -> str:
              f"{'':<18}" + "".join(f"{n:>10}" for n in names)]
     for label, scores in rows:
         lines.append(f"{label:<18}" + "".join(f"{scores.get(n, float('nan')):>10.4f}" for n in names))
+    dependence = results.get("image_dependence")
+    if dependence:
+        lines.append(
+            f"image dependence: answer loss {dependence['answer_loss']:.4f} with its own panorama, "
+            f"{dependence['answer_loss_images_rotated']:.4f} with another's (gap {dependence['gap']:+.4f})"
+        )
     return "\n".join(lines)
