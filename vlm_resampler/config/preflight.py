@@ -92,12 +92,9 @@ def check_key_exists(cfg: DictConfig, key: str) -> None:
             siblings = [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
             message = f"{key}: unknown key {part!r} in {where}.{did_you_mean(part, siblings)}"
             if parts[0] == "resampler" and depth == 1:
-                from vlm_resampler.config.validate import resampler_options_with
+                from vlm_resampler.config.validate import unknown_resampler_key
 
-                elsewhere = resampler_options_with(part)
-                message = f"resampler.{part} is not a parameter of this resampler.{did_you_mean(part, siblings)}"
-                if elsewhere:
-                    message += f" `{part}` is a parameter of resampler={', '.join(elsewhere)}."
+                message = unknown_resampler_key(part, siblings)
             if siblings:
                 message += f"\n  valid keys here: {', '.join(map(str, siblings))}"
             raise ConfigError(message)

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.suggest import did_you_mean
-from vlm_resampler.runs.layout import STAGE_NAMES, is_stage_dir
+from vlm_resampler.runs.layout import METADATA, STAGE_NAMES, STATUS, is_stage_dir
+from vlm_resampler.runs.metadata import read_metadata
 from vlm_resampler.runs.targets import ALLOWED_TARGET_PREFIXES
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -45,6 +46,16 @@ def resampler_options_with(key: str) -> list[str]:
         if key in OmegaConf.load(path):
             options.append(path.stem)
     return options
+
+
+def unknown_resampler_key(key: str, valid: list[str], class_name: str | None = None) -> str:
+    """The one message for a key the chosen resampler does not take (with the types that do)."""
+    owner = f" ({class_name})" if class_name else ""
+    message = f"resampler.{key} is not a parameter of this resampler{owner}.{did_you_mean(key, valid)}"
+    elsewhere = resampler_options_with(key)
+    if elsewhere:
+        message += f" `{key}` is a parameter of resampler={', '.join(elsewhere)}."
+    return message
 
 
 def _type_ok(value, annotation) -> bool:
@@ -81,13 +92,7 @@ def check_target_node(node: DictConfig, where: str) -> None:
     for key in sorted(given - set(params)):
         message = f"{where}.{key} is not a parameter of {node._target_}.{did_you_mean(key, set(params) - injected)}"
         if where == "model.resampler":
-            elsewhere = resampler_options_with(key)
-            message = (
-                f"resampler.{key} is not a parameter of this resampler ({target.__name__})."
-                + did_you_mean(key, set(params) - injected)
-            )
-            if elsewhere:
-                message += f" `{key}` is a parameter of resampler={', '.join(elsewhere)}."
+            message = unknown_resampler_key(key, sorted(set(params) - injected), target.__name__)
             message += f"\n  valid keys: {', '.join(k for k in params if k not in injected)}"
         raise ConfigError(message)
     for key in sorted(given & injected):
@@ -176,14 +181,15 @@ def tree_differences(a, b, where: str = "") -> list[str]:
 def check_init_from(cfg: DictConfig) -> None:
     """A run that continues from a checkpoint must describe the same model: a setting that
     disagrees would otherwise be silently replaced by the checkpoint's."""
-    import json
-
     if cfg.init_from is None:
         return
     path = Path(cfg.init_from)
     if not is_stage_dir(path):
-        raise ConfigError(f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a checkpoint_metadata.json)")
-    saved = json.loads((path / "checkpoint_metadata.json").read_text(encoding="utf-8"))["model"]
+        raise ConfigError(f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a {METADATA})")
+    try:
+        saved = read_metadata(path)["model"]
+    except ValueError as err:
+        raise ConfigError(f"init_from={cfg.init_from!r}: {err}") from err
     wanted = OmegaConf.to_container(cfg.model, resolve=True)
     saved, wanted = dict(saved), dict(wanted)
     saved.pop("lora", None)
@@ -211,7 +217,7 @@ def check_backbones_available(cfg: DictConfig) -> None:
 def check_run_dir_free(cfg: DictConfig) -> None:
     """Never train into a directory that already holds a run: its checkpoints would be mixed."""
     run_dir = Path(cfg.hydra.run.dir)
-    if (run_dir / "status.json").exists() or any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
+    if (run_dir / STATUS).exists() or any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
         raise ConfigError(
             f"{run_dir} already holds a run (experiment.name={cfg.experiment.name!r}); "
             "choose another experiment.name"

@@ -1,13 +1,12 @@
 """Command-line conveniences of launch/eval.py, checked before anything is loaded."""
 from __future__ import annotations
 
-import json
-
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.hub import configure_hub_access
 from vlm_resampler.runs import layout
+from vlm_resampler.runs.metadata import read_metadata
 
 
 MODEL_ROOTS = ("resampler", "backbone", "view", "projector", "model", "prompt")
@@ -48,8 +47,7 @@ def configure_hub_for_eval(configs: list[DictConfig]) -> None:
             stage_dir = layout.resolve_stage_dir(cfg.checkpoint_dir)
         except FileNotFoundError:
             continue  # reported by check_eval_config
-        meta = json.loads((stage_dir / layout.METADATA).read_text(encoding="utf-8"))
-        names += [b["name_or_path"] for b in meta.get("backbones", {}).values()]
+        names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
     configure_hub_access(names)
 
 
