@@ -23,6 +23,7 @@ INJECTED = {
     "model.resampler": {"input_dim"},
     "model.projector": {"input_dim", "output_dim"},
     "model.overlap_head": {"input_dim"},
+    "model.stitch": {"latent_dimension", "llm_width", "views", "keeps_token_grid", "grid_hw", "tokens_per_view"},
 }
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -130,9 +131,15 @@ def check_resampler_builds(cfg: DictConfig) -> None:
     node = cfg.model.resampler
     with torch.device("meta"):
         try:
-            instantiate(node, _convert_="all")(input_dim=8)
+            resampler = instantiate(node, _convert_="all")(input_dim=8)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    stitch = cfg.model.get("stitch")
+    if stitch is not None and stitch.get("mode") == "dedupe_overlap" and not resampler.keeps_token_grid:
+        raise ConfigError(
+            f"stitch.mode=dedupe_overlap merges tokens of neighbouring views that see the same direction, "
+            f"but resampler={resampler.type_name} outputs query tokens, which have no direction: use stitch=concat"
+        )
 
 
 def check_stages(cfg: DictConfig) -> None:

@@ -24,6 +24,7 @@ class PanoramaVLM(nn.Module):
         resampler: Callable[..., nn.Module],
         projector: Callable[..., nn.Module],
         overlap_head: Callable[..., nn.Module],
+        stitch: Callable[..., nn.Module],
         lora: dict | None = None,
     ) -> None:
         super().__init__()
@@ -33,6 +34,14 @@ class PanoramaVLM(nn.Module):
         llm_width = language_model.get_input_embeddings().embedding_dim
         self.projector = projector(input_dim=self.resampler.latent_dimension, output_dim=llm_width)
         self.overlap_head = overlap_head(input_dim=self.resampler.latent_dimension)
+        self.stitch = stitch(
+            latent_dimension=self.resampler.latent_dimension,
+            llm_width=llm_width,
+            views=views,
+            keeps_token_grid=self.resampler.keeps_token_grid,
+            grid_hw=self.view_grid,
+            tokens_per_view=self.tokens_per_view,
+        )
         self.llm = attach_lora(language_model, lora) if lora else language_model
         self.lora_config = dict(lora) if lora else None
         mean = torch.tensor(vision_encoder.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -58,7 +67,8 @@ class PanoramaVLM(nn.Module):
 
     @property
     def tokens_per_image(self) -> int:
-        return self.num_views * self.tokens_per_view
+        """Visual tokens one panorama occupies in the LLM sequence (after stitching)."""
+        return self.stitch.tokens_per_image
 
     # ---- vision side --------------------------------------------------------------------
     def encode_views(self, panoramas: torch.Tensor) -> torch.Tensor:
@@ -71,9 +81,10 @@ class PanoramaVLM(nn.Module):
         return tokens.view(b, v, tokens.shape[1], tokens.shape[2])
 
     def visual_embeddings(self, panoramas: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, V*S', llm_width], views in order, tokens row-major within a view."""
-        tokens = self.encode_views(panoramas)
-        return self.projector(tokens.flatten(1, 2))
+        """[B, 3, H, W] -> [B, tokens_per_image, llm_width]: views in order, tokens row-major
+        within a view, stitched as configured (view position, overlap dedupe, separators)."""
+        tokens = self.stitch.merge(self.encode_views(panoramas))
+        return self.stitch.separate(self.projector(tokens))
 
     # ---- language side ------------------------------------------------------------------
     def splice(

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from vlm_resampler.data.collate import CaptionCollator, panorama_only
 from vlm_resampler.data.datasets import CaptionExamples, Panoramas, prepare_split
 from vlm_resampler.data.prompts import PromptFormat
-from vlm_resampler.models.lora import attach_lora
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.checkpoint import save_weights
@@ -23,11 +22,11 @@ from vlm_resampler.runs.load import build_model, load_stage
 from vlm_resampler.runs.metadata import build_metadata
 from vlm_resampler.runs.run_meta import run_meta
 from vlm_resampler.training.plots import plot_losses
-from vlm_resampler.training.stages import apply_freeze, format_trainable
+from vlm_resampler.training.stages import apply_freeze, attach_stage_lora, format_trainable
 from vlm_resampler.training.trainer import JsonlLog, StageTrainer, training_arguments
 
 log = logging.getLogger(__name__)
-ALWAYS_SAVED = ["resampler", "projector", "overlap_head"]
+ALWAYS_SAVED = ["resampler", "projector", "overlap_head", "stitch"]
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -97,17 +96,9 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
     stage_dir.mkdir(parents=True, exist_ok=True)
     model, model_tree, saved_modules = start_model(cfg, init_from)
     log.info("resampler %s applied: %s", model.resampler.type_name, json.dumps(model_tree["resampler"]))
-    if stage.lora:
-        lora = OmegaConf.to_container(stage.lora)
-        if model.lora_config is None:
-            model.llm = attach_lora(model.llm, lora)
-            model.lora_config = lora
-            model_tree["lora"] = lora
-        elif model.lora_config != lora:
-            raise ValueError(
-                f"stage.{name}.lora={lora} differs from the LoRA of the checkpoint it starts from "
-                f"({model.lora_config}); a LoRA cannot change shape between stages"
-            )
+    attached = attach_stage_lora(model, stage)
+    if attached:
+        model_tree["lora"] = attached
     if int(stage.vision_trainable_blocks) != 0 and "vision" not in saved_modules:
         saved_modules.append("vision")
 

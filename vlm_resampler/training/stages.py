@@ -1,11 +1,13 @@
 """The freeze matrix: which parameter groups each stage trains. Stage names are data (conf/stage)."""
 from __future__ import annotations
 
+from omegaconf import OmegaConf
 from torch import nn
 
-from vlm_resampler.models.lora import lora_parameters
+from vlm_resampler.models.lora import attach_lora, lora_parameters
 
 OBJECTIVES = ("overlap_vicreg", "next_token")
+TRAINABLE_MODULES = ("resampler", "projector", "overlap_head", "stitch")
 
 
 def vision_last_blocks(model, count: int) -> dict[str, nn.Parameter]:
@@ -16,14 +18,33 @@ def vision_last_blocks(model, count: int) -> dict[str, nn.Parameter]:
     return {f"vision.block.{n}": p for n, p in chosen.named_parameters()}
 
 
+def attach_stage_lora(model, stage) -> dict | None:
+    """Give the LLM the stage's LoRA if it has none yet; returns the LoRA config it attached.
+
+    A model that already carries a LoRA (from an earlier stage) must carry this very one."""
+    if not stage.get("lora"):
+        return None
+    lora = OmegaConf.to_container(stage.lora)
+    if model.lora_config is None:
+        model.llm = attach_lora(model.llm, lora)
+        model.lora_config = lora
+        return lora
+    if model.lora_config != lora:
+        raise ValueError(
+            f"stage.{stage.name}.lora={lora} differs from the LoRA of the checkpoint it starts from "
+            f"({model.lora_config}); a LoRA cannot change shape between stages"
+        )
+    return None
+
+
 def trainable_groups(model, stage) -> dict[str, dict[str, nn.Parameter]]:
     """Group name -> parameters that the stage trains."""
     groups: dict[str, dict[str, nn.Parameter]] = {}
     for name in stage.train:
-        if name not in ("resampler", "projector", "overlap_head"):
+        if name not in TRAINABLE_MODULES:
             raise ValueError(
                 f"stage.{stage.name}.train: unknown module {name!r}; expected some of "
-                "['resampler', 'projector', 'overlap_head'] (LoRA and vision blocks have their own keys)"
+                f"{list(TRAINABLE_MODULES)} (LoRA and vision blocks have their own keys)"
             )
         groups[name] = dict(getattr(model, name).named_parameters())
     if stage.get("lora"):

@@ -1,0 +1,110 @@
+"""How the resampled tokens of several views become one token sequence for the LLM.
+
+Two modes:
+- `concat`: every token of every view, views in order.
+- `dedupe_overlap`: each direction once. Where two neighbouring views see the same directions
+  (the geometric token correspondence of the view strategy, the same pairs the vision stage's
+  overlap loss uses), the two tokens are averaged into one and the second copy is dropped.
+  Only for resamplers that keep the patch grid: a query token of a perceiver has no direction.
+
+Optionally a view position encoding is added to the resampler outputs first: a learned linear
+map of sin/cos harmonics of the view's yaw (so 359 and 1 degrees are neighbours) and of its
+pitch. The resampler sees one view at a time and cannot tell which; without this the LLM can
+only tell views apart by their place in the sequence. Optionally a learned separator embedding
+(LLM width) follows every view but the last.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MODES = ("concat", "dedupe_overlap")
+
+
+def yaw_pitch_features(yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """[V] angles -> [V, 2 * harmonics + 2]: sin/cos of k*yaw (k = 1..harmonics), sin/cos of pitch."""
+    yaw = yaw_deg * (math.pi / 180.0)
+    k = torch.arange(1, harmonics + 1, dtype=yaw.dtype)
+    angles = yaw[:, None] * k[None, :]
+    pitch = pitch_deg * (math.pi / 180.0)
+    return torch.cat([angles.sin(), angles.cos(), pitch.sin()[:, None], pitch.cos()[:, None]], dim=1)
+
+
+class ViewStitcher(nn.Module):
+    def __init__(
+        self,
+        latent_dimension: int,
+        llm_width: int,
+        views,
+        keeps_token_grid: bool,
+        grid_hw: tuple[int, int],
+        tokens_per_view: int,
+        mode: str,
+        view_position: bool,
+        yaw_harmonics: int,
+        separator: bool,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"stitch.mode={mode!r}: expected one of {list(MODES)}")
+        if not isinstance(yaw_harmonics, int) or yaw_harmonics < 1:
+            raise ValueError(f"stitch.yaw_harmonics={yaw_harmonics!r}: expected an int >= 1")
+        self.mode = mode
+        metas = views.metadata()
+        self.num_views = len(metas)
+        self.tokens_per_view = tokens_per_view
+        self.yaw_harmonics = yaw_harmonics
+        if view_position:
+            yaw = torch.tensor([m.yaw_deg for m in metas], dtype=torch.float32)
+            pitch = torch.tensor([m.pitch_deg for m in metas], dtype=torch.float32)
+            # A buffer, not a parameter: it is geometry, rebuilt from the view config.
+            self.register_buffer("view_features", yaw_pitch_features(yaw, pitch, yaw_harmonics), persistent=False)
+            self.view_position = nn.Linear(2 * yaw_harmonics + 2, latent_dimension, bias=False)
+        else:
+            self.view_position = None
+        self.separator = nn.Parameter(torch.randn(llm_width) * 0.02) if separator and self.num_views > 1 else None
+        keep = torch.ones(self.num_views, tokens_per_view, dtype=torch.bool)
+        merge_into: list[tuple[int, int, int, int]] = []
+        if mode == "dedupe_overlap":
+            if not keeps_token_grid:
+                raise ValueError(
+                    "stitch.mode=dedupe_overlap needs tokens that keep the patch grid (resampler=mlp or "
+                    "bimamba); this resampler outputs query tokens, which have no direction: use stitch=concat"
+                )
+            for v, w, idx_v, idx_w in views.token_correspondence(grid_hw):
+                for a, b in zip(idx_v.tolist(), idx_w.tolist()):
+                    # A token already dropped (it was merged into an earlier view) stays dropped.
+                    if keep[w, b] and keep[v, a]:
+                        keep[w, b] = False
+                        merge_into.append((v, a, w, b))
+        self.register_buffer("keep", keep.flatten(), persistent=False)
+        self._merges = merge_into
+        self.tokens_kept_per_view = keep.sum(dim=1).tolist()
+
+    @property
+    def tokens_per_image(self) -> int:
+        return sum(self.tokens_kept_per_view) + (self.num_views - 1 if self.separator is not None else 0)
+
+    def merge(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Resampler outputs [B, V, S, L] -> [B, N, L] (latent width), views in order."""
+        if self.view_position is not None:
+            tokens = tokens + self.view_position(self.view_features.to(tokens.dtype))[None, :, None, :]
+        if self._merges:
+            v, a, w, b = (torch.tensor(c, device=tokens.device) for c in zip(*self._merges))
+            tokens = tokens.clone()
+            tokens[:, v, a] = 0.5 * (tokens[:, v, a] + tokens[:, w, b])
+        flat = tokens.flatten(1, 2)
+        return flat[:, self.keep] if self._merges else flat
+
+    def separate(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Projected tokens [B, N, W] -> [B, N + V - 1, W] with a separator after each view but the last."""
+        if self.separator is None:
+            return embeddings
+        pieces = []
+        for i, chunk in enumerate(embeddings.split(self.tokens_kept_per_view, dim=1)):
+            pieces.append(chunk)
+            if i < self.num_views - 1:
+                pieces.append(self.separator.to(embeddings.dtype).expand(embeddings.shape[0], 1, -1))
+        return torch.cat(pieces, dim=1)
