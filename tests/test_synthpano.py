@@ -245,3 +245,48 @@ def test_load_reports_missing_image_with_row_number(tmp_path: Path) -> None:
     )
     with pytest.raises(FileNotFoundError, match=r"img\.csv row 3 .*gone\.png"):
         load_quic360_csv(path)
+
+
+# --------------------------------------------------------------------------- question/answer pairs, seam
+
+
+def test_question_answers_match_the_objects(dataset: Path) -> None:
+    objects = load_objects(dataset / "train_objects.jsonl")
+    qa = load_quic360_csv(dataset / "train_qa.csv")
+    answers = {(str(item["image"].relative_to(dataset)), item["query"]): item["references"] for item in qa}
+    for url, objs in objects.items():
+        by_direction = {o.direction: o for o in objs}
+        for direction, phrase in (("front", "in front"), ("right", "on the right"), ("behind", "behind"), ("left", "on the left")):
+            obj = by_direction.get(direction)
+            expected = f"a {obj.colour} {obj.shape}." if obj else "nothing."
+            assert answers[(url, f"What is {phrase}?")] == [expected]
+        assert answers[(url, "How many objects are there?")] == [["one.", "two.", "three."][len(objs) - 1]]
+        for obj in objs:
+            phrase = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left"}[obj.direction]
+            assert answers[(url, f"Which colour is the {obj.shape} {phrase}?")] == [f"{obj.colour}."]
+
+
+def test_conversations_hold_the_caption_and_every_question(dataset: Path) -> None:
+    lines = (dataset / "train_conversations.jsonl").read_text().splitlines()
+    qa_rows = list(csv.DictReader(open(dataset / "train_qa.csv")))
+    assert len(lines) == SMALL["num_train"]
+    first = json.loads(lines[0])
+    turns = first["conversations"]
+    assert turns[0]["from"] == "human" and turns[0]["value"].startswith("<image>\n")
+    assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+    assert len(turns) // 2 == 1 + sum(row["url"] == first["image"] for row in qa_rows)
+
+
+def test_seam_flag_marks_exactly_the_images_whose_object_crosses_the_seam(dataset: Path) -> None:
+    from vlm_resampler.data.synthpano import seam_urls
+
+    seam = seam_urls(dataset / "train_objects.jsonl")
+    for url, objs in load_objects(dataset / "train_objects.jsonl").items():
+        image = read_image(dataset, url).astype(int)
+        # An object colour in both the first and the last pixel column means it crosses 0/360.
+        wraps = any(
+            (np.abs(image[:, 0] - COLOURS[o.colour]).sum(-1) < 30).any() and (np.abs(image[:, -1] - COLOURS[o.colour]).sum(-1) < 30).any()
+            for o in objs
+        )
+        assert (url in seam) == wraps, url
+    assert seam  # every object behind straddles the seam, and many scenes have one

@@ -33,12 +33,18 @@ def synthpano_root(data_cfg) -> Path:
     return cache_root() / "data" / f"synthpano-{digest}"
 
 
-def prepare_split(data_cfg, split: str) -> list[dict]:
-    """Items {image, query, references} of one split; SynthPano is generated on first use."""
+TASKS = ("caption", "qa")
+
+
+def prepare_split(data_cfg, split: str, task: str = "caption") -> list[dict]:
+    """Items {image, query, references} of one split and task (captions, or SynthPano's
+    question/answer pairs); SynthPano is generated on first use."""
     from vlm_resampler.data.synthpano import ensure_synthpano, load_quic360_csv
 
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+    if task not in TASKS:
+        raise ValueError(f"data task {task!r}: expected one of {list(TASKS)}")
     if data_cfg.name != "synthpano":
         raise ValueError(f"data.name={data_cfg.name!r}: expected 'synthpano' (the only dataset so far)")
     csvs = ensure_synthpano(
@@ -50,7 +56,18 @@ def prepare_split(data_cfg, split: str) -> list[dict]:
         size=(int(data_cfg.erp_width), int(data_cfg.erp_height)),
         query=str(data_cfg.query),
     )
+    if task == "qa":
+        return load_quic360_csv(csvs[split].with_name(f"{split}_qa.csv"))
     return load_quic360_csv(csvs[split])
+
+
+def training_items(data_cfg) -> list[dict]:
+    """The train split of every task in `data.train_tasks`, in that order."""
+    tasks = list(data_cfg.train_tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise ValueError(f"data.train_tasks={tasks}: expected a non-empty list of {list(TASKS)}")
+    return [item for task in tasks for item in prepare_split(data_cfg, "train", task)]
 
 
 class CaptionExamples(Dataset):

@@ -36,7 +36,10 @@ from PIL import Image
 from vlm_resampler.panorama.geometry import wrap_yaw
 
 GENERATOR_NAME = "vlm_resampler.data.synthpano"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: question/answer pairs, conversations, seam flag
+# Scenes are drawn from streams keyed by this, not by GENERATOR_VERSION: new file layouts keep
+# the same scenes (and so stay comparable with earlier measurements).
+SCENE_STREAM_VERSION = 1
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("url", "query", "annotation")
 DEFAULT_QUERY = "Describe the panorama."
@@ -95,7 +98,7 @@ class Scene:
 
 def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """Independent stream per (seed, split, scene): scene i never depends on how many scenes exist."""
-    return np.random.default_rng(np.random.SeedSequence([GENERATOR_VERSION, seed, SPLITS.index(split), index]))
+    return np.random.default_rng(np.random.SeedSequence([SCENE_STREAM_VERSION, seed, SPLITS.index(split), index]))
 
 
 def _muted_rgb(rng: np.random.Generator, value_range: tuple[float, float]) -> tuple[float, float, float]:
@@ -170,6 +173,20 @@ def describe_objects(objects: Sequence[SceneObject], rng: np.random.Generator) -
         f"the panorama shows {shows}.",
         f"{counted_head}: {counted}.",
     ]
+
+
+def question_answers(objects: Sequence[SceneObject]) -> list[tuple[str, str]]:
+    """Short questions with one exact answer each: what is in each direction (or nothing), how
+    many objects, and which colour each object is."""
+    by_direction = {o.direction: o for o in objects}
+    pairs = []
+    for direction in DIRECTIONS:
+        obj = by_direction.get(direction)
+        pairs.append((f"What is {_AT_PHRASE[direction]}?", f"{_noun(obj)}." if obj else "nothing."))
+    pairs.append(("How many objects are there?", f"{_NUMBER_WORD[len(objects)]}."))
+    for obj in objects:
+        pairs.append((f"Which colour is the {obj.shape} {_AT_PHRASE[obj.direction]}?", f"{obj.colour}."))
+    return pairs
 
 
 # --------------------------------------------------------------------------- rendering
@@ -282,6 +299,13 @@ def render_scene(scene: Scene, erp_hw: tuple[int, int]) -> np.ndarray:
     return image
 
 
+def crosses_seam(obj: SceneObject, erp_hw: tuple[int, int]) -> bool:
+    """True when the rendered object touches both the first and the last ERP column: it straddles
+    the 0/360 seam, where views cut naively from the ERP split it in two."""
+    mask = object_mask(obj, erp_hw)
+    return bool(mask[:, 0].any() and mask[:, -1].any())
+
+
 def _png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -312,14 +336,22 @@ def _sha256(path: Path) -> str:
 
 
 def _write_split(out_dir: Path, split: str, count: int, seed: int, erp_hw: tuple[int, int], query: str) -> int:
-    """Render one split into ``out_dir``; returns the number of CSV rows written."""
+    """Render one split into ``out_dir``; returns the number of caption CSV rows written.
+
+    Per split: ``<split>.csv`` (captions), ``<split>_qa.csv`` (question/answer pairs), both in the
+    QuIC-360 layout; ``<split>_conversations.jsonl`` (the same as chat turns, one line per image);
+    ``<split>_objects.jsonl`` (the scene's objects and whether one straddles the seam).
+    """
     rows = 0
     with (
         open(out_dir / f"{split}.csv", "w", newline="", encoding="utf-8") as csv_file,
+        open(out_dir / f"{split}_qa.csv", "w", newline="", encoding="utf-8") as qa_file,
+        open(out_dir / f"{split}_conversations.jsonl", "w", encoding="utf-8") as conversations_file,
         open(out_dir / f"{split}_objects.jsonl", "w", encoding="utf-8") as objects_file,
     ):
-        writer = csv.writer(csv_file, lineterminator="\n")
+        writer, qa_writer = csv.writer(csv_file, lineterminator="\n"), csv.writer(qa_file, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
+        qa_writer.writerow(CSV_COLUMNS)
         for index in range(count):
             scene = sample_scene(_scene_rng(seed, split, index))
             url = f"images/{split}_{index:05d}.png"
@@ -327,7 +359,18 @@ def _write_split(out_dir: Path, split: str, count: int, seed: int, erp_hw: tuple
             for caption in scene.captions:
                 writer.writerow((url, query, caption))
                 rows += 1
-            record = {"url": url, "objects": [asdict(o) for o in scene.objects]}
+            pairs = question_answers(scene.objects)
+            qa_writer.writerows((url, question, answer) for question, answer in pairs)
+            turns = [(query, scene.captions[0]), *pairs]
+            conversation = [
+                {"from": role, "value": value}
+                for question, answer in turns
+                for role, value in (("human", question), ("gpt", answer))
+            ]
+            conversation[0]["value"] = "<image>\n" + conversation[0]["value"]
+            conversations_file.write(json.dumps({"image": url, "conversations": conversation}) + "\n")
+            seam = any(crosses_seam(o, erp_hw) for o in scene.objects)
+            record = {"url": url, "objects": [asdict(o) for o in scene.objects], "seam": seam}
             objects_file.write(json.dumps(record, sort_keys=True) + "\n")
     return rows
 
@@ -383,6 +426,7 @@ def generate_synthpano(
             "params": _params(seed, num_train, num_val, num_test, size, query),
             "counts": {split: {"images": int(counts[split]), "rows": rows[split]} for split in SPLITS},
             "csv_sha256": {split: _sha256(staging / f"{split}.csv") for split in SPLITS},
+            "qa_csv_sha256": {split: _sha256(staging / f"{split}_qa.csv") for split in SPLITS},
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_dir(staging, root)
@@ -407,6 +451,9 @@ def _existing_matches(root: Path, params: dict) -> bool:
     for split in SPLITS:
         csv_path = root / f"{split}.csv"
         if not csv_path.is_file() or _sha256(csv_path) != manifest.get("csv_sha256", {}).get(split):
+            return False
+        qa_path = root / f"{split}_qa.csv"
+        if not qa_path.is_file() or _sha256(qa_path) != manifest.get("qa_csv_sha256", {}).get(split):
             return False
         for index in range(params[f"num_{split}"]):
             if not (root / "images" / f"{split}_{index:05d}.png").is_file():
@@ -475,3 +522,9 @@ def load_objects(jsonl_path: Path) -> dict[str, list[SceneObject]]:
         record = json.loads(line)
         records[record["url"]] = [SceneObject(**obj) for obj in record["objects"]]
     return records
+
+
+def seam_urls(jsonl_path: Path) -> set[str]:
+    """Urls (as in the CSVs) of the images where an object straddles the 0/360 seam."""
+    lines = Path(jsonl_path).read_text(encoding="utf-8").splitlines()
+    return {record["url"] for record in map(json.loads, lines) if record["seam"]}

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.data.collate import CaptionCollator, panorama_only
-from vlm_resampler.data.datasets import CaptionExamples, Panoramas, prepare_split
+from vlm_resampler.data.datasets import CaptionExamples, Panoramas, training_items
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
@@ -106,7 +106,7 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
     print(format_trainable(name, rows, model), flush=True)
 
     data = OmegaConf.create(cfg["data"])
-    items = prepare_split(data, "train")
+    items = training_items(data)
     width, height = int(data.erp_width), int(data.erp_height)
     tokenizer_cfg = cfg["backbone"]["tokenizer"]
     if stage.objective == "overlap_vicreg":
