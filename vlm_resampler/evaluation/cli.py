@@ -7,6 +7,7 @@ from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.hub import configure_hub_access
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.metadata import read_metadata
+from vlm_resampler.runs.reconstruct import backbone_names, has_metadata, read_saved_config, required_groups, resolve_checkpoint_dir
 
 
 MODEL_ROOTS = ("resampler", "backbone", "view", "projector", "model", "prompt")
@@ -44,10 +45,13 @@ def configure_hub_for_eval(configs: list[DictConfig]) -> None:
         if OmegaConf.is_missing(cfg, "checkpoint_dir"):
             continue  # reported by check_eval_config
         try:
-            stage_dir = layout.resolve_stage_dir(cfg.checkpoint_dir)
+            stage_dir = resolve_checkpoint_dir(cfg.checkpoint_dir)
         except FileNotFoundError:
             continue  # reported by check_eval_config
-        names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
+        if has_metadata(stage_dir):
+            names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
+        else:
+            names += backbone_names(stage_dir, OmegaConf.to_container(cfg.backbone) if cfg.get("backbone") else None)
     configure_hub_access(names)
 
 
@@ -55,10 +59,27 @@ def check_eval_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "checkpoint_dir"):
         raise ConfigError("checkpoint_dir is required: python launch/eval.py checkpoint_dir=runs/NAME/finetune")
     try:
-        stage_dir = layout.resolve_stage_dir(cfg.checkpoint_dir)
+        stage_dir = resolve_checkpoint_dir(cfg.checkpoint_dir)
     except FileNotFoundError as err:
         raise ConfigError(f"checkpoint_dir={cfg.checkpoint_dir}: {err}") from err
+    check_weights_only_eval(stage_dir, cfg)
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split!r}: expected train, val or test")
     if not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1):
         raise ConfigError(f"batch_size={cfg.batch_size!r}: expected an int >= 1")
+
+
+def check_weights_only_eval(stage_dir, cfg: DictConfig) -> None:
+    """Without metadata and without the run's resolved_config.yaml, which backbone, views and
+    dataset the checkpoint belongs to are in no file: the command line must name them."""
+    if has_metadata(stage_dir) or read_saved_config(stage_dir) is not None:
+        return
+    # A group counts as chosen when its option's defining key is there (not just one override).
+    chosen = {group: "_target_" for group in required_groups()} | {"backbone": "vision_encoder", "data": "name"}
+    missing = [group for group, key in chosen.items() if not (cfg.get(group) and key in cfg[group])]
+    if missing:
+        raise ConfigError(
+            f"checkpoint_dir={cfg.checkpoint_dir}: there is no {layout.METADATA} and no {layout.RESOLVED_CONFIG} in "
+            f"its run dir, and no weight says which {', '.join(missing)} it was trained with; choose "
+            + " ".join(f"{g}=<option>" for g in missing) + " (the resampler is inferred from the weights)"
+        )

@@ -21,33 +21,57 @@ from vlm_resampler.evaluation.metrics import CaptionScorer
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.load import build_model, load_stage
+from vlm_resampler.runs.reconstruct import RECONSTRUCTED, UserSettings, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 # Where a command-line group of eval.yaml lives in a checkpoint's model tree.
 MODEL_PATHS = {"resampler": "model.resampler", "view": "model.views", "projector": "model.projector", "model": "model", "prompt": "prompt", "backbone": "backbone"}
 
 
-def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
-    """Model settings on the eval command line that disagree with the checkpoint: reported, ignored."""
+def command_line_overrides() -> list[tuple[str, str]]:
+    """(key, value) of every override typed on the eval command line."""
     from hydra.core.hydra_config import HydraConfig
 
+    return [(key, value) for key, _, value in (o.lstrip("+~").partition("=") for o in HydraConfig.get().overrides.task)]
+
+
+def user_settings(cfg: DictConfig) -> UserSettings:
+    """The model settings the command line states explicitly (a group's other defaults are not
+    statements about the checkpoint); used only for a checkpoint without metadata."""
+    user = UserSettings()
+    for key, _ in command_line_overrides():
+        root, _, rest = key.partition(".")
+        if root == "resampler" and rest and "." not in rest:
+            user.resampler[rest] = OmegaConf.select(cfg, key)
+        elif key.startswith("model.lora.") and key.count(".") == 2:
+            user.lora[key.rsplit(".", 1)[1]] = OmegaConf.select(cfg, key)
+        elif root == "prompt" and rest:
+            user.prompt[rest] = OmegaConf.select(cfg, key)
+        elif not rest and OmegaConf.is_dict(cfg.get(key)):  # a chosen group: backbone=..., view=...
+            user.groups[key] = OmegaConf.to_container(cfg[key], resolve=True)
+    return user
+
+
+def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
+    """Model settings on the eval command line that disagree with the checkpoint: reported, ignored."""
     saved = {"model": meta["model"], "prompt": meta["prompt"], "backbone": {
         "vision_encoder": meta["model"]["vision_encoder"], "language_model": meta["model"]["language_model"], "tokenizer": meta["tokenizer"]}}
+    used = set(meta.get(RECONSTRUCTED, {}).get("command_line", {}))
     notes = []
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.lstrip("+~").partition("=")
+    for key, value in command_line_overrides():
         root = key.split(".")[0]
-        if root not in MODEL_PATHS:
+        if root not in MODEL_PATHS or key in used:
             continue
         if key == "resampler":
-            found = meta["resampler_type"]
+            found, given = meta["resampler_type"], value
         elif "." not in key:
             notes.append(f"ignored {key}={value}: the model's settings come from the checkpoint")
             continue
         else:
             path = MODEL_PATHS[root] + key[len(root):]
-            found = OmegaConf.select(OmegaConf.create(saved), path, default="<absent>")
-        if str(found) != value:
+            # Typed values on both sides: `false` on the command line is the checkpoint's False.
+            found, given = OmegaConf.select(OmegaConf.create(saved), path, default="<absent>"), OmegaConf.select(cfg, key)
+        if found != given:
             notes.append(f"ignored {key}={value}: the checkpoint says {key}={found}")
     for note in notes:
         print(note)
@@ -107,17 +131,20 @@ def write_predictions(path: Path, items: list[dict], predictions: list[str], roo
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
-    stage_dir = layout.resolve_stage_dir(Path(cfg.checkpoint_dir))
+    stage_dir = resolve_checkpoint_dir(Path(cfg.checkpoint_dir))
     if stage_dir != Path(cfg.checkpoint_dir):
         print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
     started = time.perf_counter()
-    loaded = load_stage(stage_dir, verify=bool(cfg.verify))
+    loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
-    print(f"model rebuilt from {stage_dir / layout.METADATA} (resampler={meta['resampler_type']}, "
+    source = stage_dir / layout.METADATA if RECONSTRUCTED not in meta else "its weight shapes (no metadata; see the log above)"
+    print(f"model rebuilt from {source} (resampler={meta['resampler_type']}, "
           f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})")
     ignored = report_ignored_settings(cfg, meta)
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else meta["data"]
+    if data_cfg is None:
+        raise ValueError(f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>")
     data_cfg = OmegaConf.create(data_cfg)
     items = prepare_split(data_cfg, cfg.split)
     if cfg.max_items:
@@ -139,6 +166,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             }
     results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["ignored_settings"] = ignored
+    if RECONSTRUCTED in meta:
+        results["rebuilt_without_metadata"] = meta[RECONSTRUCTED]  # where each model setting came from
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_predictions(out_dir / "predictions.csv", items, predictions)
     write_json(out_dir / "metrics.json", results)

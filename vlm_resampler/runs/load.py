@@ -1,5 +1,6 @@
 """Rebuild a model from a run or stage directory alone: the saved `_target_` tree (never `conf/`,
-which may have changed since), then strict weight loading."""
+which may have changed since), then strict weight loading. A stage directory whose metadata is
+gone is rebuilt from its weight shapes (vlm_resampler.runs.reconstruct), announced in the log."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, verify_files
 from vlm_resampler.runs.metadata import read_metadata
+from vlm_resampler.runs.reconstruct import RECONSTRUCTED, UserSettings, describe, has_metadata, reconstruct_metadata, resolve_checkpoint_dir
 from vlm_resampler.runs.targets import check_targets
 
 log = logging.getLogger(__name__)
@@ -51,28 +53,46 @@ class LoadedStage:
     stage_dir: Path
 
 
-def load_stage(path: Path | str, verify: bool = True) -> LoadedStage:
+def stage_metadata(stage_dir: Path, user: UserSettings | None) -> dict:
+    """The stage's checkpoint_metadata.json, or (when it is gone) one rebuilt from the weights."""
+    if has_metadata(stage_dir):
+        return read_metadata(stage_dir)
+    meta = reconstruct_metadata(stage_dir, user)
+    for line in describe(meta):
+        log.warning("%s", line)
+    return meta
+
+
+def verify_stage(stage_dir: Path, meta: dict) -> None:
+    if RECONSTRUCTED in meta:
+        # The sha256 list and the backbone fingerprints live only in the metadata.
+        log.warning("not verified: without %s there are no sha256 sums for the weight files and no backbone "
+                    "fingerprints to check them against", layout.METADATA)
+        return
+    verify_files(stage_dir, meta["weights_sha256"])
+    check_backbones(meta["backbones"])
+
+
+def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None = None) -> LoadedStage:
+    """`user`: model settings from the eval command line, used only when the metadata is gone."""
     from vlm_resampler.models.backbones import load_tokenizer
 
-    stage_dir = layout.resolve_stage_dir(Path(path))
-    meta = read_metadata(stage_dir)
+    stage_dir = resolve_checkpoint_dir(path)
+    meta = stage_metadata(stage_dir, user)
     if verify:
-        verify_files(stage_dir, meta["weights_sha256"])
-        check_backbones(meta["backbones"])
+        verify_stage(stage_dir, meta)
     model = build_model(meta["model"], seed=0)
-    load_weights(model, stage_dir, meta["saved_modules"])
+    source = stage_dir / layout.METADATA if RECONSTRUCTED not in meta else f"the weight shapes in {stage_dir}"
+    try:
+        load_weights(model, stage_dir, meta["saved_modules"])
+    except CheckpointMismatch as err:
+        raise CheckpointMismatch(f"the model described by {source} does not fit its weights: {err}") from err
     model.eval()
-    log.info(
-        "rebuilt %s (stage %s, resampler=%s) from %s",
-        type(model).__name__,
-        meta["stage"],
-        meta["resampler_type"],
-        stage_dir / layout.METADATA,
-    )
+    log.info("rebuilt %s (stage %s, resampler=%s) from %s", type(model).__name__, meta["stage"], meta["resampler_type"], source)
     tokenizer = load_tokenizer(meta["tokenizer"]["name_or_path"], meta["tokenizer"].get("revision"))
     return LoadedStage(model, tokenizer, PromptFormat(**meta["prompt"]), meta, stage_dir)
 
 
-def load_from_run(path: Path | str, verify: bool = True) -> torch.nn.Module:
+def load_from_run(path: Path | str, verify: bool = True, user: UserSettings | None = None) -> torch.nn.Module:
     """The model of a stage directory, or of a run directory's last completed stage, in eval mode."""
-    return load_stage(path, verify=verify).model
+    return load_stage(path, verify=verify, user=user).model
