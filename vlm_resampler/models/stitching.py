@@ -65,20 +65,23 @@ class ViewStitcher(nn.Module):
         else:
             self.view_position = None
         self.separator = nn.Parameter(torch.randn(llm_width) * 0.02) if separator and self.num_views > 1 else None
-        keep = torch.ones(self.num_views, tokens_per_view, dtype=torch.bool)
-        merge_into: list[tuple[int, int, int, int]] = []
-        if mode == "dedupe_overlap":
-            if not keeps_token_grid:
-                raise ValueError(
-                    "stitch.mode=dedupe_overlap needs tokens that keep the patch grid (resampler=mlp or "
-                    "bimamba); this resampler outputs query tokens, which have no direction: use stitch=concat"
-                )
-            for v, w, idx_v, idx_w in views.token_correspondence(grid_hw):
-                for a, b in zip(idx_v.tolist(), idx_w.tolist()):
-                    # A token already dropped (it was merged into an earlier view) stays dropped.
-                    if keep[w, b] and keep[v, a]:
-                        keep[w, b] = False
-                        merge_into.append((v, a, w, b))
+        # Geometry bookkeeping, on the CPU even when the model is built on the meta device (as
+        # launch/inspect.py does): its values decide the number of tokens.
+        with torch.device("cpu"):
+            keep = torch.ones(self.num_views, tokens_per_view, dtype=torch.bool)
+            merge_into: list[tuple[int, int, int, int]] = []
+            if mode == "dedupe_overlap":
+                if not keeps_token_grid:
+                    raise ValueError(
+                        "stitch.mode=dedupe_overlap needs tokens that keep the patch grid (resampler=mlp or "
+                        "bimamba); this resampler outputs query tokens, which have no direction: use stitch=concat"
+                    )
+                for v, w, idx_v, idx_w in views.token_correspondence(grid_hw):
+                    for a, b in zip(idx_v.tolist(), idx_w.tolist()):
+                        # A token already dropped (it was merged into an earlier view) stays dropped.
+                        if keep[w, b] and keep[v, a]:
+                            keep[w, b] = False
+                            merge_into.append((v, a, w, b))
         self.register_buffer("keep", keep.flatten(), persistent=False)
         self._merges = merge_into
         self.tokens_kept_per_view = keep.sum(dim=1).tolist()

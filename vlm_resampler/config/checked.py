@@ -1,0 +1,15 @@
+"""One config, composed from overrides and checked the way train.py checks it before starting."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def compose_checked(overrides: list[str], validate, config_name: str = "train") -> tuple[DictConfig, list[str]]:
+    """Compose `config_name` with `overrides` through preflight's checks (unknown groups, options
+    and keys, with the closest valid names), then `validate(cfg)`, which may return notes.
+    Raises ConfigError with the message preflight would print."""
+    from vlm_resampler.config.preflight import check_override_names, compose, config_groups
+
+    check_override_names(overrides, config_name, config_groups())
+    cfg = compose(config_name, overrides)
+    return cfg, list(validate(cfg) or [])
