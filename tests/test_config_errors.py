@@ -27,6 +27,11 @@ from conftest import run_cli
         (["+resampler.foo=1"], ["resampler.foo is not a parameter"]),
         (["backbone=tinyy"], ["backbone=tinyy", "Did you mean 'tiny'"]),
         (["init_from=runs/does-not-exist/resampler"], ["init_from", "not a stage directory"]),
+        (["stage.finetune.lr=abc"], ["stage.finetune.lr='abc'", "a number > 0"]),
+        (["stage.resampler.max_steps=0"], ["stage.resampler.max_steps=0", "-1 to run `epochs`"]),
+        (["stage.vision.lr_scheduler=cosin"], ["lr_scheduler='cosin'", "Did you mean 'cosine'"]),
+        (["stage.finetune.train=[resampler,projecter]"], ["'projecter'", "Did you mean 'projector'"]),
+        (["stitch=dedupe"], ["stitch=dedupe", "dedupe_overlap"]),
     ],
 )
 def test_bad_train_config_fails_fast_with_a_named_key(args, expected, tmp_path):

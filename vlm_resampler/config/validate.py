@@ -142,6 +142,51 @@ def check_resampler_builds(cfg: DictConfig) -> None:
         )
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# key -> (test, what is expected); every stage option is a number with a range, so a value
+# like `stage.finetune.lr=abc` is refused here, not as a TypeError deep in the trainer.
+STAGE_VALUE_CHECKS = {
+    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "warmup_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "epochs": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "max_steps": (lambda v: _is_int(v) and (v == -1 or v > 0), "an int > 0, or -1 to run `epochs`"),
+    "batch_size": (lambda v: _is_int(v) and v > 0, "an int > 0"),
+    "grad_accum": (lambda v: _is_int(v) and v > 0, "an int > 0"),
+    "logging_steps": (lambda v: _is_int(v) and v > 0, "an int > 0"),
+    "vision_trainable_blocks": (lambda v: _is_int(v) and v >= -1, "an int >= 0, or -1 for all blocks"),
+}
+
+
+def check_stage_values(name: str, stage: DictConfig) -> None:
+    from transformers.trainer_utils import SchedulerType
+    from vlm_resampler.training.stages import TRAINABLE_MODULES
+
+    for key, (ok, expected) in STAGE_VALUE_CHECKS.items():
+        if key in stage and not ok(stage[key]):
+            raise ConfigError(f"stage.{name}.{key}={stage[key]!r}: expected {expected}")
+    schedulers = [s.value for s in SchedulerType]
+    if stage.get("lr_scheduler") not in schedulers:
+        raise ConfigError(
+            f"stage.{name}.lr_scheduler={stage.get('lr_scheduler')!r}:"
+            f"{did_you_mean(str(stage.get('lr_scheduler')), schedulers)} expected one of {schedulers}"
+        )
+    for module in stage.train:
+        if module not in TRAINABLE_MODULES:
+            raise ConfigError(
+                f"stage.{name}.train: unknown module {module!r}.{did_you_mean(str(module), TRAINABLE_MODULES)} "
+                f"Expected some of {list(TRAINABLE_MODULES)}"
+            )
+
+
 def check_stages(cfg: DictConfig) -> None:
     from vlm_resampler.training.stages import OBJECTIVES
 
@@ -160,9 +205,7 @@ def check_stages(cfg: DictConfig) -> None:
         stage = cfg.stage[name]
         if stage.objective not in OBJECTIVES:
             raise ConfigError(f"stage.{name}.objective={stage.objective!r}: expected one of {list(OBJECTIVES)}")
-        for key in ("lr", "batch_size", "epochs"):
-            if not stage[key] > 0:
-                raise ConfigError(f"stage.{name}.{key}={stage[key]!r}: expected a positive number")
+        check_stage_values(name, stage)
         if stage.objective == "overlap_vicreg" and not stage.vicreg:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
     if "vision" in stages:
