@@ -1,4 +1,4 @@
-"""Tests for vlm_resampler.panorama: geometry (parity with py360convert) and the e2p view strategy."""
+"""Tests for vlm_resampler.panorama.geometry: conventions, sampling plans, parity with py360convert."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vlm_resampler.panorama
 from vlm_resampler.panorama.geometry import (
     directions_to_lonlat,
     e2p,
     lonlat_to_directions,
     pad_erp,
+    plan_erp_sampling,
     project_directions,
+    sample_erp,
+    sample_erp_plan,
     view_directions,
+    view_sampling_grid,
     view_xy_to_pixel,
-)
-from vlm_resampler.panorama.views import (
-    HorizonViews,
-    ViewMeta,
-    mutual_token_pairs,
-    token_centre_directions,
 )
 
 
@@ -122,132 +121,67 @@ def test_geometry_rejects_bad_fov(fov: float) -> None:
         view_directions(fov, 0.0, 0.0, (4, 4))
 
 
-# --------------------------------------------------------------------------- HorizonViews
+def test_e2p_is_public_at_package_level() -> None:
+    assert vlm_resampler.panorama.e2p is e2p
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "num_views", "yaws", "effective"),
-    [
-        ({}, 4, [0.0, 90.0, 180.0, -90.0], 0.25),
-        ({"fov_deg": 90.0, "overlap": 0.5}, 8, [0, 45, 90, 135, 180, -135, -90, -45], 0.5),
-        ({"fov_deg": 90.0, "overlap": 0.0}, 4, [0.0, 90.0, 180.0, -90.0], 0.0),
-        ({"fov_deg": 100.0, "overlap": 0.3}, 6, [0, 60, 120, 180, -120, -60], 0.4),
-        ({"num_views": 5}, 5, [0, 72, 144, -144, -72], 0.4),
-    ],
-)
-def test_horizon_view_layout(kwargs: dict, num_views: int, yaws: list[float], effective: float) -> None:
-    strategy = HorizonViews(**kwargs)
-    assert strategy.num_views == num_views
-    assert [m.yaw_deg for m in strategy.metadata()] == pytest.approx(yaws)
-    assert strategy.effective_overlap == pytest.approx(effective)
-    meta = strategy.metadata()[0]
-    assert meta == ViewMeta(0, 0.0, 0.0, strategy.fov_deg, (112, 112), False)
+def test_e2p_parity_over_random_views_including_the_seam() -> None:
+    # A [0, 1] image with detail at several scales, 2:1 like a real ERP.
+    erp = (0.8 * smooth_erp(128, 256, seed=3) + 0.2 * torch.rand(3, 128, 256, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).float()
+    rng = np.random.default_rng(0)
+    yaws = np.concatenate([rng.uniform(-180.0, 180.0, 12), [-180.0, 180.0, 179.9, -179.9]])
+    pitches = np.concatenate([rng.uniform(-80.0, 80.0, 12), [-80.0, 80.0, 0.0, 45.0]])
+    worst = 0.0
+    for yaw, pitch in zip(yaws, pitches):
+        fov = float(rng.uniform(40.0, 130.0))
+        ours = e2p(erp, fov, float(yaw), float(pitch), (40, 56))
+        ref = py360_view(erp.double(), fov, float(yaw), float(pitch), (40, 56))
+        mean = float((ours.double() - ref).abs().mean())
+        worst = max(worst, mean)
+        assert mean <= 0.01, (yaw, pitch, fov, mean)
+    assert worst <= 1e-4  # same sample points: only float32 rounding differs
 
 
-def test_horizon_views_shapes_match_e2p_and_batching() -> None:
-    strategy = HorizonViews(fov_deg=120.0, overlap=0.25, size=32, pitch_deg=10.0)
-    erp = torch.stack([smooth_erp(seed=0), smooth_erp(seed=1)]).float()
-    batched = strategy.views(erp)
-    assert batched.shape == (2, 4, 3, 32, 32)
-    single = strategy.views(erp[1])
-    assert single.shape == (4, 3, 32, 32)
-    assert torch.allclose(single, batched[1])
-    for meta in strategy.metadata():
-        expected = e2p(erp[0], meta.fov_deg, meta.yaw_deg, meta.pitch_deg, meta.size)
-        assert torch.allclose(batched[0, meta.index], expected, atol=1e-6)
+def test_e2p_on_a_batch_equals_one_by_one() -> None:
+    erps = torch.stack([smooth_erp(seed=0), smooth_erp(seed=1)]).float()
+    batch = e2p(erps, 80.0, 170.0, -20.0, (24, 32))
+    assert batch.shape == (2, 3, 24, 32)
+    for i in range(2):
+        assert torch.allclose(batch[i], e2p(erps[i], 80.0, 170.0, -20.0, (24, 32)), atol=1e-6)
 
 
-def test_horizon_views_cache_sampling_grids() -> None:
-    strategy = HorizonViews(size=16)
-    erp = smooth_erp().float()
-    strategy.views(erp)
-    grid = strategy.sampling_grid((128, 256), erp.device, torch.float32)
-    strategy.views(erp.unsqueeze(0))
-    assert strategy.sampling_grid((128, 256), erp.device, torch.float32) is grid
-    strategy.views(erp.double())
-    assert len(strategy._grid_cache) == 2  # one per dtype
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "name"),
-    [
-        ({"fov_deg": 0.0}, "fov_deg"),
-        ({"fov_deg": 180.0}, "fov_deg"),
-        ({"overlap": 1.0}, "overlap"),
-        ({"overlap": -0.1}, "overlap"),
-        ({"size": 4}, "size"),
-        ({"num_views": 0}, "num_views"),
-        ({"pitch_deg": 95.0}, "pitch_deg"),
-    ],
-)
-def test_horizon_views_validation(kwargs: dict, name: str) -> None:
-    with pytest.raises(ValueError, match=name):
-        HorizonViews(**kwargs)
-
-
-def test_horizon_views_rejects_bad_input_shape() -> None:
+def test_e2p_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-        HorizonViews(size=16).views(torch.rand(128, 256))
+        e2p(torch.rand(8, 16), 90.0, 0.0, 0.0, (8, 8))
+    with pytest.raises(TypeError, match="floating point"):
+        e2p(torch.zeros(3, 8, 16, dtype=torch.uint8), 90.0, 0.0, 0.0, (8, 8))
+    with pytest.raises(ValueError, match="out_hw"):
+        e2p(torch.rand(3, 8, 16), 90.0, 0.0, 0.0, (0, 8))
 
 
-# --------------------------------------------------------------------------- token correspondence
+@pytest.mark.parametrize(("yaw", "pitch"), [(180.0, 0.0), (-179.7, 10.0), (0.0, 88.0), (33.0, -89.0)])
+def test_sampling_plan_equals_padded_grid_sample(yaw: float, pitch: float) -> None:
+    # The plan samples the raw ERP and patches the seam/pole pixels; it must match the simple
+    # reference (pad the ERP with its spherical neighbours, then grid_sample) exactly.
+    erp = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    dirs = view_directions(70.0, yaw, pitch, (20, 24))
+    plan = plan_erp_sampling(directions_to_lonlat(dirs), (32, 64))
+    assert plan.fix_pos.numel() > 0  # these views do touch the seam or a pole
+    ours = sample_erp_plan(erp, plan)
+    ref = sample_erp(erp, view_sampling_grid(70.0, yaw, pitch, (20, 24), (32, 64)))
+    assert torch.allclose(ours, ref, atol=1e-12)
 
 
-def test_token_correspondence_default_config_pairs_column_5_with_column_1() -> None:
-    # fov 120, overlap 0.25 -> 4 views 90 deg apart, 30 deg shared per neighbour pair. The overlap
-    # covers view-v columns ~4.7-7 and view-(v+1) columns 0-2.3 (of 7); only column 5 <-> column 1
-    # are mutual nearest neighbours in every row. (A naive "right k=2 columns <-> left 2 columns"
-    # strip would pair 5<->0 and 6<->1, which look at different directions.)
-    pairs = HorizonViews().token_correspondence((7, 7))
-    assert [(v, w) for v, w, _, _ in pairs] == [(0, 1), (1, 2), (2, 3), (3, 0)]
-    for _, _, idx_v, idx_next in pairs:
-        assert idx_v.tolist() == [row * 7 + 5 for row in range(7)]
-        assert idx_next.tolist() == [row * 7 + 1 for row in range(7)]
+def test_sampling_plan_rejects_another_erp_size() -> None:
+    plan = plan_erp_sampling(directions_to_lonlat(view_directions(90.0, 0.0, 0.0, (4, 4))), (16, 32))
+    with pytest.raises(ValueError, match="sampling plan is for an ERP of"):
+        sample_erp_plan(torch.rand(1, 3, 8, 16), plan)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "grid_hw"),
-    [
-        ({}, (7, 7)),
-        ({"fov_deg": 90.0, "overlap": 0.5}, (7, 7)),
-        ({"fov_deg": 90.0, "overlap": 0.5, "size": 224}, (14, 14)),
-        ({"fov_deg": 100.0, "overlap": 0.3, "size": 256, "pitch_deg": 20.0}, (16, 16)),
-    ],
-)
-def test_token_correspondence_is_geometric_and_one_to_one(kwargs: dict, grid_hw: tuple[int, int]) -> None:
-    strategy = HorizonViews(**kwargs)
-    meta = strategy.metadata()
-    token_width_deg = strategy.fov_deg / grid_hw[1]
-    pairs = strategy.token_correspondence(grid_hw)
-    assert len(pairs) == strategy.num_views
-    for v, w, idx_v, idx_w in pairs:
-        assert w == (v + 1) % strategy.num_views
-        assert len(idx_v) == len(idx_w) > 0
-        assert len(set(idx_v.tolist())) == len(idx_v) and len(set(idx_w.tolist())) == len(idx_w)
-        dirs_v = token_centre_directions(meta[v], grid_hw)[idx_v]
-        dirs_w = token_centre_directions(meta[w], grid_hw)[idx_w]
-        cos = (dirs_v * dirs_w).sum(-1)
-        angles = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
-        assert angles.max() < token_width_deg
-        # overlap is on the right half of v and the left half of v+1 (an odd grid's centre column may be in both)
-        assert (idx_v % grid_hw[1]).min() >= grid_hw[1] // 2
-        assert (idx_w % grid_hw[1]).max() <= (grid_hw[1] - 1) // 2
-        # mutual nearest neighbours: the same pairs whichever view we start from
-        back_w, back_v = mutual_token_pairs(meta[w], meta[v], grid_hw)
-        assert sorted(zip(back_v.tolist(), back_w.tolist())) == sorted(zip(idx_v.tolist(), idx_w.tolist()))
-
-
-@pytest.mark.parametrize("kwargs", [{"fov_deg": 90.0, "overlap": 0.0}, {"fov_deg": 120.0, "overlap": 0.0}])
-def test_token_correspondence_empty_without_overlap(kwargs: dict) -> None:
-    strategy = HorizonViews(**kwargs)
-    assert strategy.effective_overlap == pytest.approx(0.0)
-    for _, _, idx_v, idx_w in strategy.token_correspondence((7, 7)):
-        assert len(idx_v) == len(idx_w) == 0
-
-
-def test_token_correspondence_cached_and_validated() -> None:
-    strategy = HorizonViews()
-    assert strategy.token_correspondence((7, 7)) is strategy.token_correspondence((7, 7))
-    assert HorizonViews(num_views=1).token_correspondence((7, 7)) == []
-    with pytest.raises(ValueError, match="grid_hw"):
-        strategy.token_correspondence((0, 7))
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_e2p_on_cuda_matches_cpu() -> None:
+    erp = smooth_erp().float()
+    cpu = e2p(erp, 90.0, -170.0, 30.0, (32, 32))
+    gpu = e2p(erp.cuda(), 90.0, -170.0, 30.0, (32, 32))
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)

@@ -1,0 +1,80 @@
+"""``sliding_window``: tiles cut straight out of the ERP along the horizon, wrapping at the seam."""
+
+from __future__ import annotations
+
+from vlm_resampler.panorama.base import (
+    ViewMeta,
+    ViewStrategy,
+    check_fov,
+    check_num_views,
+    check_overlap,
+    check_pitch,
+    check_size,
+    cyclic_pairs,
+    horizon_view_count,
+)
+from vlm_resampler.panorama.geometry import wrap_yaw
+
+
+class SlidingWindowViews(ViewStrategy):
+    """N equirect tiles, ``fov_deg`` degrees of longitude wide and ``height_deg`` of latitude high,
+    centred on latitude ``pitch_deg``; tile 0 is centred on longitude 0, tile v+1 is 360/N degrees
+    to the right, and a tile across the +-180 seam continues on the other side.
+
+    No reprojection: rows are latitudes, columns longitudes, as in the ERP, so straight lines bend
+    like they do in the panorama. ``height_deg=None`` makes the tile as high as it is wide (ERP
+    pixels cover equal angles both ways, so the tile is not stretched when resized to a square).
+    """
+
+    name = "sliding_window"
+
+    def __init__(
+        self,
+        fov_deg: float = 120.0,
+        overlap: float = 0.25,
+        size: int = 112,
+        num_views: int | None = None,
+        pitch_deg: float = 0.0,
+        height_deg: float | None = None,
+    ) -> None:
+        self.fov_deg = check_fov("fov_deg", fov_deg, high=360.0)
+        self.overlap = check_overlap(overlap)
+        self.size = check_size(size)
+        count = check_num_views(num_views)
+        self.pitch_deg = check_pitch("pitch_deg", pitch_deg)
+        self.height_deg = self.fov_deg if height_deg is None else check_fov("height_deg", height_deg, high=180.0 + 1e-9)
+        if abs(self.pitch_deg) + self.height_deg / 2.0 > 90.0 + 1e-9:
+            hint = " (height_deg null = fov_deg)" if height_deg is None else ""
+            raise ValueError(
+                f"view.pitch_deg={self.pitch_deg:g} with view.height_deg={self.height_deg:g}{hint}: the tile spans "
+                f"latitudes {self.pitch_deg - self.height_deg / 2:g}..{self.pitch_deg + self.height_deg / 2:g}; "
+                "expected them within [-90, 90] (lower height_deg or move pitch_deg towards 0)"
+            )
+        self._num_views = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
+        step = 360.0 / self._num_views
+        super().__init__(
+            [
+                ViewMeta(
+                    index=i,
+                    yaw_deg=wrap_yaw(i * step),
+                    pitch_deg=self.pitch_deg,
+                    fov_deg=self.fov_deg,
+                    size=(self.size, self.size),
+                    vfov_deg=self.height_deg,
+                    projection="equirect",
+                    label=f"lon {wrap_yaw(i * step):g}",
+                )
+                for i in range(self._num_views)
+            ]
+        )
+
+    def settings(self) -> dict:
+        return {"fov_deg": self.fov_deg, "overlap": self.overlap, "size": self.size,
+                "num_views": self._num_views, "pitch_deg": self.pitch_deg, "height_deg": self.height_deg}
+
+    @property
+    def effective_overlap(self) -> float:
+        return 1.0 - (360.0 / self._num_views) / self.fov_deg
+
+    def neighbour_pairs(self) -> list[tuple[int, int]]:
+        return cyclic_pairs(list(range(self._num_views)))
