@@ -1,30 +1,43 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint directory: rebuild the model from the directory alone, generate for the
-test split, score with the COCO caption metrics, write predictions.csv and metrics.json.
+test split, score with the COCO caption metrics, write predictions.csv, metrics.json and
+report.html.
 
     python launch/eval.py checkpoint_dir=runs/NAME/finetune
     python launch/eval.py --checkpoint-dir runs/NAME          # a run dir: its last completed stage
     python launch/eval.py checkpoint_dir=runs/NAME/finetune debug=smoke
+
+Or score an existing predictions file, without loading any model:
+
+    python launch/eval.py --csv-input predictions.csv [--out DIR]
 """
 from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
 
-from vlm_resampler.config.preflight import preflight
-from vlm_resampler.evaluation.cli import check_eval_config, configure_hub_for_eval, translate_argv
+def evaluate_model(argv: list[str]) -> None:
+    import hydra
+    from omegaconf import DictConfig
 
+    from vlm_resampler.config.preflight import preflight
+    from vlm_resampler.evaluation.cli import check_eval_config, configure_hub_for_eval, translate_argv
 
-@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from vlm_resampler.evaluation.evaluate import evaluate_checkpoint
+    @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        from vlm_resampler.evaluation.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(cfg)
+        evaluate_checkpoint(cfg)
+
+    sys.argv[1:] = translate_argv(argv)
+    preflight("eval", sys.argv[1:], validate=check_eval_config, before_validate=configure_hub_for_eval)
+    main()
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = translate_argv(sys.argv[1:])
-    preflight("eval", sys.argv[1:], validate=check_eval_config, before_validate=configure_hub_for_eval)
-    main()
+    if any(arg == "--csv-input" or arg.startswith("--csv-input=") for arg in sys.argv[1:]):
+        # Before anything else is imported: this path must not pay for torch or transformers.
+        from vlm_resampler.evaluation.csv_input import main as score_csv
+
+        sys.exit(score_csv(sys.argv[1:]))
+    evaluate_model(sys.argv[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.evaluation.settings import check_eval_settings
 from vlm_resampler.hub import configure_hub_access
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.metadata import read_metadata
@@ -67,6 +68,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(f"split={cfg.split!r}: expected train, val or test")
     if not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1):
         raise ConfigError(f"batch_size={cfg.batch_size!r}: expected an int >= 1")
+    check_eval_settings(cfg)
 
 
 def check_weights_only_eval(stage_dir, cfg: DictConfig) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from vlm_resampler.data.collate import PromptCollator
 from vlm_resampler.data.datasets import EvalItems, prepare_split
-from vlm_resampler.evaluation.generate import generate_batch
+from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer
+from vlm_resampler.evaluation.report import Card, example_images, render_report
+from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings
+from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.load import build_model, load_stage
@@ -76,17 +76,6 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
     for note in notes:
         print(note)
     return notes
-
-
-def predict(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int, max_new_tokens: int, label: str) -> list[str]:
-    dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PromptCollator(tokenizer, prompt))
-    predictions: list[str] = []
-    with tqdm(total=len(dataset), desc=f"generate ({label})", unit="item") as bar:
-        for batch in loader:
-            predictions += generate_batch(model, tokenizer, batch, max_new_tokens)
-            bar.update(len(batch["input_ids"]))
-    return predictions
 
 
 @torch.no_grad()
@@ -152,41 +141,50 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     references = [item["references"] for item in items]
     out_dir = stage_dir / "eval" / f"{data_cfg.name}-{cfg.split}"
 
-    predictions = predict(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), int(cfg.max_new_tokens), "model")
+    generation = GenerationSettings.from_eval_config(cfg)
+    predictions, throughput = predict_items(
+        loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), generation, "model")
     results = {"checkpoint_dir": str(stage_dir), "stage": meta["stage"], "dataset": data_cfg.name, "split": cfg.split, "n_items": len(items)}
     with CaptionScorer() as scorer:
-        results["model"] = scorer.score(predictions, references)
+        scored = scorer.score_items(predictions, references)
+        results["model"] = scored.corpus
+        results["unavailable"] = dict(scorer.unavailable)
         if cfg.baselines:
             untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
-            blind = predict(untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), int(cfg.max_new_tokens), "untrained")
+            blind, _ = predict_items(
+                untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), generation, "untrained")
             caption = constant_caption(data_cfg)
             results["baselines"] = {
                 "untrained": scorer.score(blind, references),
                 "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
             }
     results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
+    results["generation"] = throughput
     results["ignored_settings"] = ignored
     if RECONSTRUCTED in meta:
         results["rebuilt_without_metadata"] = meta[RECONSTRUCTED]  # where each model setting came from
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_predictions(out_dir / "predictions.csv", items, predictions)
     write_json(out_dir / "metrics.json", results)
+    written = "predictions.csv, metrics.json"
+    report = ReportSettings.from_eval_config(cfg)
+    if report.enabled:
+        write_report(out_dir / "report.html", results, loaded.model, items, predictions, scored.per_item, data_cfg, report)
+        written += ", report.html"
     print(summary_table(results))
-    print(f"eval written to {out_dir} (predictions.csv, metrics.json)")
+    print(f"eval written to {out_dir} ({written})")
     return results
 
 
-def summary_table(results: dict) -> str:
-    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-    rows = [("model", results["model"])] + list(results.get("baselines", {}).items())
-    lines = [f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
-             f"{'':<18}" + "".join(f"{n:>10}" for n in names)]
-    for label, scores in rows:
-        lines.append(f"{label:<18}" + "".join(f"{scores.get(n, float('nan')):>10.4f}" for n in names))
-    dependence = results.get("image_dependence")
-    if dependence:
-        lines.append(
-            f"image dependence: answer loss {dependence['answer_loss']:.4f} with its own panorama, "
-            f"{dependence['answer_loss_images_rotated']:.4f} with another's (gap {dependence['gap']:+.4f})"
-        )
-    return "\n".join(lines)
+def write_report(path: Path, results: dict, model, items: list[dict], predictions: list[str],
+                 per_item: dict[str, list[float]], data_cfg, settings: ReportSettings) -> None:
+    dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
+    cards = []
+    for index, (item, prediction) in enumerate(zip(items, predictions)):
+        panorama, views = example_images(model.views, dataset[index]["panorama"], settings.panorama_width,
+                                         settings.view_size, settings.jpeg_quality)
+        cards.append(Card(index=index, image=Path(item["image"]).name, query=item["query"], prediction=prediction,
+                          references=list(item["references"]), scores={m: v[index] for m, v in per_item.items()},
+                          panorama=panorama, views=views))
+    write_text(path, render_report(results, cards))
+

@@ -1,0 +1,30 @@
+"""The plain-text tables an eval prints (torch-free: the CSV scoring path prints them too)."""
+from __future__ import annotations
+
+TABLE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def scores_table(rows: list[tuple[str, dict]], names: tuple[str, ...] = TABLE_METRICS) -> str:
+    lines = [f"{'':<18}" + "".join(f"{n:>10}" for n in names)]
+    for label, scores in rows:
+        lines.append(f"{label:<18}" + "".join(f"{scores.get(n, float('nan')):>10.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def summary_table(results: dict) -> str:
+    rows = [("model", results["model"])] + list(results.get("baselines", {}).items())
+    lines = [f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
+             scores_table(rows)]
+    dependence = results.get("image_dependence")
+    if dependence:
+        lines.append(
+            f"image dependence: answer loss {dependence['answer_loss']:.4f} with its own panorama, "
+            f"{dependence['answer_loss_images_rotated']:.4f} with another's (gap {dependence['gap']:+.4f})"
+        )
+    generation = results.get("generation")
+    if generation:
+        lines.append(f"generation: {generation['items_per_s']:.2f} items/s, {generation['tokens_per_s']:.1f} "
+                     f"generated tokens/s at batch {generation['batch_size']} ({generation['decoding']})")
+    for name, reason in results.get("unavailable", {}).items():
+        lines.append(f"{name} not computed: {reason}")
+    return "\n".join(lines)
