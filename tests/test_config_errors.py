@@ -32,6 +32,8 @@ from conftest import run_cli
         (["stage.vision.lr_scheduler=cosin"], ["lr_scheduler='cosin'", "Did you mean 'cosine'"]),
         (["stage.finetune.train=[resampler,projecter]"], ["'projecter'", "Did you mean 'projector'"]),
         (["stitch=dedupe"], ["stitch=dedupe", "dedupe_overlap"]),
+        (["view=resize"], ["view ResizeView has no overlapping views", "stages=[resampler,finetune]"]),
+        (["view.overlap=1.5"], ["view.overlap=1.5"]),
     ],
 )
 def test_bad_train_config_fails_fast_with_a_named_key(args, expected, tmp_path):

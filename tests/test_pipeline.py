@@ -127,7 +127,8 @@ def test_freeze_matrix_and_lora_training(smoke_config, tmp_path):
     finetune = run_stage(cfg, "finetune", tmp_path, resampler.stage_dir)
     trainable = {n for n, p in finetune.model.named_parameters() if p.requires_grad}
     assert any(".lora_" in n for n in trainable)
-    assert all(n.startswith(("resampler.", "projector.")) or ".lora_" in n for n in trainable)
+    assert all(n.startswith(("resampler.", "projector.", "stitch.")) or ".lora_" in n for n in trainable)
+    assert any(n.startswith("stitch.") for n in trainable)  # view position encoding and separators
     # LoRA B starts at zero: after training it must have moved, so gradients reached it.
     adapter = load_file(str(finetune.stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import run_cli
-from vlm_resampler.models.stitching import yaw_pitch_features
+from vlm_resampler.models.stitching import view_features
 from vlm_resampler.runs.load import build_model
 from vlm_resampler.training.run import resolved_container
 
@@ -15,7 +15,7 @@ def _model(smoke_config, *overrides):
 
 
 def test_yaw_features_are_periodic():
-    f = yaw_pitch_features(torch.tensor([359.0, -1.0, 1.0, 90.0]), torch.zeros(4), harmonics=3)
+    f = view_features(torch.tensor([359.0, -1.0, 1.0, 90.0]), torch.zeros(4), torch.zeros(4, dtype=torch.bool), harmonics=3)
     assert torch.allclose(f[0], f[1], atol=1e-5)  # 359 degrees is -1 degree
     assert (f[0] - f[2]).norm() < 0.2 < (f[0] - f[3]).norm()  # 359 and 1 are neighbours, 90 is not
 
@@ -68,3 +68,8 @@ def test_dedupe_overlap_refuses_query_tokens_before_anything_is_built(tmp_path):
     assert done.returncode == 2
     assert "resampler=perceiver outputs query tokens" in done.stderr and "use stitch=concat" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_global_view_is_told_apart_from_the_tile_facing_the_same_way():
+    f = view_features(torch.tensor([0.0, 0.0]), torch.zeros(2), torch.tensor([True, False]), harmonics=2)
+    assert not torch.allclose(f[0], f[1])

@@ -187,6 +187,32 @@ def check_stage_values(name: str, stage: DictConfig) -> None:
             )
 
 
+def build_views(cfg: DictConfig):
+    """The view strategy alone (cheap: geometry only), with its own range checks."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.model.views, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
+        raise ConfigError(f"view ({cfg.model.views._target_}): {cause}") from err
+
+
+# Overlap between two views hardly depends on the token grid: a coarse one answers "any overlap?"
+OVERLAP_PROBE_GRID = (8, 8)
+
+
+def check_views(cfg: DictConfig) -> None:
+    views = build_views(cfg)
+    if "vision" in cfg.stages and not views.token_correspondence(OVERLAP_PROBE_GRID):
+        raise ConfigError(
+            f"stages include 'vision', whose overlap loss compares neighbouring views where they see the "
+            f"same directions, but view {type(views).__name__} has no overlapping views. Use a strategy with "
+            f"overlap (view=e2p, cubemap with overlap > 0, sliding_window, anyres_e2p) or stages=[resampler,finetune]"
+        )
+
+
 def check_stages(cfg: DictConfig) -> None:
     from vlm_resampler.training.stages import OBJECTIVES
 
@@ -278,5 +304,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
     check_stages(cfg)
+    check_views(cfg)
     check_init_from(cfg)
     check_backbones_available(cfg)

@@ -23,13 +23,15 @@ from torch import nn
 MODES = ("concat", "dedupe_overlap")
 
 
-def yaw_pitch_features(yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, harmonics: int) -> torch.Tensor:
-    """[V] angles -> [V, 2 * harmonics + 2]: sin/cos of k*yaw (k = 1..harmonics), sin/cos of pitch."""
+def view_features(yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, is_global: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """[V] per view -> [V, 2 * harmonics + 3]: sin/cos of k*yaw (k = 1..harmonics), sin/cos of
+    pitch, and 1 for a global view (which looks at yaw 0 like the first tile, but sees everything)."""
     yaw = yaw_deg * (math.pi / 180.0)
     k = torch.arange(1, harmonics + 1, dtype=yaw.dtype)
     angles = yaw[:, None] * k[None, :]
     pitch = pitch_deg * (math.pi / 180.0)
-    return torch.cat([angles.sin(), angles.cos(), pitch.sin()[:, None], pitch.cos()[:, None]], dim=1)
+    flag = is_global.to(yaw.dtype)[:, None]
+    return torch.cat([angles.sin(), angles.cos(), pitch.sin()[:, None], pitch.cos()[:, None], flag], dim=1)
 
 
 class ViewStitcher(nn.Module):
@@ -59,9 +61,11 @@ class ViewStitcher(nn.Module):
         if view_position:
             yaw = torch.tensor([m.yaw_deg for m in metas], dtype=torch.float32)
             pitch = torch.tensor([m.pitch_deg for m in metas], dtype=torch.float32)
+            is_global = torch.tensor([m.is_global for m in metas])
             # A buffer, not a parameter: it is geometry, rebuilt from the view config.
-            self.register_buffer("view_features", yaw_pitch_features(yaw, pitch, yaw_harmonics), persistent=False)
-            self.view_position = nn.Linear(2 * yaw_harmonics + 2, latent_dimension, bias=False)
+            features = view_features(yaw, pitch, is_global, yaw_harmonics)
+            self.register_buffer("view_features", features, persistent=False)
+            self.view_position = nn.Linear(features.shape[1], latent_dimension, bias=False)
         else:
             self.view_position = None
         self.separator = nn.Parameter(torch.randn(llm_width) * 0.02) if separator and self.num_views > 1 else None

@@ -28,6 +28,22 @@ def vicreg_terms(x: torch.Tensor, y: torch.Tensor, gamma: float) -> dict[str, to
     }
 
 
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Under DDP: the rows of every process's batch, in rank order (= the global batch's order).
+
+    VICReg's variance and covariance are statistics of the whole batch, so each process computes
+    the loss of the global batch. Gradients flow back to every process's own rows (summed over the
+    processes by the all_gather's backward); DDP's averaging then gives the gradient that one
+    process with the global batch would compute."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
 def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
     """Tokens of neighbouring views that see the same directions (from the view geometry, at the
     vision encoder's patch grid) are pulled together through the overlap head."""
@@ -39,13 +55,15 @@ def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[
     pairs = model.views.token_correspondence(model.view_grid)
     if not pairs:
         raise ValueError(
-            "stage vision: the views do not overlap (no token of one view sees a direction that its "
-            "neighbour sees); raise view.overlap or view.fov_deg"
+            f"stage vision: the views ({type(model.views).__name__}) do not overlap: no token of one view sees "
+            "a direction that its neighbour sees. Use a view strategy with overlapping views (and raise "
+            "its overlap), or stages=[resampler,finetune]"
         )
     embedded = model.overlap_head(model.encode_views(panoramas))  # [B, V, S, P]
     left = torch.cat([embedded[:, v, idx_v] for v, _, idx_v, _ in pairs], dim=1)
     right = torch.cat([embedded[:, w, idx_w] for _, w, _, idx_w in pairs], dim=1)
-    terms = vicreg_terms(left.flatten(0, 1), right.flatten(0, 1), float(weights["gamma"]))
+    left, right = gather_rows(left.flatten(0, 1)), gather_rows(right.flatten(0, 1))
+    terms = vicreg_terms(left, right, float(weights["gamma"]))
     loss = (
         weights["invariance"] * terms["invariance"]
         + weights["variance"] * terms["variance"]
@@ -54,9 +72,14 @@ def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[
     return loss, {k: v.detach() for k, v in terms.items()}
 
 
-def next_token_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+def next_token_loss(model, batch: dict, num_items: torch.Tensor | int | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over the batch's answer tokens; with `num_items` (the answer tokens of
+    the whole optimizer step: all accumulation steps, all processes), their sum over it, so that
+    every answer token weighs the same however the step is split."""
     logits, targets = model.answer_logits(
         batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"]
     )
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-    return loss, {}
+    flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
+    if num_items is None:
+        return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100), {}
+    return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum") / num_items, {}
