@@ -42,6 +42,7 @@ def smoke(smoke_config):
     (["generation.do_sample=true", "generation.seed=3", "generation.top_p=1.5"], r"generation.top_p=1.5"),
     (["max_new_tokens=0"], r"max_new_tokens=0"),
     (["report.view_size=4"], r"report.view_size=4"),
+    (["num_threads=0"], r"num_threads=0"),
 ])
 def test_bad_generation_settings_stop_before_anything_loads(overrides, message):
     cfg = compose("eval", ["checkpoint_dir=/nowhere", *overrides])

@@ -124,6 +124,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if stage_dir != Path(cfg.checkpoint_dir):
         print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
     started = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
     source = stage_dir / layout.METADATA if RECONSTRUCTED not in meta else "its weight shapes (no metadata; see the log above)"

@@ -75,5 +75,8 @@ class ReportSettings:
 
 def check_eval_settings(cfg) -> None:
     """Called from the eval's preflight: a bad generation or report setting stops before loading."""
+    threads = cfg.num_threads
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        raise ConfigError(f"num_threads={threads!r}: expected an int >= 1, or null for torch's default")
     GenerationSettings.from_eval_config(cfg)
     ReportSettings.from_eval_config(cfg)
