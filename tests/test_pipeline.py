@@ -71,6 +71,13 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
     dependence = metrics["image_dependence"]
     assert dependence["gap"] == pytest.approx(dependence["answer_loss_images_rotated"] - dependence["answer_loss"], abs=1e-3)
     assert "image dependence: answer loss" in done.stdout
+    # SynthPano extras: the seam subset apart, and exact match on the question/answer pairs.
+    subsets = metrics["subsets"]
+    assert sum(s["n_items"] for s in subsets.values()) == 4 and "CIDEr" in next(iter(subsets.values()))
+    qa = metrics["qa"]
+    assert qa["n_items"] >= 4 * 5 and 0 <= qa["exact_match"] <= 1  # 4 direction + 1 count + 1-3 colour each
+    assert set(qa["by_kind"]) == {"direction", "count", "colour"}
+    assert "question answering: exact match" in done.stdout
 
 
 def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import csv
 import io
 import json
@@ -17,6 +18,7 @@ from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer
 from vlm_resampler.evaluation.report import Card, example_images, render_report
 from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings
+from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
@@ -160,6 +162,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                 "untrained": scorer.score(blind, references),
                 "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
             }
+        if data_cfg.name == "synthpano":
+            results["subsets"] = seam_subsets(items, predictions, data_cfg, scorer)
+    if data_cfg.name == "synthpano" and cfg.qa:
+        qa = qa_items_for(items, data_cfg, cfg.split)
+        # Every answer is a few words ("a red circle."): no need to let a wrong one run on for long.
+        short = dataclasses.replace(generation, max_new_tokens=min(generation.max_new_tokens, QA_MAX_NEW_TOKENS))
+        answers, _ = predict_items(loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa")
+        results["qa"] = exact_match(qa, answers)
     results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["generation"] = throughput
     results["ignored_settings"] = ignored

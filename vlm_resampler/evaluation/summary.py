@@ -15,6 +15,12 @@ def summary_table(results: dict) -> str:
     rows = [("model", results["model"])] + list(results.get("baselines", {}).items())
     lines = [f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
              scores_table(rows)]
+    for name, subset in results.get("subsets", {}).items():
+        lines.append(f"  {name} subset ({subset['n_items']} items): BLEU-4 {subset['BLEU-4']:.4f}, CIDEr {subset['CIDEr']:.4f}")
+    qa = results.get("qa")
+    if qa and qa["n_items"]:
+        kinds = ", ".join(f"{k} {v['exact_match']:.3f}" for k, v in qa["by_kind"].items())
+        lines.append(f"question answering: exact match {qa['exact_match']:.3f} on {qa['n_items']} questions ({kinds})")
     dependence = results.get("image_dependence")
     if dependence:
         lines.append(

@@ -1,0 +1,61 @@
+"""What only SynthPano can measure: captions of scenes where an object straddles the 0/360 seam
+(where naively cut views split it in two) reported apart, and exact-match accuracy on its
+question/answer pairs, per kind of question."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vlm_resampler.data.datasets import prepare_split, synthpano_root
+
+QA_MAX_NEW_TOKENS = 12  # the longest answer, "a yellow triangle." plus end of turn, is 6 tokens
+
+
+def seam_subsets(items: list[dict], predictions: list[str], data_cfg, scorer) -> dict:
+    """Caption metrics on the items whose panorama has an object across the seam, and on the rest."""
+    from vlm_resampler.data.synthpano import seam_urls
+
+    root = synthpano_root(data_cfg)
+    split_of = {str(item["image"]): Path(item["image"]).name.split("_")[0] for item in items}
+    seam = set()
+    for split in set(split_of.values()):
+        seam |= {str(root / url) for url in seam_urls(root / f"{split}_objects.jsonl")}
+    out = {}
+    for name, wanted in (("seam", True), ("no_seam", False)):
+        chosen = [i for i, item in enumerate(items) if (str(item["image"]) in seam) == wanted]
+        if chosen:
+            scores = scorer.score([predictions[i] for i in chosen], [items[i]["references"] for i in chosen])
+            out[name] = {"n_items": len(chosen), **scores}
+    return out
+
+
+def normalise_answer(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def question_kind(query: str) -> str:
+    if query.startswith("How many"):
+        return "count"
+    if query.startswith("Which colour"):
+        return "colour"
+    return "direction"
+
+
+def qa_items_for(items: list[dict], data_cfg, split: str) -> list[dict]:
+    """SynthPano's question/answer pairs of the images being evaluated."""
+    images = {str(item["image"]) for item in items}
+    return [qa for qa in prepare_split(data_cfg, split, "qa") if str(qa["image"]) in images]
+
+
+def exact_match(qa_items: list[dict], answers: list[str]) -> dict:
+    """Share of answers equal to the reference (case and punctuation ignored), overall and per kind."""
+    hits: dict[str, list[bool]] = {}
+    for item, answer in zip(qa_items, answers):
+        correct = normalise_answer(answer) in {normalise_answer(r) for r in item["references"]}
+        hits.setdefault(question_kind(item["query"]), []).append(correct)
+    every = [h for kind in hits.values() for h in kind]
+    return {
+        "exact_match": round(sum(every) / len(every), 4) if every else None,
+        "n_items": len(every),
+        "by_kind": {kind: {"exact_match": round(sum(h) / len(h), 4), "n_items": len(h)} for kind, h in sorted(hits.items())},
+    }
