@@ -28,6 +28,7 @@ from vlm_resampler.panorama.geometry import (
     plan_erp_sampling,
     project_directions,
     pixel_to_view_xy,
+    wrap_yaw,
     sample_erp_plan,
     view_directions,
     view_xy_to_pixel,
@@ -162,6 +163,16 @@ def horizon_view_count(fov_deg: float, overlap: float) -> int:
     """Views needed around the horizon so neighbours share at least ``overlap`` of their fov."""
     # The 1e-9 keeps e.g. fov 90 / overlap 0 at exactly 4 views despite float rounding.
     return math.ceil(360.0 / (fov_deg * (1.0 - overlap)) - 1e-9)
+
+
+def ring_of_views(count: int, pitch_deg: float, fov_deg: float, size: int, label: str, **extra) -> list[ViewMeta]:
+    """``count`` views equally spaced in yaw from 0, all at one pitch; ``label`` names the yaw."""
+    step = 360.0 / count
+    return [
+        ViewMeta(index=i, yaw_deg=wrap_yaw(i * step), pitch_deg=pitch_deg, fov_deg=fov_deg, size=(size, size),
+                 label=f"{label} {wrap_yaw(i * step):g}", **extra)
+        for i in range(count)
+    ]
 
 
 def cyclic_pairs(indices: list[int]) -> list[tuple[int, int]]:

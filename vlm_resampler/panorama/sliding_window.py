@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from vlm_resampler.panorama.base import (
-    ViewMeta,
     ViewStrategy,
     check_fov,
     check_num_views,
@@ -12,8 +11,8 @@ from vlm_resampler.panorama.base import (
     check_size,
     cyclic_pairs,
     horizon_view_count,
+    ring_of_views,
 )
-from vlm_resampler.panorama.geometry import wrap_yaw
 
 
 class SlidingWindowViews(ViewStrategy):
@@ -51,22 +50,9 @@ class SlidingWindowViews(ViewStrategy):
                 "expected them within [-90, 90] (lower height_deg or move pitch_deg towards 0)"
             )
         self._num_views = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
-        step = 360.0 / self._num_views
-        super().__init__(
-            [
-                ViewMeta(
-                    index=i,
-                    yaw_deg=wrap_yaw(i * step),
-                    pitch_deg=self.pitch_deg,
-                    fov_deg=self.fov_deg,
-                    size=(self.size, self.size),
-                    vfov_deg=self.height_deg,
-                    projection="equirect",
-                    label=f"lon {wrap_yaw(i * step):g}",
-                )
-                for i in range(self._num_views)
-            ]
-        )
+        super().__init__(ring_of_views(
+            self._num_views, self.pitch_deg, self.fov_deg, self.size, "lon", vfov_deg=self.height_deg, projection="equirect"
+        ))
 
     def settings(self) -> dict:
         return {"fov_deg": self.fov_deg, "overlap": self.overlap, "size": self.size,
