@@ -17,9 +17,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vlm_resampler.config.preflight import backbone_names, preflight
+from vlm_resampler.config.preflight import backbone_names, preflight, split_argv
 from vlm_resampler.config.validate import check_run_dir_free, validate_train_config
 from vlm_resampler.hub import configure_hub_access
+from vlm_resampler.sweeps.check import validate_sweep_job
+from vlm_resampler.sweeps.job import evaluate_if_asked
+from vlm_resampler.sweeps.submit import prepare_sweep
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -31,6 +34,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     last = run_training(cfg, run_dir)
     print(f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}")
+    evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now
 
 
 def configure_hub(configs: list[DictConfig]) -> None:
@@ -38,7 +42,8 @@ def configure_hub(configs: list[DictConfig]) -> None:
 
 
 if __name__ == "__main__":
-    preflight(
-        "train", sys.argv[1:], validate=validate_train_config, before_validate=configure_hub, single_run_check=check_run_dir_free
-    )
+    # A sweep's jobs are also built on the meta device before anything is submitted.
+    validate = validate_sweep_job if split_argv(sys.argv[1:])[1] else validate_train_config
+    preflight("train", sys.argv[1:], validate=validate, before_validate=configure_hub, single_run_check=check_run_dir_free)
+    sys.argv[1:] = prepare_sweep("train", sys.argv[1:])  # -m: conf/ snapshot, sweep.json, job dirs
     main()

@@ -12,6 +12,10 @@ os.environ.setdefault("VLM_RESAMPLER_CACHE", str(REPO_ROOT / ".cache" / "vlm_res
 
 import pytest  # noqa: E402
 
+# A real local SLURM for the tests marked `slurm` (tests/slurm_cluster.py): the session fixture
+# `slurm`, which every such test gets; skipped without a SLURM, failed when one is required (CI).
+from slurm_cluster import pytest_collection_modifyitems, slurm  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def smoke_config():

@@ -32,13 +32,27 @@ def split_argv(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
-    """Group path (e.g. 'resampler', 'hydra/launcher') -> its options (yaml file stems)."""
+    """Group path (e.g. 'resampler', 'hydra/launcher') -> its options (yaml file stems; for Hydra's
+    own groups also the options Hydra and its plugins register, e.g. hydra/launcher=basic)."""
     groups = {}
     for folder in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
         options = sorted(f.stem for f in folder.glob("*.yaml"))
         if options:
             groups[folder.relative_to(conf_dir).as_posix()] = options
+    for group in [g for g in groups if g.startswith("hydra/")]:
+        groups[group] = sorted(set(groups[group]) | set(registered_options(group)))
     return groups
+
+
+def registered_options(group: str) -> list[str]:
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # scanning the plugins registers their options
+    try:
+        return [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)]
+    except OSError:
+        return []
 
 
 def expand_jobs(overrides: list[str], groups: dict[str, list[str]]) -> list[list[str]]:
@@ -124,7 +138,11 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
     the config with its `hydra` node, for a run without -m."""
     overrides, multirun = split_argv(argv)
     groups = config_groups()
-    jobs = expand_jobs(overrides, groups) if multirun else [overrides]
+    try:
+        jobs = expand_jobs(overrides, groups) if multirun else [overrides]
+    except Exception as err:  # the override grammar (OverrideParseException): say what, no traceback
+        print(f"error: the sweep cannot be expanded into jobs; nothing was started.\n  {str(err).strip()}", file=sys.stderr)
+        sys.exit(2)
     composed, failures = [], []
     for job in jobs:
         try:
@@ -144,9 +162,17 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
     if failures:
         print(f"error: {len(failures)} of {len(jobs)} job(s) have an invalid config; nothing was started.", file=sys.stderr)
         for job, message in failures[:20]:
-            label = " ".join(o for o in job if not o.lstrip("+~").startswith("hydra.")) or "(no overrides)"
+            label = " ".join(o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))) or "(no overrides)"
             prefix = f"[{label}] " if len(jobs) > 1 else ""
             print(f"  {prefix}{message}", file=sys.stderr)
+        if len(failures) > 20:
+            print(f"  ... and {len(failures) - 20} more job(s)", file=sys.stderr)
+        if multirun and any("is not a parameter of this resampler" in message for _, message in failures):
+            print(
+                "hint: a key that only some resampler types have is swept per type, through one experiment preset "
+                "per type: -m 'experiment=glob(compare_*)' (see conf/experiment/compare_*.yaml)",
+                file=sys.stderr,
+            )
         sys.exit(2)
     return [cfg for _, cfg in composed]
 

@@ -1,0 +1,246 @@
+"""Sweeps without SLURM: job directory names, the whole sweep checked before anything is submitted,
+the launcher configs, and a hydra/launcher=basic sweep end to end (conf/ snapshot, sweep.json,
+summarize, summarize --resume). The same sweeps on a real SLURM: test_sweeps_slurm.py."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_cli
+from vlm_resampler.runs import layout
+from vlm_resampler.sweeps import dirs
+
+# Small and quick: one stage, tiny resampler widths (bimamba's CPU scan is slow at default sizes).
+SMALL = ["debug=smoke", "stages=[resampler]", "num_threads=1", "resampler.latent_dimension=32", "resampler.depth=1"]
+
+
+def manifest(sweep: Path) -> dict:
+    return json.loads((sweep / dirs.MANIFEST).read_text())
+
+
+def status(job_dir: Path) -> dict:
+    return json.loads((job_dir / layout.STATUS).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Job directory names.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_job_dir_is_its_number_and_a_hash_of_its_overrides(tmp_path):
+    job = ["resampler=mlp", "resampler.hidden_dim=16"]
+    name = dirs.job_dir_name(3, job)
+    assert re.fullmatch(r"3_[0-9a-f]{8}", name) and dirs.JOB_DIR.match(name)
+    assert dirs.overrides_hash(job) == dirs.overrides_hash(list(reversed(job))), "order must not matter"
+    assert dirs.overrides_hash(job) != dirs.overrides_hash(["resampler=mlp", "resampler.hidden_dim=32"])
+    # A new job gets <num>_<hash>; a job submitted again finds its own directory by the hash,
+    # whatever number it has now.
+    assert dirs.sweep_job_dir(tmp_path, 7, job) == f"7_{dirs.overrides_hash(job)}"
+    (tmp_path / name).mkdir()
+    assert dirs.sweep_job_dir(tmp_path, 0, job) == name
+    assert [p.name for p in dirs.job_dirs(tmp_path)] == [name]
+
+
+def test_train_yaml_names_sweep_jobs_through_the_resolver(smoke_config):
+    from vlm_resampler.config.preflight import compose
+
+    cfg = compose("train", ["debug=smoke"], with_hydra=True)
+    assert "sweep_job_dir" in cfg.hydra.sweep._get_node("subdir")._value()
+    assert cfg.eval_after is False and list(cfg.eval_args) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole sweep is checked before anything is submitted.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_sweep_is_refused_before_submission_with_every_bad_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_cli("train.py", "-m", "hydra/launcher=slurm", "resampler=mlp,bimamba", "resampler.expand=1.5,2", *SMALL,
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "2 of 4 job(s) have an invalid config; nothing was started" in done.stderr
+    for value in ("1.5", "2"):
+        assert f"[resampler=mlp resampler.expand={value} " in done.stderr
+    assert "`expand` is a parameter of resampler=bimamba" in done.stderr
+    assert "experiment=glob(compare_*)" in done.stderr, "the way to sweep type-specific keys"
+    assert not sweep.exists(), "nothing may be written (or submitted) for a refused sweep"
+
+
+def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
+    """projector.depth=0 passes the config checks; the meta-device build of the model refuses it."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("train.py", "-m", "hydra/launcher=slurm", "projector.depth=0,2", *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "1 of 2 job(s) have an invalid config" in done.stderr
+    assert "[projector.depth=0 " in done.stderr and "cannot be built" in done.stderr and "depth=0" in done.stderr
+    assert not sweep.exists()
+
+
+def test_preflight_knows_hydra_and_plugin_launchers():
+    from vlm_resampler.config.preflight import config_groups
+
+    assert {"basic", "submitit_local", "submitit_slurm", "local", "slurm"} <= set(config_groups()["hydra/launcher"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher configs.
+# ---------------------------------------------------------------------------------------------
+
+
+def compose_launcher(conf_dir: Path, launcher: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose("train", [f"hydra/launcher={launcher}", "debug=smoke", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def test_slurm_launcher_defaults_and_site_file(tmp_path):
+    launcher = compose_launcher(REPO_ROOT / "conf", "slurm")
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.signal_delay_s == 120 and launcher.max_num_timeout >= 1
+    assert launcher.tasks_per_node == launcher.gpus_per_node, "one task per GPU"
+    assert launcher.partition is None and launcher.account is None
+    # Cluster values from the git-ignored conf/local/slurm.yaml (here in a copy of conf/), the
+    # command line over both.
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO_ROOT / "conf", conf, ignore=shutil.ignore_patterns("local"))
+    (conf / "local").mkdir()
+    (conf / "local" / "slurm.yaml").write_text("partition: gpu_a100\naccount: vlm\nqos: high\n")
+    launcher = compose_launcher(conf, "slurm", "hydra.launcher.account=other")
+    assert (launcher.partition, launcher.account, launcher.qos) == ("gpu_a100", "other", "high")
+    assert "conf/local/" in (REPO_ROOT / ".gitignore").read_text()
+
+
+def test_local_launcher_is_submitit_local():
+    launcher = compose_launcher(REPO_ROOT / "conf", "local")
+    assert launcher._target_.endswith("LocalLauncher") and launcher.tasks_per_node == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep with Hydra's basic launcher (jobs one after another in the same process).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("basic-sweep")
+    sweep = root / "multirun" / "two"
+    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp,bimamba", "resampler.hidden_dim=16", *SMALL,
+                   f"hydra.sweep.dir={sweep}", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
+def test_sweep_layout_snapshot_and_manifest(basic_sweep):
+    sweep = basic_sweep
+    record = manifest(sweep)
+    assert record["launcher"] == "basic" and re.fullmatch(r"[0-9a-f]{40}", record["git"]["sha"])
+    assert [j["overrides"][0] for j in record["jobs"]] == ["resampler=mlp", "resampler=bimamba"]
+    for job in record["jobs"]:
+        job_dir = sweep / job["dir"]
+        assert job["dir"] == dirs.job_dir_name(job["num"], job["overrides"])
+        assert yaml.safe_load((job_dir / dirs.OVERRIDES).read_text()) == job["overrides"]
+        assert status(job_dir)["status"] == "done"
+        assert (job_dir / "resampler" / layout.METADATA).is_file()
+        # Hydra composed the job from the sweep's snapshot of conf/, not from the repository's.
+        hydra_cfg = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        main = [s for s in hydra_cfg["runtime"]["config_sources"] if s["provider"] == "main"]
+        assert main == [{"path": str(sweep / dirs.CONF_SNAPSHOT), "schema": "file", "provider": "main"}]
+    assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in record["jobs"]), "no other job dirs"
+    names = {yaml.safe_load((sweep / j["dir"] / layout.RESOLVED_CONFIG).read_text())["experiment"]["name"] for j in record["jobs"]}
+    assert len(names) == 1 and ["%Y-%m-%d_%H-%M-%S"] in [args for args, _ in record["now"]], "one ${now:} for the sweep"
+    snapshot = sweep / dirs.CONF_SNAPSHOT
+    assert (snapshot / "train.yaml").is_file() and (snapshot / "hydra" / "launcher" / "slurm.yaml").is_file()
+    if record["git"]["dirty"]:
+        assert (sweep / dirs.GIT_DIFF).is_file()
+
+
+def test_the_same_sweep_dir_is_not_reused(basic_sweep):
+    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp", "resampler.hidden_dim=16", *SMALL,
+                   f"hydra.sweep.dir={basic_sweep}", cwd=basic_sweep.parent)
+    assert done.returncode == 2 and "already holds a sweep" in done.stderr and "--resume" in done.stderr
+
+
+def test_summarize_writes_one_row_per_job(basic_sweep):
+    from vlm_resampler.config.preflight import compose
+    from vlm_resampler.sweeps.check import model_report
+
+    done = run_cli("summarize.py", str(basic_sweep))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 of 2 job(s) done" in done.stdout
+    with open(basic_sweep / dirs.SUMMARY_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["resampler_type"] for r in rows] == ["mlp", "bimamba"] and {r["status"] for r in rows} == {"done"}
+    for row, job in zip(rows, manifest(basic_sweep)["jobs"]):
+        expected = model_report(compose("train", job["overrides"]))
+        assert int(row["params_total"]) == expected["parameters"]["total"]
+        assert int(row["params_resampler"]) == expected["parameters"]["resampler"]
+        assert int(row["tokens_per_image"]) == expected["tokens"]["tokens_per_image"]
+        assert float(row["resampler_final_loss"]) > 0 and float(row["resampler_samples_per_s"]) > 0
+        assert row["resampler"] in ("mlp", "bimamba"), "the swept key is a column"
+    text = (basic_sweep / dirs.SUMMARY_MD).read_text()
+    assert "| job | status | resampler |" in text and "2 of 2 job(s) done" in text
+    assert (basic_sweep / dirs.SUMMARY_PNG).stat().st_size > 1000
+
+
+def test_resume_reruns_only_unfinished_jobs_into_their_dirs_from_the_snapshot(basic_sweep):
+    sweep = basic_sweep
+    jobs = manifest(sweep)["jobs"]
+    kept, redo = sweep / jobs[0]["dir"], sweep / jobs[1]["dir"]
+    kept_mtime = (kept / layout.RESOLVED_CONFIG).stat().st_mtime
+    first_name = yaml.safe_load((kept / layout.RESOLVED_CONFIG).read_text())["experiment"]["name"]
+    # As if the job had never started (cancelled while queued): its directory as submitted.
+    for path in redo.iterdir():
+        if path.name != dirs.OVERRIDES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (redo / layout.STATUS).write_text(json.dumps({"status": "queued"}))
+    # What a queued job will run is the snapshot: change it, and the resubmitted job must follow.
+    smoke = sweep / dirs.CONF_SNAPSHOT / "debug" / "smoke.yaml"
+    smoke.write_text(smoke.read_text().replace("num_train: 12", "num_train: 8"))
+    assert "num_train: 12" in (REPO_ROOT / "conf" / "debug" / "smoke.yaml").read_text()
+
+    listed = run_cli("summarize.py", str(sweep))
+    assert listed.returncode == 1 and f"{redo.name}: never started" in listed.stdout
+
+    done = run_cli("summarize.py", "--resume", str(sweep))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"resubmitting 1 job(s) of {sweep}: {redo.name}" in done.stdout and "2 of 2 job(s) done" in done.stdout
+    assert status(redo)["status"] == "done"
+    resolved = yaml.safe_load((redo / layout.RESOLVED_CONFIG).read_text())
+    assert resolved["data"]["num_train"] == 8
+    assert resolved["experiment"]["name"] == first_name, "${now:} values are the first submission's"
+    assert (kept / layout.RESOLVED_CONFIG).stat().st_mtime == kept_mtime, "a done job is not run again"
+    assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in jobs)
+    assert manifest(sweep)["resubmissions"][-1]["jobs"] == [redo.name]
+
+    nothing = run_cli("summarize.py", "--resume", str(sweep), "--no-counts")
+    assert nothing.returncode == 0 and "nothing to resume" in nothing.stdout
+
+
+def test_summarize_refuses_a_directory_that_is_not_a_sweep(tmp_path):
+    done = run_cli("summarize.py", str(tmp_path))
+    assert done.returncode == 2 and "no jobs" in done.stderr
+
+
+@pytest.mark.slow
+def test_eval_after_training_puts_metrics_in_the_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp", *SMALL, "eval_after=true",
+                   'eval_args=["baselines=false"]', f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job_dir = dirs.job_dirs(sweep)[0]
+    assert status(job_dir) | {"eval": "resampler/eval"} == status(job_dir) and status(job_dir)["status"] == "done"
+    assert (job_dir / "resampler" / "eval" / "synthpano-test" / "metrics.json").is_file()
+    summary = run_cli("summarize.py", str(sweep), "--no-counts")
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["eval_dir"] == "resampler/eval/synthpano-test" and row["eval_CIDEr"] != ""

@@ -1,0 +1,141 @@
+"""What train.py does for a sweep (-m) after every job passed preflight and before Hydra submits
+anything: fix the sweep directory, snapshot conf/ into it, record the git state and every job, and
+create each job's directory (overrides.yaml, status queued). Hydra then composes every job (in
+this process, and again on the node for submitit launchers) from the snapshot, not from the live
+conf/: a job that waits in the queue runs what was submitted, whatever conf/ has become since.
+
+The jobs are expanded by Hydra's own BasicSweeper code, so their order (the job number) and their
+override strings (the hash in the directory name) are the ones Hydra launches.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.config.preflight import compose, config_groups, expand_jobs, split_argv
+from vlm_resampler.config.validate import CONF_DIR
+from vlm_resampler.runs import layout
+from vlm_resampler.runs.atomic import write_json, write_text
+from vlm_resampler.runs.run_meta import REPO_ROOT, git_state
+from vlm_resampler.sweeps import dirs
+
+MANIFEST_VERSION = 1
+# Command-line flags that would make Hydra compose from somewhere else than the snapshot.
+CONFIG_SOURCE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn")
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def hydra_quote(value: str) -> str:
+    """A value for Hydra's override grammar, whatever characters the path holds."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def expand_like_hydra(overrides: list[str], conf_dir: Path, sweeper_params: dict | None = None) -> tuple[list[list[str]], list[str]]:
+    """(jobs, hydra overrides): each job's task overrides exactly as Hydra's BasicSweeper makes them."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir)))
+    parser = OverridesParser.create(config_loader=loader)
+    parsed = parser.parse_overrides(overrides)
+    hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
+    task = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + [o.input_line for o in parsed if not o.is_hydra_override()]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(task), max_batch_size=None)
+    return [list(job) for job in batches[0]], hydra_overrides
+
+
+def git_snapshot(sweep_dir: Path) -> dict:
+    state = git_state()
+    if state.get("dirty"):
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        write_text(sweep_dir / dirs.GIT_DIFF, diff.stdout)
+        state["diff"] = dirs.GIT_DIFF
+        state["untracked"] = untracked.stdout.split()
+    return state
+
+
+def refuse(message: str) -> None:
+    print(f"error: {message}\nNothing was submitted.", file=sys.stderr)
+    sys.exit(2)
+
+
+def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
+    """The command line Hydra runs: unchanged without -m; for a sweep, pointed at the snapshot
+    (--config-path) and at an absolute, fixed sweep directory (hydra.sweep.dir)."""
+    overrides, multirun = split_argv(argv)
+    if not multirun:
+        return argv
+    if any(a in CONFIG_SOURCE_FLAGS or a.startswith(tuple(f + "=" for f in CONFIG_SOURCE_FLAGS)) for a in argv):
+        refuse("a sweep composes every job from its own snapshot of conf/; --config-path/--config-name cannot be combined with -m")
+    first_job = expand_jobs(overrides, config_groups())[0]
+    try:
+        hydra_cfg = compose(config_name, first_job, with_hydra=True).hydra
+    except ConfigError as err:
+        refuse(str(err))
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
+    if (sweep_dir / dirs.MANIFEST).exists():
+        refuse(
+            f"{sweep_dir} already holds a sweep. `python launch/summarize.py --resume {sweep_dir}` runs its "
+            "unfinished jobs again; a new sweep needs another hydra.sweep.dir"
+        )
+    snapshot = sweep_dir / dirs.CONF_SNAPSHOT
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(CONF_DIR, snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+
+    sweeper_params = OmegaConf.to_container(hydra_cfg.sweeper.params) if hydra_cfg.sweeper.get("params") else None
+    jobs, hydra_overrides = expand_like_hydra(overrides, snapshot, sweeper_params)
+    names = [dirs.job_dir_name(num, job) for num, job in enumerate(jobs)]
+    seen: dict[str, int] = {}
+    for num, job in enumerate(jobs):
+        digest = dirs.overrides_hash(job)
+        if digest in seen:
+            shutil.rmtree(sweep_dir)
+            refuse(f"jobs {seen[digest]} and {num} of the sweep have the same overrides ({' '.join(job)}): each job must differ")
+        seen[digest] = num
+
+    submitted = now()
+    for name, job in zip(names, jobs):
+        job_dir = sweep_dir / name
+        job_dir.mkdir(exist_ok=True)
+        write_text(job_dir / dirs.OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(job)))
+        write_json(job_dir / layout.STATUS, {"status": "queued", "submitted": submitted})
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "submitted": submitted,
+        "config_name": config_name,
+        "command": ["launch/train.py", *argv],
+        "sweep_dir": str(sweep_dir),
+        "conf_snapshot": dirs.CONF_SNAPSHOT,
+        "git": git_snapshot(sweep_dir),
+        "launcher": str(hydra_cfg.runtime.choices.get("hydra/launcher")),
+        "hydra_overrides": [o for o in hydra_overrides if not o.startswith("hydra.sweep.dir=")],
+        "jobs": [{"num": num, "dir": name, "overrides": job} for num, (name, job) in enumerate(zip(names, jobs))],
+        "resubmissions": [],
+    }
+    write_json(sweep_dir / dirs.MANIFEST, manifest)
+    print(f"sweep of {len(jobs)} job(s) in {sweep_dir} (conf/ snapshot and sweep.json written); submitting", flush=True)
+
+    kept = [a for a in argv if not a.startswith(("hydra.sweep.dir=", "++hydra.sweep.dir=", "+hydra.sweep.dir="))]
+    return [*kept, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}", f"--config-path={snapshot}"]
+
+
+def read_manifest(sweep_dir: Path) -> dict | None:
+    path = Path(sweep_dir) / dirs.MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
