@@ -238,7 +238,8 @@ def compare(result_path, reference):
 def wanted_cases(args):
     for size in ["small"] if args.quick else args.sizes:
         for threads in args.threads:
-            for variant in args.variants:
+            # The reference first: every other variant's error columns are measured against it.
+            for variant in sorted(args.variants, key=lambda v: v != "reference"):
                 if variant == "textbook" and threads not in args.reference_threads:
                     continue
                 yield size, threads, variant
