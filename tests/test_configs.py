@@ -34,10 +34,23 @@ def test_every_resampler_option_composes_validates_and_runs(resampler, smoke_con
 
 # Stage options are always all composed (at stage.<name>); eval_debug belongs to eval.yaml.
 @pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("resampler", "eval_debug", "stage", "backbone")])
-def test_every_option_of_every_group_composes_and_validates(group, smoke_config):
+def test_every_option_of_every_group_composes_and_validates(group, smoke_config, tmp_path):
+    (tmp_path / "train.csv").write_text("url,query,annotation\n")
+    # Options that need more than their own defaults to be a valid training config.
+    needs = {
+        ("view", "resize"): ["stages=[resampler,finetune]"],  # one global view: no overlap for the vision stage
+        ("data", "quic360"): [f"data.root={tmp_path}"],  # real data lives wherever the user keeps it
+    }
     for option in GROUPS[group]:
-        cfg = smoke_config(f"{group}={option}")
+        cfg = smoke_config(f"{group}={option}", *needs.get((group, option), []))
         validate_train_config(cfg)
+
+
+def test_quic360_without_its_files_is_refused_at_compose_time(smoke_config, tmp_path):
+    with pytest.raises(ConfigError, match="data.root"):
+        validate_train_config(smoke_config("data=quic360"))
+    with pytest.raises(ConfigError, match="data.splits.train"):
+        validate_train_config(smoke_config("data=quic360", f"data.root={tmp_path}"))
 
 
 HUB_BACKBONES = ["siglip_base_qwen3_0_6b", "siglip2_so400m_qwen3_1_7b"]

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.suggest import did_you_mean
-from vlm_resampler.runs.layout import METADATA, STAGE_NAMES, STATUS, is_stage_dir
+from vlm_resampler.runs.layout import METADATA, RESUMABLE, STAGE_NAMES, STATUS, is_stage_dir
 from vlm_resampler.runs.metadata import read_metadata
 from vlm_resampler.runs.targets import ALLOWED_TARGET_PREFIXES
 
@@ -213,6 +213,20 @@ def check_views(cfg: DictConfig) -> None:
         )
 
 
+def check_data(cfg: DictConfig) -> None:
+    """Real data must be where the config says before anything trains (SynthPano generates itself)."""
+    if cfg.data.name != "quic360":
+        return
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError("data=quic360 needs data.root=/path/to/quic360 (the folder holding its CSVs and images)")
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root={cfg.data.root!r}: not a directory")
+    train_csv = root / cfg.data.splits.train
+    if not train_csv.is_file():
+        raise ConfigError(f"data.splits.train={cfg.data.splits.train!r}: {train_csv} not found")
+
+
 def check_stages(cfg: DictConfig) -> None:
     from vlm_resampler.training.stages import OBJECTIVES
 
@@ -291,13 +305,28 @@ def check_backbones_available(cfg: DictConfig) -> None:
 
 
 def check_run_dir_free(cfg: DictConfig) -> None:
-    """Never train into a directory that already holds a run: its checkpoints would be mixed."""
+    """Never train into a directory that already holds a run (its checkpoints would be mixed),
+    except to resume it: an unfinished run (status running or interrupted) of the identical
+    resolved config, which no live process is training into."""
+    from vlm_resampler.training import resume
+
     run_dir = Path(cfg.hydra.run.dir)
-    if (run_dir / STATUS).exists() or any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
+    if not (run_dir / STATUS).exists() and not any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
+        return
+    status = (resume.read_status(run_dir) or {}).get("status")
+    if status not in RESUMABLE:
+        ended = f" (status {status!r})" if status else ""
         raise ConfigError(
-            f"{run_dir} already holds a run (experiment.name={cfg.experiment.name!r}); "
+            f"{run_dir} already holds a run{ended} (experiment.name={cfg.experiment.name!r}); "
             "choose another experiment.name"
         )
+    holder = resume.lock_holder(run_dir)
+    if holder:
+        raise ConfigError(f"{run_dir}: a process is still training into this run ({holder}); wait for it or stop it first")
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    differences = resume.config_differences(run_dir, OmegaConf.to_container(task, resolve=True))
+    if differences:
+        raise ConfigError(resume.different_config_message(run_dir, differences))
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -305,5 +334,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_resampler_builds(cfg)
     check_stages(cfg)
     check_views(cfg)
+    check_data(cfg)
     check_init_from(cfg)
     check_backbones_available(cfg)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vlm_resampler.models.cache import cache_root
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -39,14 +42,25 @@ TASKS = ("caption", "qa")
 def prepare_split(data_cfg, split: str, task: str = "caption") -> list[dict]:
     """Items {image, query, references} of one split and task (captions, or SynthPano's
     question/answer pairs); SynthPano is generated on first use."""
-    from vlm_resampler.data.synthpano import ensure_synthpano, load_quic360_csv
+    return load_split(data_cfg, split, task)[0]
 
+
+def load_split(data_cfg, split: str, task: str = "caption") -> tuple[list[dict], list[str]]:
+    """`prepare_split`, plus the bad rows that `data.skip_bad_rows` left out (logged here)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
     if task not in TASKS:
         raise ValueError(f"data task {task!r}: expected one of {list(TASKS)}")
-    if data_cfg.name != "synthpano":
-        raise ValueError(f"data.name={data_cfg.name!r}: expected 'synthpano' (the only dataset so far)")
+    if data_cfg.name == "synthpano":
+        return synthpano_split(data_cfg, split, task), []
+    if data_cfg.name == "quic360":
+        return quic360_split(data_cfg, split, task)
+    raise ValueError(f"data.name={data_cfg.name!r}: expected 'synthpano' or 'quic360'")
+
+
+def synthpano_split(data_cfg, split: str, task: str) -> list[dict]:
+    from vlm_resampler.data.synthpano import ensure_synthpano, load_quic360_csv
+
     csvs = ensure_synthpano(
         synthpano_root(data_cfg),
         seed=int(data_cfg.seed),
@@ -59,6 +73,22 @@ def prepare_split(data_cfg, split: str, task: str = "caption") -> list[dict]:
     if task == "qa":
         return load_quic360_csv(csvs[split].with_name(f"{split}_qa.csv"))
     return load_quic360_csv(csvs[split])
+
+
+def quic360_split(data_cfg, split: str, task: str) -> tuple[list[dict], list[str]]:
+    from vlm_resampler.data.quic360 import read_quic360_csv
+
+    if task != "caption":
+        raise ValueError(f"data=quic360 has captions only; task {task!r} needs data=synthpano")
+    root = Path(data_cfg.root)
+    csv_path = root / data_cfg.splits[split]
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"data.splits.{split}: {csv_path} not found (data.root={data_cfg.root!r})")
+    image_root = root / data_cfg.image_dir if data_cfg.image_dir else csv_path.parent
+    items, skipped = read_quic360_csv(csv_path, image_root, bool(data_cfg.skip_bad_rows), check_readable=True)
+    if skipped:
+        log.warning("%s: skipped %d bad row(s) (data.skip_bad_rows=true), first: %s", csv_path, len(skipped), skipped[0])
+    return items, skipped
 
 
 def training_items(data_cfg) -> list[dict]:

@@ -486,33 +486,11 @@ def load_quic360_csv(csv_path: Path) -> list[dict]:
     """Read a QuIC-360-style CSV into one record per (url, query), in first-appearance order.
 
     Returns ``[{"image": Path, "query": str, "references": [str, ...]}, ...]``; relative urls are
-    resolved against the CSV's folder.
+    resolved against the CSV's folder. Any bad row is an error naming the file and the row.
     """
-    csv_path = Path(csv_path)
-    groups: dict[tuple[str, str], dict] = {}
-    with open(csv_path, newline="", encoding="utf-8") as csv_file:
-        reader = csv.DictReader(csv_file)
-        found = reader.fieldnames or []
-        missing = [column for column in CSV_COLUMNS if column not in found]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {', '.join(missing)}; "
-                f"expected {', '.join(CSV_COLUMNS)}, found {', '.join(found) or 'no header'}"
-            )
-        for row_number, row in enumerate(reader, start=1):
-            url, query = (row["url"] or "").strip(), row["query"] or ""
-            if not url:
-                raise ValueError(f"{csv_path} row {row_number} (line {reader.line_num}): empty url")
-            key = (url, query)
-            if key not in groups:
-                image = Path(url) if Path(url).is_absolute() else csv_path.parent / url
-                if not image.is_file():
-                    raise FileNotFoundError(
-                        f"{csv_path} row {row_number} (line {reader.line_num}): image {url!r} not found at {image}"
-                    )
-                groups[key] = {"image": image, "query": query, "references": []}
-            groups[key]["references"].append(row["annotation"] or "")
-    return list(groups.values())
+    from vlm_resampler.data.quic360 import read_quic360_csv
+
+    return read_quic360_csv(csv_path)[0]
 
 
 def load_objects(jsonl_path: Path) -> dict[str, list[SceneObject]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vlm_resampler.data.datasets import EvalItems, prepare_split
+from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
 from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer
 from vlm_resampler.evaluation.report import Card, example_images, render_report
@@ -139,7 +139,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if data_cfg is None:
         raise ValueError(f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>")
     data_cfg = OmegaConf.create(data_cfg)
-    items = prepare_split(data_cfg, cfg.split)
+    items, skipped_rows = load_split(data_cfg, cfg.split)
     if cfg.max_items:
         items = items[: int(cfg.max_items)]
     references = [item["references"] for item in items]
@@ -172,6 +172,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         results["qa"] = exact_match(qa, answers)
     results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["generation"] = throughput
+    if skipped_rows:
+        results["skipped_rows"] = {"count": len(skipped_rows), "first": skipped_rows[:5]}
     results["ignored_settings"] = ignored
     if RECONSTRUCTED in meta:
         results["rebuilt_without_metadata"] = meta[RECONSTRUCTED]  # where each model setting came from
