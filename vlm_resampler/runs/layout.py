@@ -15,6 +15,21 @@ TRAIN_METRICS = "train_metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 LOSS_PLOT = "loss_curve.png"
 STAGE_NAMES = ("vision", "resampler", "finetune")
+# Inside a stage directory while it trains: the Trainer's resumable checkpoints
+# (resume/checkpoint-<step>/, one complete once it holds RESUME_COMPLETE); removed when the stage completes.
+RESUME_DIR = "resume"
+RESUME_COMPLETE = ".complete"
+# Held (flock) by the process that trains into a run directory.
+LOCK = ".train.lock"
+
+# status.json "status" values. A run that is running or interrupted (and was not marked failed)
+# is resumed by running the same command again.
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+DONE = "done"
+FAILED = "failed"
+STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
+RESUMABLE = (RUNNING, INTERRUPTED)
 
 
 def is_stage_dir(path: Path) -> bool:

@@ -39,9 +39,9 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single
 
-    return torch.cat(all_gather(x), dim=0)
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:

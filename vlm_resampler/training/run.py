@@ -1,16 +1,22 @@
 """One run: its directory, its stages in order, each starting from the previous stage's saved
-checkpoint (rebuilt from disk, loaded strictly), and a status file that says how it ended."""
+checkpoint (rebuilt from disk, loaded strictly), and a status file that says how it ended.
+
+Running the same command again continues an unfinished run (killed, signalled, preempted):
+completed stages are skipped and the interrupted one resumes from its last resumable checkpoint
+(training/resume.py). Under torchrun or a multi-task SLURM job every process runs this, and only
+rank 0 writes files (training/distributed.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
 
 from vlm_resampler.data.collate import CaptionCollator, panorama_only
 from vlm_resampler.data.datasets import CaptionExamples, Panoramas, training_items
@@ -21,9 +27,11 @@ from vlm_resampler.runs.checkpoint import save_weights
 from vlm_resampler.runs.load import build_model, load_stage
 from vlm_resampler.runs.metadata import build_metadata
 from vlm_resampler.runs.run_meta import run_meta
+from vlm_resampler.training import distributed, resume
+from vlm_resampler.training.interrupt import StopOnSignal, StopSignals, TrainingInterrupted
 from vlm_resampler.training.plots import plot_losses
 from vlm_resampler.training.stages import apply_freeze, attach_stage_lora, format_trainable
-from vlm_resampler.training.trainer import JsonlLog, StageTrainer, training_arguments
+from vlm_resampler.training.trainer import JsonlLog, StageObjective, StageTrainer, training_arguments
 
 log = logging.getLogger(__name__)
 ALWAYS_SAVED = ["resampler", "projector", "overlap_head", "stitch"]
@@ -48,30 +56,57 @@ def backbone_records(cfg: dict) -> dict:
 
 
 def set_status(run_dir: Path, state: str, **extra) -> None:
-    write_json(run_dir / layout.STATUS, {"status": state, **extra})
+    if distributed.is_main_process():
+        write_json(run_dir / layout.STATUS, {"status": state, **extra})
 
 
 def run_training(cfg: DictConfig, run_dir: Path) -> Path:
-    """Run every stage in cfg.stages; returns the last stage directory."""
+    """Run every stage in cfg.stages (skipping those an earlier attempt completed); returns the
+    last stage directory. Raises TrainingInterrupted after a stop signal (see interrupt.py)."""
     run_dir = Path(run_dir)
+    distributed.init_process_group()
     resolved = resolved_container(cfg)
-    write_text(run_dir / layout.RESOLVED_CONFIG, OmegaConf.to_yaml(resolved))
-    write_json(run_dir / layout.RUN_META, run_meta(cfg))
-    set_status(run_dir, "running", stages=list(cfg.stages))
+    stages = list(cfg.stages)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
-    try:
-        previous = Path(cfg.init_from) if cfg.init_from else None
-        done = []
-        for name in cfg.stages:
-            previous = run_stage(resolved, name, run_dir, previous).stage_dir
-            done.append(name)
-            set_status(run_dir, "running", stages=list(cfg.stages), completed=done)
-    except BaseException as err:
-        write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
-        set_status(run_dir, "failed", error=f"{type(err).__name__}: {err}", traceback=layout.TRACEBACK)
-        raise
-    set_status(run_dir, "done", stages=list(cfg.stages), completed=done)
+    lock = resume.training_lock(run_dir) if distributed.is_main_process() else contextlib.nullcontext()
+    with lock, StopSignals() as signals:
+        done = resume.resume_point(run_dir, resolved, stages)
+        distributed.barrier()  # every process has read the run's state before rank 0 rewrites it
+        if distributed.is_main_process():
+            write_text(run_dir / layout.RESOLVED_CONFIG, OmegaConf.to_yaml(resolved))
+            write_json(run_dir / layout.RUN_META, run_meta(cfg))
+        set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
+        try:
+            previous = Path(cfg.init_from) if cfg.init_from else None
+            for name in stages:
+                if name in done:
+                    print(f"stage {name}: completed by an earlier attempt, skipped", flush=True)
+                    previous = run_dir / name
+                    continue
+                previous = run_stage(resolved, name, run_dir, previous, signals).stage_dir
+                done.append(name)
+                set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
+                signum = signals.agreed()
+                if signum and name != stages[-1]:
+                    following = stages[stages.index(name) + 1]
+                    raise TrainingInterrupted(
+                        signum,
+                        f"stopped after stage {name} completed; run the same command again to continue with stage {following}",
+                        signals.previous.get(signum),
+                    )
+        except TrainingInterrupted as stop:
+            set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, reason=str(stop))
+            raise
+        except KeyboardInterrupt:
+            set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, reason="KeyboardInterrupt")
+            raise
+        except BaseException as err:
+            if distributed.is_main_process():
+                write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
+            set_status(run_dir, layout.FAILED, error=f"{type(err).__name__}: {err}", traceback=layout.TRACEBACK)
+            raise
+        set_status(run_dir, layout.DONE, stages=stages, completed=done)
     return previous
 
 
@@ -90,10 +125,19 @@ class StageResult:
     model: torch.nn.Module  # in eval mode, exactly as saved
 
 
-def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> StageResult:
+def run_stage(
+    cfg: dict, name: str, run_dir: Path, init_from: Path | None, signals: StopSignals | None = None
+) -> StageResult:
+    """Train one stage into run_dir/name, resuming from its newest complete resumable checkpoint
+    if an earlier attempt left one. Raises TrainingInterrupted when `signals` stopped it."""
     stage = OmegaConf.create(cfg["stage"][name])
     stage_dir = run_dir / name
     stage_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main_process()
+    signals = signals or StopSignals()  # (not installed: nothing stops this stage early)
+    # Every stage starts from the same random state, whatever ran before it in this process
+    # (a resumed run skips the stages it completed earlier).
+    set_seed(int(cfg["seed"]))
     model, model_tree, saved_modules = start_model(cfg, init_from)
     log.info("resampler %s applied: %s", model.resampler.type_name, json.dumps(model_tree["resampler"]))
     attached = attach_stage_lora(model, stage)
@@ -103,7 +147,8 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
         saved_modules.append("vision")
 
     rows = apply_freeze(model, stage)
-    print(format_trainable(name, rows, model), flush=True)
+    if main:
+        print(format_trainable(name, rows, model), flush=True)
 
     data = OmegaConf.create(cfg["data"])
     items = training_items(data)
@@ -118,50 +163,62 @@ def run_stage(cfg: dict, name: str, run_dir: Path, init_from: Path | None) -> St
         dataset = CaptionExamples(items, width, height)
         collator = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), int(data.max_answer_tokens))
 
-    journal = JsonlLog(stage_dir / layout.TRAIN_LOG)
-    journal.path.unlink(missing_ok=True)
-    # The Trainer saves nothing itself (our checkpoint format is written below); its output
-    # directory is a scratch folder.
-    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
-        trainer = StageTrainer(
-            model=model,
-            args=training_arguments(stage, Path(scratch), int(cfg["seed"])),
-            train_dataset=dataset,
-            data_collator=collator,
-            objective=str(stage.objective),
-            vicreg=OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
-            callbacks=[journal],
-        )
-        result = trainer.train()
-    model.eval()
-
-    losses = [r["loss"] for r in journal.records if "loss" in r]
-    summary = {
-        "steps": result.global_step,
-        "final_loss": losses[-1] if losses else None,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-        "examples": len(dataset),
-    }
-    write_json(stage_dir / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
-    plot_losses(journal.records, stage_dir / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
-
-    weight_files = save_weights(model, stage_dir, saved_modules)
-    metadata = build_metadata(
-        stage=name,
-        seed=int(cfg["seed"]),
-        model_tree=model_tree,
-        model=model,
-        tokenizer=dict(tokenizer_cfg),
-        prompt=dict(cfg["prompt"]),
-        data=dict(cfg["data"]),
-        backbones=backbone_records(cfg),
-        saved_modules=saved_modules,
-        weight_files=weight_files,
-        init_from=str(init_from) if init_from else None,
-        trainable=rows,
-        train_summary=summary,
+    resume_dir = stage_dir / layout.RESUME_DIR
+    checkpoint = resume.latest_checkpoint(stage_dir)
+    if main:  # what an interrupted save left behind
+        resume.remove_other_checkpoints(resume_dir, keep=checkpoint)
+    distributed.barrier()
+    if checkpoint is not None and main:
+        print(f"stage {name}: resuming from step {resume.checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
+    journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume.checkpoint_step(checkpoint) if checkpoint else None)
+    stop = StopOnSignal(signals)
+    trainer = StageTrainer(
+        model=StageObjective(model, str(stage.objective), OmegaConf.to_container(stage.vicreg) if stage.vicreg else None),
+        args=training_arguments(stage, resume_dir, int(cfg["seed"])),
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[journal, resume.ResumableCheckpoints(), stop],
     )
-    # Written last: a stage directory without it is not a checkpoint.
-    write_json(stage_dir / layout.METADATA, metadata)
-    print(f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    model.eval()
+    if stop.signum and trainer.state.global_step < trainer.state.max_steps:
+        raise TrainingInterrupted(
+            stop.signum,
+            f"stage {name} stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a resumable "
+            f"checkpoint in {resume_dir}; run the same command again to resume",
+            signals.previous.get(stop.signum),
+        )
+
+    if main:
+        losses = [r["loss"] for r in journal.records if "loss" in r]
+        summary = {
+            "steps": result.global_step,
+            "final_loss": losses[-1] if losses else None,
+            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),  # of the last attempt
+            "examples": len(dataset),
+        }
+        write_json(stage_dir / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
+        plot_losses(journal.records, stage_dir / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
+
+        weight_files = save_weights(model, stage_dir, saved_modules)
+        metadata = build_metadata(
+            stage=name,
+            seed=int(cfg["seed"]),
+            model_tree=model_tree,
+            model=model,
+            tokenizer=dict(tokenizer_cfg),
+            prompt=dict(cfg["prompt"]),
+            data=dict(cfg["data"]),
+            backbones=backbone_records(cfg),
+            saved_modules=saved_modules,
+            weight_files=weight_files,
+            init_from=str(init_from) if init_from else None,
+            trainable=rows,
+            train_summary=summary,
+        )
+        # Written last: a stage directory without it is not a checkpoint.
+        write_json(stage_dir / layout.METADATA, metadata)
+        resume.remove_resume_dir(stage_dir)
+        print(f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}", flush=True)
+    distributed.barrier()  # the next stage (on every process) starts from these files
     return StageResult(stage_dir, model)

@@ -1,0 +1,128 @@
+"""Multi-process training inside one job: `torchrun --nproc_per_node=2 launch/train.py ...` runs DDP
+(gloo on CPU) and ends with the weights of one process at the same global batch; only rank 0
+writes files; a stopped DDP run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, run_cli
+from test_resume import logged_step, wait_for
+from vlm_resampler.runs import layout
+
+# Dropout off: each process draws its own dropout masks, so with dropout the runs differ.
+# One thread per process, so that two processes fit the machine.
+ARGS = ["debug=smoke", "stages=[vision,resampler]", "resampler.dropout=0.0", "stage.resampler.max_steps=6", "num_threads=1"]
+# VICReg is invariant to a shift of the overlap head's output, so the gradient of its last bias is
+# zero up to float rounding; Adam turns that rounding noise into steps of up to lr each. Its value
+# differs between any two reduction orders, by at most lr per step (vision: 2 steps of lr <= 5e-4).
+ROUNDING_DRIVEN = {"overlap_head.layers.2.bias": 2 * 5e-4}
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: float = 400.0, popen: bool = False):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(REPO_ROOT / "launch" / "train.py"), *args]
+    if popen:
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def assert_close_weights(found_dir: Path, expected_dir: Path, atol: float = 1e-5) -> None:
+    expected = load_file(str(expected_dir / layout.WEIGHTS))
+    found = load_file(str(found_dir / layout.WEIGHTS))
+    assert set(found) == set(expected)
+    for key in expected:
+        difference = (found[key] - expected[key]).abs().max().item()
+        assert difference <= ROUNDING_DRIVEN.get(key, atol), f"{key}: differs by {difference:.3g}"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    done = run_cli("train.py", *ARGS, "experiment.name=one", f"hydra.run.dir={root / 'one'}", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "one"
+
+
+def test_two_processes_end_with_the_weights_of_one_at_the_same_global_batch(one_process, tmp_path):
+    run_dir = tmp_path / "two"
+    done = torchrun(*ARGS, "experiment.name=two", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for stage in ("vision", "resampler"):
+        assert_close_weights(run_dir / stage, one_process / stage)
+    # The same optimizer steps over the same examples, and the same logged losses.
+    for stage in ("vision", "resampler"):
+        ours = [json.loads(line) for line in (run_dir / stage / layout.TRAIN_LOG).read_text().splitlines()]
+        theirs = [json.loads(line) for line in (one_process / stage / layout.TRAIN_LOG).read_text().splitlines()]
+        assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+        losses = [[r["loss"] for r in records if "loss" in r] for records in (ours, theirs)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # Only rank 0 writes: one set of files, one report line per stage, no log line of rank 1.
+    assert done.stdout.count("stage resampler: 6 steps, final loss") == 1
+    assert "process 0 of 2" in (run_dir / "train.log").read_text()
+    assert "process 1 of 2" not in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / layout.STATUS).read_text())["status"] == layout.DONE
+    assert not list(run_dir.rglob(layout.RESUME_DIR))
+
+
+@pytest.mark.slow
+def test_a_ddp_run_stopped_by_sigterm_resumes_to_the_weights_of_one_process(one_process, tmp_path):
+    run_dir = tmp_path / "two"
+    args = [*ARGS, "experiment.name=two", f"hydra.run.dir={run_dir}"]
+    proc = torchrun(*args, cwd=tmp_path, popen=True)
+    wait_for(lambda: logged_step(run_dir / "resampler", 2), proc, "step 2 of the resampler stage")
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "SIGTERM: stage resampler stopped at step" in err, err[-3000:]
+    checkpoint = run_dir / "resampler" / layout.RESUME_DIR
+    rng_files = sorted(p.name for p in checkpoint.glob("checkpoint-*/rng_state_*.pth"))
+    assert rng_files == ["rng_state_0.pth", "rng_state_1.pth"]  # the Trainer's per-rank RNG state
+
+    done = torchrun(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "stage resampler: resuming from step" in done.stdout
+    assert_close_weights(run_dir / "resampler", one_process / "resampler")
+
+
+def test_torchrun_needs_a_run_name(tmp_path):
+    done = torchrun("debug=smoke", cwd=tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert "under torchrun give the run a name (experiment.name=NAME)" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_global_batch_must_split_evenly_over_the_processes(monkeypatch):
+    from vlm_resampler.training.distributed import per_process_batch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert per_process_batch(8, "vision") == 4
+    with pytest.raises(ValueError, match=r"stage.vision.batch_size=3 is the global batch .* multiple of 2"):
+        per_process_batch(3, "vision")
+
+
+@pytest.mark.slurm
+def test_two_slurm_tasks_train_like_one_process(slurm, one_process, tmp_path):
+    """hydra/launcher=slurm with tasks_per_node=2: submitit starts two tasks; they export the
+    torch.distributed variables from SLURM's (submitit's TorchDistributedEnvironment) and run DDP."""
+    from slurm_cluster import unique_job_name
+    from vlm_resampler.sweeps import dirs
+
+    name = unique_job_name("ddp")
+    sweep = tmp_path / "multirun" / "ddp"
+    done = run_cli("train.py", "-m", *slurm.launcher_overrides(name, tasks_per_node=2), *ARGS, "experiment.name=two",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=540)
+    assert done.returncode == 0, done.stderr[-3000:] + "\n" + slurm.log_tail()
+    (job_dir,) = dirs.job_dirs(sweep)
+    for stage in ("vision", "resampler"):
+        assert_close_weights(job_dir / stage, one_process / stage)
+    logs = "".join(p.read_text(errors="replace") for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "process 0 of 2" in logs and "process 1 of 2" in logs
+    assert "process 1 of 2" not in (job_dir / "train.log").read_text()
