@@ -162,6 +162,7 @@ STAGE_VALUE_CHECKS = {
     "batch_size": (lambda v: _is_int(v) and v > 0, "an int > 0"),
     "grad_accum": (lambda v: _is_int(v) and v > 0, "an int > 0"),
     "logging_steps": (lambda v: _is_int(v) and v > 0, "an int > 0"),
+    "save_steps": (lambda v: _is_int(v) and v > 0, "an int > 0 (steps between resumable checkpoints)"),
     "vision_trainable_blocks": (lambda v: _is_int(v) and v >= -1, "an int >= 0, or -1 for all blocks"),
 }
 
