@@ -157,7 +157,7 @@ def _time(fn, repeats, budget_s):
 
 def run_case(variant, inputs_path, threads, repeats, budget_s, result_path):
     torch.set_num_threads(threads)
-    data = torch.load(inputs_path)
+    data = torch.load(inputs_path, weights_only=True)
     inputs, grad_y = data["inputs"], data["grad_y"]
     fn = scan_function(variant)
     rss0, meter, report = _rss_mib(), OthersMeter(), {}
@@ -225,7 +225,7 @@ def spawn_case(variant, size, threads, inputs_path, workdir, args):
 
 def compare(result_path, reference):
     """Max abs error of y and of the gradients; the gradient error also relative to max |grad|."""
-    got = torch.load(result_path)
+    got = torch.load(result_path, weights_only=True)
     y_err = (got["y"] - reference["y"]).abs().max().item()
     g_abs = max((got["grads"][k] - reference["grads"][k]).abs().max().item() for k in NAMES)
     g_rel = max(
@@ -256,7 +256,7 @@ def run_all(args):
                 torch.save({"inputs": inputs, "grad_y": grad_y}, inputs_paths[size])
             report, path = spawn_case(variant, size, threads, inputs_paths[size], workdir, args)
             if variant == "reference":
-                references[size, threads] = torch.load(path)
+                references[size, threads] = torch.load(path, weights_only=True)
             ref = references.get((size, threads))
             errors = compare(path, ref) if ref is not None else (float("nan"),) * 3
             errors = dict(zip(("y_err", "g_abs", "g_rel"), errors))
