@@ -18,15 +18,16 @@ class BadRow(ValueError):
     """A CSV row that cannot become an example (the message names the file and the row)."""
 
 
-def _image_problem(image: Path, check_readable: bool) -> str | None:
+def _image_problem(image: Path, check_readable: bool) -> tuple[type[Exception], str] | None:
+    """The error a bad image raises, and why; None for a good one."""
     if not image.is_file():
-        return f"image not found at {image}"
+        return FileNotFoundError, f"image not found at {image}"
     if check_readable:
         try:
             with Image.open(image) as img:
                 img.verify()
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            return f"image {image} is unreadable ({err})"
+            return BadRow, f"image {image} is unreadable ({err})"
     return None
 
 
@@ -39,7 +40,7 @@ def read_quic360_csv(
     csv_path = Path(csv_path)
     image_root = Path(image_root) if image_root is not None else csv_path.parent
     groups: dict[tuple[str, str], dict] = {}
-    bad_images: dict[str, str] = {}
+    bad_images: dict[str, tuple[type[Exception], str]] = {}
     skipped: list[str] = []
     with open(csv_path, newline="", encoding="utf-8") as csv_file:
         reader = csv.DictReader(csv_file)
@@ -54,16 +55,16 @@ def read_quic360_csv(
             url, query = (row["url"] or "").strip(), row["query"] or ""
             where = f"{csv_path} row {row_number} (line {reader.line_num})"
             image = Path(url) if Path(url).is_absolute() else image_root / url
-            problem = "empty url" if not url else bad_images.get(url)
+            problem = (BadRow, "empty url") if not url else bad_images.get(url)
             if problem is None and (url, query) not in groups:
                 problem = _image_problem(image, check_readable)
                 if problem:
                     bad_images[url] = problem
             if problem:
+                error, why = problem
                 if not skip_bad_rows:
-                    error = FileNotFoundError if "not found" in problem else BadRow
-                    raise error(f"{where}: {problem} (data.skip_bad_rows=true leaves such rows out and counts them)")
-                skipped.append(f"{where}: {problem}")
+                    raise error(f"{where}: {why} (data.skip_bad_rows=true leaves such rows out and counts them)")
+                skipped.append(f"{where}: {why}")
                 continue
             groups.setdefault((url, query), {"image": image, "query": query, "references": []})
             groups[(url, query)]["references"].append(row["annotation"] or "")

@@ -163,7 +163,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                 "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
             }
         if data_cfg.name == "synthpano":
-            results["subsets"] = seam_subsets(items, predictions, data_cfg, scorer)
+            results["subsets"] = seam_subsets(items, predictions, data_cfg, cfg.split, scorer)
     if data_cfg.name == "synthpano" and cfg.qa:
         qa = qa_items_for(items, data_cfg, cfg.split)
         # Every answer is a few words ("a red circle."): no need to let a wrong one run on for long.

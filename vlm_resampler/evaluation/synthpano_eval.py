@@ -4,22 +4,18 @@ question/answer pairs, per kind of question."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from vlm_resampler.data.datasets import prepare_split, synthpano_root
 
 QA_MAX_NEW_TOKENS = 12  # the longest answer, "a yellow triangle." plus end of turn, is 6 tokens
 
 
-def seam_subsets(items: list[dict], predictions: list[str], data_cfg, scorer) -> dict:
+def seam_subsets(items: list[dict], predictions: list[str], data_cfg, split: str, scorer) -> dict:
     """Caption metrics on the items whose panorama has an object across the seam, and on the rest."""
     from vlm_resampler.data.synthpano import seam_urls
 
     root = synthpano_root(data_cfg)
-    split_of = {str(item["image"]): Path(item["image"]).name.split("_")[0] for item in items}
-    seam = set()
-    for split in set(split_of.values()):
-        seam |= {str(root / url) for url in seam_urls(root / f"{split}_objects.jsonl")}
+    seam = {str(root / url) for url in seam_urls(root / f"{split}_objects.jsonl")}
     out = {}
     for name, wanted in (("seam", True), ("no_seam", False)):
         chosen = [i for i, item in enumerate(items) if (str(item["image"]) in seam) == wanted]
