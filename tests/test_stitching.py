@@ -73,11 +73,3 @@ def test_dedupe_overlap_refuses_query_tokens_before_anything_is_built(tmp_path):
 def test_a_global_view_is_told_apart_from_the_tile_facing_the_same_way():
     f = view_features(torch.tensor([0.0, 0.0]), torch.zeros(2), torch.tensor([True, False]), harmonics=2)
     assert not torch.allclose(f[0], f[1])
-
-
-def test_a_model_tree_saved_before_stitching_existed_builds_plain_concatenation(smoke_config):
-    tree = resolved_container(smoke_config())["model"]
-    del tree["stitch"]
-    model = build_model(tree, seed=0)
-    assert model.tokens_per_image == model.num_views * model.tokens_per_view
-    assert not list(model.stitch.parameters())

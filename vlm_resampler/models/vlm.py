@@ -6,7 +6,6 @@ width is the vision encoder's, never a number typed in a config.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
@@ -14,7 +13,6 @@ from torch import nn
 
 from vlm_resampler.data.prompts import IMAGE_SLOT
 from vlm_resampler.models.lora import attach_lora
-from vlm_resampler.models.stitching import ViewStitcher
 
 
 class PanoramaVLM(nn.Module):
@@ -26,7 +24,7 @@ class PanoramaVLM(nn.Module):
         resampler: Callable[..., nn.Module],
         projector: Callable[..., nn.Module],
         overlap_head: Callable[..., nn.Module],
-        stitch: Callable[..., nn.Module] | None = None,
+        stitch: Callable[..., nn.Module],
         lora: dict | None = None,
     ) -> None:
         super().__init__()
@@ -36,10 +34,6 @@ class PanoramaVLM(nn.Module):
         llm_width = language_model.get_input_embeddings().embedding_dim
         self.projector = projector(input_dim=self.resampler.latent_dimension, output_dim=llm_width)
         self.overlap_head = overlap_head(input_dim=self.resampler.latent_dimension)
-        # None: the plain concatenation that model trees saved before stitching existed describe.
-        stitch = stitch or functools.partial(
-            ViewStitcher, mode="concat", view_position=False, yaw_harmonics=1, separator=False
-        )
         self.stitch = stitch(
             latent_dimension=self.resampler.latent_dimension,
             llm_width=llm_width,
