@@ -22,8 +22,8 @@ from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_mat
 from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
-from vlm_resampler.runs.load import build_model, load_stage
-from vlm_resampler.runs.reconstruct import RECONSTRUCTED, UserSettings, resolve_checkpoint_dir
+from vlm_resampler.runs.load import build_model, load_stage, rebuilt_from
+from vlm_resampler.runs.reconstruct import BACKBONE_PARTS, GROUP_OF_PART, RECONSTRUCTED, UserSettings, resolve_checkpoint_dir
 
 log = logging.getLogger(__name__)
 # Where a command-line group of eval.yaml lives in a checkpoint's model tree.
@@ -50,8 +50,19 @@ def user_settings(cfg: DictConfig) -> UserSettings:
         elif root == "prompt" and rest:
             user.prompt[rest] = OmegaConf.select(cfg, key)
         elif not rest and OmegaConf.is_dict(cfg.get(key)):  # a chosen group: backbone=..., view=...
-            user.groups[key] = OmegaConf.to_container(cfg[key], resolve=True)
+            user.groups[key] = group_container(cfg, key)
     return user
+
+
+def group_container(cfg: DictConfig, key: str) -> dict:
+    """A chosen group's tree, resolved where it can be: a view chosen without `backbone=` (a
+    guide-format checkpoint names its backbone) keeps ${backbone.image_size} for the rebuild to fill."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return OmegaConf.to_container(cfg[key], resolve=True)
+    except InterpolationResolutionError:
+        return OmegaConf.to_container(cfg[key], resolve=False)
 
 
 def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
@@ -59,6 +70,8 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
     saved = {"model": meta["model"], "prompt": meta["prompt"], "backbone": {
         "vision_encoder": meta["model"]["vision_encoder"], "language_model": meta["model"]["language_model"], "tokenizer": meta["tokenizer"]}}
     used = set(meta.get(RECONSTRUCTED, {}).get("command_line", {}))
+    # A model part taken from the command line: the group that chose it was used, not ignored.
+    used |= {"backbone" if part in BACKBONE_PARTS else GROUP_OF_PART.get(part, part) for part in used}
     notes = []
     for key, value in command_line_overrides():
         root = key.split(".")[0]
@@ -66,6 +79,13 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
             continue
         if key == "resampler":
             found, given = meta["resampler_type"], value
+        elif key == "backbone" and OmegaConf.is_dict(cfg.get("backbone")):
+            # The same two models under any option name are the checkpoint's backbone.
+            found = " + ".join(meta["model"][k]["name_or_path"] for k in BACKBONE_PARTS)
+            given = " + ".join(str(OmegaConf.select(cfg, f"backbone.{k}.name_or_path")) for k in BACKBONE_PARTS)
+            if found != given:
+                notes.append(f"ignored backbone={value} ({given}): the checkpoint's backbone is {found}")
+            continue
         elif "." not in key:
             notes.append(f"ignored {key}={value}: the model's settings come from the checkpoint")
             continue
@@ -130,7 +150,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.num_threads))
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
-    source = stage_dir / layout.METADATA if RECONSTRUCTED not in meta else "its weight shapes (no metadata; see the log above)"
+    source = rebuilt_from(stage_dir, meta) + (" (see the log above)" if RECONSTRUCTED in meta else "")
     print(f"model rebuilt from {source} (resampler={meta['resampler_type']}, "
           f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})")
     ignored = report_ignored_settings(cfg, meta)

@@ -1,6 +1,7 @@
 """Rebuild a model from a run or stage directory alone: the saved `_target_` tree (never `conf/`,
 which may have changed since), then strict weight loading. A stage directory whose metadata is
-gone is rebuilt from its weight shapes (vlm_resampler.runs.reconstruct), announced in the log."""
+gone, or is in the earlier system's ("guide") format, is rebuilt from what it states and its weight
+shapes (vlm_resampler.runs.reconstruct), announced in the log."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ import torch
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, verify_files
+from vlm_resampler.runs.guide_metadata import read_guide_metadata
 from vlm_resampler.runs.metadata import read_metadata
 from vlm_resampler.runs.reconstruct import RECONSTRUCTED, UserSettings, describe, has_metadata, reconstruct_metadata, resolve_checkpoint_dir
 from vlm_resampler.runs.targets import check_targets
@@ -54,10 +56,14 @@ class LoadedStage:
 
 
 def stage_metadata(stage_dir: Path, user: UserSettings | None) -> dict:
-    """The stage's checkpoint_metadata.json, or (when it is gone) one rebuilt from the weights."""
+    """The stage's checkpoint_metadata.json, or one rebuilt from the weights when it is gone or is
+    in the guide's format (then with the values that file states first)."""
+    guide = None
     if has_metadata(stage_dir):
-        return read_metadata(stage_dir)
-    meta = reconstruct_metadata(stage_dir, user)
+        guide = read_guide_metadata(stage_dir)
+        if guide is None:
+            return read_metadata(stage_dir)
+    meta = reconstruct_metadata(stage_dir, user, guide)
     for line in describe(meta):
         log.warning("%s", line)
     return meta
@@ -65,12 +71,23 @@ def stage_metadata(stage_dir: Path, user: UserSettings | None) -> dict:
 
 def verify_stage(stage_dir: Path, meta: dict) -> None:
     if RECONSTRUCTED in meta:
-        # The sha256 list and the backbone fingerprints live only in the metadata.
-        log.warning("not verified: without %s there are no sha256 sums for the weight files and no backbone "
-                    "fingerprints to check them against", layout.METADATA)
+        # The sha256 list and the backbone fingerprints live only in our metadata.
+        without = (f"the guide-format {layout.METADATA} records" if meta[RECONSTRUCTED].get("guide_metadata")
+                   else f"without {layout.METADATA} there are")
+        log.warning("not verified: %s no sha256 sums for the weight files and no backbone fingerprints to check "
+                    "them against", without)
         return
     verify_files(stage_dir, meta["weights_sha256"])
     check_backbones(meta["backbones"])
+
+
+def rebuilt_from(stage_dir: Path, meta: dict) -> str:
+    """What the model tree was read from, for messages."""
+    if RECONSTRUCTED not in meta:
+        return str(stage_dir / layout.METADATA)
+    if meta[RECONSTRUCTED].get("guide_metadata"):
+        return f"{stage_dir / layout.METADATA} (guide format) and the weight shapes"
+    return f"the weight shapes in {stage_dir}"
 
 
 def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None = None) -> LoadedStage:
@@ -82,7 +99,7 @@ def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None 
     if verify:
         verify_stage(stage_dir, meta)
     model = build_model(meta["model"], seed=0)
-    source = stage_dir / layout.METADATA if RECONSTRUCTED not in meta else f"the weight shapes in {stage_dir}"
+    source = rebuilt_from(stage_dir, meta)
     try:
         load_weights(model, stage_dir, meta["saved_modules"])
     except CheckpointMismatch as err:

@@ -1,7 +1,12 @@
-"""The metadata of a stage directory whose checkpoint_metadata.json is gone, rebuilt from what is left.
+"""The metadata of a stage directory whose checkpoint_metadata.json is gone, or is in the earlier
+system's ("guide") format, rebuilt from what is left.
 
 Precedence (DESIGN.md, "Precedence when rebuilding a model"):
-1. checkpoint_metadata.json (when present, nothing here runs);
+1. checkpoint_metadata.json: ours is used as it is (nothing here runs). One in the guide's format
+   (vlm_resampler.runs.guide_metadata) is the first source here: every value it states is used,
+   and those that shape a tensor (resampler type and sizes, LoRA rank) must build exactly the
+   weights; its backbone names pick the conf/backbone option, its crop_strategy the conf/view one
+   (a `backbone=` or `view=` on the command line that contradicts them is reported and ignored);
 2. weight shapes: the resampler type (from parameter names) and every hyperparameter that
    shapes a tensor (vlm_resampler.resamplers.infer), the projector and overlap head widths,
    the LoRA rank and target modules (from the adapter's tensor names and shapes);
@@ -11,8 +16,9 @@ Precedence (DESIGN.md, "Precedence when rebuilding a model"):
    naming the tensor and both shapes;
 4. the eval command line, only for what neither tells: `resampler.<key>=...` for a resampler
    value no shape reveals, `model.lora.alpha=...`, and, when there is no saved config either,
-   the `backbone=...` and `view=...` groups (which backbone and which views are not in any
-   weight; likewise the group of any other model part no weight describes). The prompt then
+   the `backbone=...` and `view=...` groups unless a guide-format file names them (which
+   backbone and which views are not in any weight; likewise the group of any other model part
+   no weight describes, e.g. `stitch=...`). The prompt then
    is `prompt.*` from the command line, else the default prompt of the current
    conf/train.yaml, reported as an assumption (it has no group to choose).
 Values that have no effect at inference (dropout) are assumed and reported as such; any other
@@ -31,6 +37,10 @@ from typing import Any
 
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch
+from vlm_resampler.runs.guide_metadata import (
+    GUIDE_FORMAT, GuideMetadata, backbone_choices, backbone_option, check_resampler_keys, conf_options, resampler_arguments,
+    resolve_view, view_notes, view_option,
+)
 from vlm_resampler.resamplers.infer import InferredResampler, ShapeInferenceError, Shapes, infer_resampler
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,7 @@ class UserSettings:
 
 @dataclass
 class Provenance:
+    guide: dict[str, Any] = field(default_factory=dict)  # stated by a guide-format checkpoint_metadata.json
     inferred: dict[str, Any] = field(default_factory=dict)
     saved_config: dict[str, Any] = field(default_factory=dict)
     saved_parts: list[str] = field(default_factory=list)  # whole parts of the model taken from the saved config
@@ -64,6 +75,10 @@ class Provenance:
         """File a value under the origin text that InferredResampler.resolve gave it."""
         if origin == COMMAND_LINE:
             self.command_line[key] = value
+        elif origin == GUIDE_FORMAT:
+            self.guide[key] = value
+        elif origin.startswith(layout.RESOLVED_CONFIG):
+            self.saved_config[key] = value
         elif origin.startswith("assumed "):
             self.assumed[key] = origin[len("assumed "):]
         else:  # inferred, or derived from inferred shapes and a supplied value
@@ -370,8 +385,162 @@ def run_settings(stage_dir: Path, saved: dict | None, user: UserSettings, prov: 
     return {"parts": parts, "tokenizer": user.groups["backbone"]["tokenizer"], "prompt": prompt, "data": None, "seed": 0, "init_from": None}
 
 
-def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None) -> dict:
-    """Metadata for a weights-only stage dir, in checkpoint_metadata.json's layout (see module doc)."""
+# ---- a guide-format checkpoint_metadata.json ---------------------------------------------------
+
+def guide_resampler_node(shapes: Shapes, guide: GuideMetadata, saved: dict | None, user: UserSettings,
+                         prov: Provenance) -> tuple[dict, int]:
+    """The file's resampler values first, then the weight shapes, the saved config and the command
+    line. Every value the file states is used as stated, so it must build exactly the weights."""
+    inferred = infer_resampler(shapes)
+    prov.inferred["resampler type"] = inferred.type_name
+    if guide.resampler_type not in (None, inferred.type_name):
+        raise CheckpointMismatch(
+            f"{guide.path}: model_config.resampler_type={guide.resampler_type!r}, but the weights are a "
+            f"{inferred.type_name} resampler ({inferred.target}; keys {', '.join(sorted(shapes)[:3])}, ...)"
+        )
+    check_resampler_keys(guide, *resampler_arguments(inferred.target))
+    check_user_resampler_keys(inferred, user.resampler)
+    width = inferred.hparams["input_dim"]
+    if guide.input_dim not in (None, width):
+        raise CheckpointMismatch(
+            f"{guide.path}: model_config.resampler_config.input_dim={guide.input_dim}, but the resampler weights take "
+            f"{width}-wide inputs: the input width is always the vision encoder's"
+        )
+    sources = [(GUIDE_FORMAT, guide.resampler)]
+    if saved is not None:
+        sources.append((f"{layout.RESOLVED_CONFIG} (model.resampler)", saved["model"]["resampler"]))
+    sources.append((COMMAND_LINE, user.resampler))
+    try:
+        resolved = inferred.resolve(sources)
+    except ShapeInferenceError:
+        raise
+    except ValueError as err:  # a stated head count that the width fixed by the weights does not allow
+        raise CheckpointMismatch(f"a stated resampler value does not fit the weights ({guide.path} first): {err}") from err
+    # The file's own values, not the inferred stand-ins (expand): checked against every tensor here.
+    node = resolved.config_node() | guide.resampler
+    try:
+        check_resampler_node(node, inferred, shapes, GUIDE_FORMAT)
+    except CheckpointMismatch as err:
+        raise CheckpointMismatch(f"{guide.path}: {err}") from err
+    if guide.resampler_type is not None:
+        prov.guide["resampler type"] = guide.resampler_type
+    for key, value in resolved.kwargs.items():
+        if key in guide.resampler or (key == "input_dim" and guide.input_dim is not None):
+            prov.guide[f"resampler.{key}"] = node.get(key, value)
+        else:
+            prov.record(f"resampler.{key}", value, resolved.origin[key])
+    # How an inferred value stands for the trained one: moot where the file states the value.
+    prov.notes += [note for note in inferred.notes if note.split(":", 1)[0] not in guide.resampler]
+    return node, width
+
+
+def _backbone_pair(backbone: dict) -> tuple[str, str]:
+    return backbone["vision_encoder"]["name_or_path"], backbone["language_model"]["name_or_path"]
+
+
+def guide_backbone(guide: GuideMetadata, other: dict | None, other_label: str, prov: Provenance) -> tuple[dict, bool]:
+    """The conf/backbone option with the file's two backbone names, else `other` (the saved config's
+    or the command line's); True when the file's."""
+    named = f"vision_name={guide.vision_name!r}, language_model_name={guide.language_model_name!r}"
+    match = backbone_option(guide)
+    if match is not None:
+        name, backbone = match
+        prov.guide["backbone"] = f"{name} ({named})"
+        if other is not None and _backbone_pair(other) != _backbone_pair(backbone):
+            prov.notes.append(f"ignored the backbone of {other_label} ({' + '.join(_backbone_pair(other))}): "
+                              f"{guide.path} names {named}, which is backbone={name}")
+        return backbone, True
+    if other is None:
+        raise ShapeInferenceError(
+            f"{guide.path} names {named}, and no conf/backbone option has these two ({backbone_choices()}); choose "
+            "backbone=<option> on the eval command line (or add a conf/backbone/<name>.yaml with these names)"
+        )
+    prov.notes.append(f"{guide.path} names {named}, which no conf/backbone option has: the backbone of {other_label} "
+                      f"({' + '.join(_backbone_pair(other))}) is used in their place")
+    return other, False
+
+
+def guide_view(guide: GuideMetadata, other: dict | None, other_label: str, backbone: dict, prov: Provenance) -> tuple[dict, bool]:
+    """The conf/view option the file's crop_strategy names (with its fov_deg and overlap), else
+    `other`; its size follows the backbone used. True when the file's."""
+    if guide.image_size is not None and guide.image_size != backbone.get("image_size"):
+        # The encoder's input size is the backbone's: views cut at another size would not fit it.
+        prov.notes.append(f"{guide.path}: model_config.image_size={guide.image_size}, but the backbone used takes "
+                          f"{backbone.get('image_size')}: views are cut at {backbone.get('image_size')}")
+    chosen = view_option(guide)
+    if chosen is not None:
+        name, view, taken = chosen
+        prov.guide["view"] = f"{name}({_format(taken)})" if taken else name
+        prov.notes += view_notes(guide, name, taken)
+        if other is not None and other.get("_target_") != view.get("_target_"):
+            prov.notes.append(f"ignored the view of {other_label} ({_brief(other)}): {guide.path} says "
+                              f"training_config.crop_strategy={name!r}")
+        return resolve_view(view, backbone), True
+    said = (f"training_config.crop_strategy={guide.crop_strategy!r} is none of our view options ({', '.join(conf_options('view'))})"
+            if guide.crop_strategy else "no training_config.crop_strategy")
+    if other is None:
+        raise ShapeInferenceError(f"{guide.path}: {said}; choose view=<option> on the eval command line")
+    prov.notes.append(f"{guide.path}: {said}: the view of {other_label} is used")
+    return resolve_view(other, backbone), False
+
+
+def guide_run_settings(stage_dir: Path, guide: GuideMetadata, saved: dict | None, user: UserSettings, prov: Provenance) -> dict:
+    """run_settings, with the file's backbone and views ahead of the saved config's and the command line's."""
+    if saved is not None:
+        other_label, others = layout.RESOLVED_CONFIG, {"backbone": saved["backbone"], "view": saved["model"]["views"]}
+    else:
+        other_label, others = "the eval command line", user.groups
+    backbone, backbone_from_guide = guide_backbone(guide, others.get("backbone"), other_label, prov)
+    view, view_from_guide = guide_view(guide, others.get("view"), other_label, backbone, prov)
+    from_guide = [*BACKBONE_PARTS] * backbone_from_guide + ["views"] * view_from_guide
+    chosen = UserSettings(user.resampler, user.lora, user.groups | {"backbone": backbone, "view": view}, user.prompt)
+    missing = [group for group in required_groups() if group not in chosen.groups]
+    if saved is None and missing:
+        raise ShapeInferenceError(
+            f"{guide.path} is in the earlier system's (guide) format, which does not say which {', '.join(missing)} the "
+            "checkpoint was trained with (nor does any weight); choose " + " ".join(f"{g}=<option>" for g in missing)
+            + " on the eval command line"
+        )
+    settings = run_settings(stage_dir, saved, chosen, prov)
+    if saved is not None:  # the saved config's parts, but the file's where it names them
+        settings["parts"] |= {"vision_encoder": backbone["vision_encoder"], "language_model": backbone["language_model"], "views": view}
+        settings["tokenizer"] = backbone["tokenizer"]
+        replaced = from_guide + ["tokenizer"] * backbone_from_guide
+        prov.saved_parts[:] = [part for part in prov.saved_parts if part not in replaced]
+    for part in from_guide:  # recorded above as the file's
+        prov.command_line.pop(part, None)
+    return settings
+
+
+def guide_lora(stage_dir: Path, guide: GuideMetadata, saved: dict | None, user: UserSettings, prov: Provenance) -> dict | None:
+    """LoRA as without metadata, but the file's use_lora and rank checked against the adapter and
+    its alpha used (no shape reveals alpha)."""
+    adapter = stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS
+    stated = guide.lora
+    if stated.get("use") is not None and stated["use"] != adapter.is_file():
+        has = "holds a LoRA adapter" if adapter.is_file() else "is missing"
+        raise CheckpointMismatch(f"{guide.path}: training_config.use_lora={str(stated['use']).lower()}, but {adapter} {has}")
+    if "alpha" in stated:
+        user = UserSettings(user.resampler, user.lora | {"alpha": stated["alpha"]}, user.groups, user.prompt)
+    tree = lora_tree(stage_dir, saved, user, prov)
+    if tree is None:
+        return None
+    if "r" in stated:
+        if stated["r"] != tree["r"]:
+            raise CheckpointMismatch(f"{adapter}: the adapter has LoRA rank r={tree['r']}, but {guide.path} says "
+                                     f"training_config.lora_rank={stated['r']}")
+        prov.guide["lora.r"] = prov.inferred.pop("lora.r")
+    if "alpha" in stated:
+        tree["alpha"] = stated["alpha"]
+        prov.command_line.pop("lora.alpha", None)
+        prov.saved_config.pop("lora.alpha", None)
+        prov.guide["lora.alpha"] = stated["alpha"]
+    return tree
+
+
+def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None, guide: GuideMetadata | None = None) -> dict:
+    """Metadata for a weights-only stage dir, or one whose checkpoint_metadata.json is `guide`
+    (in the guide's format), in checkpoint_metadata.json's layout (see module doc)."""
     stage_dir, user = Path(stage_dir), user or UserSettings()
     check_stage_completed(stage_dir)
     modules = split_modules(weight_shapes(stage_dir / layout.WEIGHTS))
@@ -379,8 +548,15 @@ def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None) -> d
         if name not in modules:
             raise ShapeInferenceError(f"{stage_dir / layout.WEIGHTS}: no {name}.* tensors (found modules {sorted(modules)})")
     saved, prov = read_saved_config(stage_dir), Provenance()
-    resampler, input_dim = resampler_node(modules["resampler"], saved, user, prov)
-    settings = run_settings(stage_dir, saved, user, prov)
+    if guide is None:
+        resampler, input_dim = resampler_node(modules["resampler"], saved, user, prov)
+        settings = run_settings(stage_dir, saved, user, prov)
+        lora = lora_tree(stage_dir, saved, user, prov)
+    else:
+        resampler, input_dim = guide_resampler_node(modules["resampler"], guide, saved, user, prov)
+        settings = guide_run_settings(stage_dir, guide, saved, user, prov)
+        lora = guide_lora(stage_dir, guide, saved, user, prov)
+        prov.notes += guide.notes
     if saved is not None:
         # Their shapes are checked by the strict load.
         projector, overlap_head = saved["model"]["projector"], saved["model"]["overlap_head"]
@@ -390,9 +566,9 @@ def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None) -> d
         overlap_head = token_mlp_node(modules["overlap_head"], "overlap_head", with_output=True)
         prov.inferred |= {"projector": _brief(projector), "overlap_head": _brief(overlap_head)}
     model = settings["parts"] | {"resampler": resampler, "projector": projector, "overlap_head": overlap_head,
-                                 "lora": lora_tree(stage_dir, saved, user, prov)}
+                                 "lora": lora}
     return {
-        "format_version": None,  # there was no metadata file
+        "format_version": None,  # there was no metadata file of ours
         "stage": stage_dir.name,
         "seed": settings["seed"],
         "resampler_type": prov.inferred["resampler type"],
@@ -407,6 +583,7 @@ def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None) -> d
         "saved_modules": list(modules),
         "weights_sha256": {},  # recorded only in the metadata: nothing to verify against
         RECONSTRUCTED: {
+            "guide_metadata": str(guide.path) if guide is not None else None, "guide_values": prov.guide,
             "saved_config": str(saved_config_path(stage_dir)) if saved is not None else None,
             "inferred": prov.inferred, "saved_config_values": prov.saved_config, "saved_config_parts": prov.saved_parts,
             "command_line": prov.command_line, "assumed": prov.assumed, "notes": prov.notes,
@@ -431,8 +608,14 @@ def describe(meta: dict) -> list[str]:
     """Log lines: where each value of a reconstructed model came from."""
     rec = meta[RECONSTRUCTED]
     saved = f"then the run's {rec['saved_config']}" if rec["saved_config"] else f"(there is no {layout.RESOLVED_CONFIG})"
-    lines = [f"no {layout.METADATA}: the model was rebuilt from weight shapes, {saved}, then the command line "
-             "(in that order of precedence)"]
+    if rec.get("guide_metadata"):
+        lines = [f"{rec['guide_metadata']} is in the earlier system's (guide) format: the model was rebuilt from it, then "
+                 f"weight shapes, {saved}, then the command line (in that order of precedence)"]
+    else:
+        lines = [f"no {layout.METADATA}: the model was rebuilt from weight shapes, {saved}, then the command line "
+                 "(in that order of precedence)"]
+    if rec.get("guide_values"):
+        lines.append(f"  taken from {GUIDE_FORMAT}: {_format(rec['guide_values'])}")
     if rec["inferred"]:
         lines.append(f"  inferred from weight shapes: {_format(rec['inferred'])}")
     if rec["saved_config"]:
