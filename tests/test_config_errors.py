@@ -23,7 +23,6 @@ from conftest import run_cli
         (["resampler.hidden_dim=wide"], ["hidden_dim='wide'", "expected int"]),
         (["resampler=bimamba", "resampler.expand=-1"], ["resampler.expand=-1", "> 0"]),
         (["resampler=qformer", "resampler.num_attention_heads=5"], ["num_attention_heads=5", "divisor of hidden_dim"]),
-        (["resampler=perceiver"], ["outputs query tokens", "stages=[resampler,finetune]"]),
         (["+resampler.foo=1"], ["resampler.foo is not a parameter"]),
         (["backbone=tinyy"], ["backbone=tinyy", "Did you mean 'tiny'"]),
         (["init_from=runs/does-not-exist/resampler"], ["init_from", "not a stage directory"]),

@@ -162,10 +162,10 @@ def test_the_guides_example_configs_map_to_our_backbone_options(fixture, backbon
     assert cfg.backbone.name == backbone and cfg.model.resampler.hidden_dim == resampler["hidden_dim"]
 
 
-def test_a_query_resampler_without_stages_skips_the_vision_stage():
+def test_a_query_resampler_without_stages_trains_every_stage():
     preset = convert({"models": {"resampler_type": "qformer"}}, "old.yaml", "x")
-    assert preset.values["stages"] == ["resampler", "finetune"]
-    assert any("vision stage" in new for _, new in preset.mapped)
+    assert "stages" not in preset.values  # the vision stage works for query resamplers too
+    assert list(compose("train", preset.overrides()).stages) == ["vision", "resampler", "finetune"]
 
 
 @pytest.mark.parametrize("value", [5e-05, 1e-4, 2.0, 0.05, -1, 3, True, None, "1e-4", "yes", "a b", "q_proj", ["q_proj", "v_proj"]])

@@ -54,24 +54,13 @@ class Source:
 
 
 def check_for_inspection(cfg: DictConfig) -> list[str]:
-    """train.py's checks that concern the model and its stages. One refusal becomes a note: a
-    query resampler with the vision stage (train refuses it, but its numbers are still worth seeing)."""
-    from vlm_resampler.config.validate import check_init_from, check_resampler_builds, check_stages, import_target, walk_targets
+    """train.py's checks that concern the model and its stages."""
+    from vlm_resampler.config.validate import check_init_from, check_resampler_builds, check_stages, walk_targets
 
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
     check_init_from(cfg)
-    try:
-        check_stages(cfg)
-    except ConfigError as err:
-        resampler = import_target(str(cfg.model.resampler._target_), "model.resampler")
-        others = [s for s in cfg.stages if s != "vision"]
-        if resampler.keeps_token_grid or len(others) == len(cfg.stages) or not others:
-            raise
-        without_vision = copy.deepcopy(cfg)
-        without_vision.stages = others
-        check_stages(without_vision)  # everything else must hold
-        return [f"train.py refuses this config as it is: {err}"]
+    check_stages(cfg)
     return []
 
 

@@ -369,18 +369,6 @@ class _Converter:
                 self.mapped.append((f"(not in {source_name})", f"resampler.{key}: {yaml_value(default)}  (the default of conf/resampler/{self.resampler}.yaml)"))
         self.values = ordered | self.values
 
-    def fill_stages(self) -> None:
-        """A resampler whose output tokens are queries cannot take part in the vision stage."""
-        if self.resampler is None or "stages" in self.values:
-            return
-        from vlm_resampler.config.validate import import_target
-
-        target = import_target(str(_yaml_options("resampler")[self.resampler]["_target_"]), "resampler")
-        if not target.keeps_token_grid:
-            self.values["stages"] = ["resampler", "finetune"]
-            self.origins["stages"] = DEFAULT
-            self.mapped.append(("(training.stages not given)", "stages: [resampler, finetune]  (the vision stage's overlap loss needs a resampler that keeps the patch grid)"))
-
 
 def convert(old, source: str, name: str | None = None) -> Preset:
     """Map a guide-format config (already parsed) to a Preset; every key it does not understand is
@@ -396,7 +384,6 @@ def convert(old, source: str, name: str | None = None) -> Preset:
         )
     source_name = Path(source).name
     converter.fill_resampler_defaults(source_name)
-    converter.fill_stages()
     preset_name = name or converter.experiment_name or Path(source).stem
     if not PRESET_NAME.match(preset_name):
         raise ConfigError(

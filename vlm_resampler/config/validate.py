@@ -249,14 +249,6 @@ def check_stages(cfg: DictConfig) -> None:
         check_stage_values(name, stage)
         if stage.objective == "overlap_vicreg" and not stage.vicreg:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
-    if "vision" in stages:
-        resampler = import_target(str(cfg.model.resampler._target_), "model.resampler")
-        if not resampler.keeps_token_grid:
-            raise ConfigError(
-                f"stages include 'vision', whose overlap loss compares tokens at the same place in the "
-                f"patch grid, but resampler {resampler.__name__} outputs query tokens; "
-                "use stages=[resampler,finetune] for this resampler"
-            )
 
 
 def tree_differences(a, b, where: str = "") -> list[str]:

@@ -71,13 +71,20 @@ class PanoramaVLM(nn.Module):
         return self.stitch.tokens_per_image
 
     # ---- vision side --------------------------------------------------------------------
-    def encode_views(self, panoramas: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> resampled view tokens [B, V, S', latent]."""
+    def view_features(self, panoramas: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> the vision encoder's patch tokens of each view [B, V, S, D]
+        (S = the view grid's tokens, row-major)."""
         views = self.views.views(panoramas)  # [B, V, 3, h, w]
         b, v = views.shape[:2]
         pixels = (views.flatten(0, 1) - self.image_mean) / self.image_std
         features = self.vision(pixels)  # [B*V, S, D]
-        tokens = self.resampler(features)
+        return features.view(b, v, features.shape[1], features.shape[2])
+
+    def encode_views(self, panoramas: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> resampled view tokens [B, V, S', latent]."""
+        features = self.view_features(panoramas)
+        b, v = features.shape[:2]
+        tokens = self.resampler(features.flatten(0, 1))
         return tokens.view(b, v, tokens.shape[1], tokens.shape[2])
 
     def visual_embeddings(self, panoramas: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ class Resampler(nn.Module):
     """Base class: `forward(tokens [N, S, input_dim]) -> [N, output_tokens(S), latent_dimension]`.
 
     `keeps_token_grid` says whether output token i still sits where input token i was in the
-    view's patch grid; only such resamplers can take part in the geometric overlap loss.
+    view's patch grid. Such tokens are compared where two views see the same direction (overlap
+    loss, `stitch=dedupe_overlap`); a query resampler's tokens have no direction, so its overlap
+    loss resamples the shared region of the two views instead (`training.losses.overlap_pairs`).
     """
 
     type_name: str = ""

@@ -44,14 +44,19 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
-def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
-    """Tokens of neighbouring views that see the same directions (from the view geometry, at the
-    vision encoder's patch grid) are pulled together through the overlap head."""
-    if not model.resampler.keeps_token_grid:
-        raise ValueError(
-            f"stage vision: the overlap loss needs tokens that keep the patch grid, but "
-            f"resampler={model.resampler.type_name} outputs query tokens; drop 'vision' from stages"
-        )
+def overlap_pairs(model, panoramas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows the overlap loss pulls together: a[i] and b[i] ([N, P] each, through the overlap
+    head) summarise the same directions seen from two neighbouring views (the correspondence of
+    the view geometry at the vision encoder's patch grid; global views never take part).
+
+    - A resampler that keeps the patch grid resamples whole views; a[i], b[i] are its tokens at
+      corresponding positions (idx_v[i] of view v, idx_w[i] of view w).
+    - A query resampler (perceiver, qformer: its tokens have no direction) resamples, for each
+      neighbour pair (v, w), only the overlap: the vision encoder's tokens of view v at idx_v
+      and of view w at idx_w (same directions, same order), each strip on its own, so that the
+      queries attend to that region alone; a[i], b[i] are the same query of the two strips.
+
+    Rows are ordered batch item, then pair, then token (or query)."""
     pairs = model.views.token_correspondence(model.view_grid)
     if not pairs:
         raise ValueError(
@@ -59,10 +64,37 @@ def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[
             "a direction that its neighbour sees. Use a view strategy with overlapping views (and raise "
             "its overlap), or stages=[resampler,finetune]"
         )
-    embedded = model.overlap_head(model.encode_views(panoramas))  # [B, V, S, P]
-    left = torch.cat([embedded[:, v, idx_v] for v, _, idx_v, _ in pairs], dim=1)
-    right = torch.cat([embedded[:, w, idx_w] for _, w, _, idx_w in pairs], dim=1)
-    left, right = gather_rows(left.flatten(0, 1)), gather_rows(right.flatten(0, 1))
+    if model.resampler.keeps_token_grid:
+        embedded = model.overlap_head(model.encode_views(panoramas))  # [B, V, S, P]
+        left = torch.cat([embedded[:, v, idx_v] for v, _, idx_v, _ in pairs], dim=1)
+        right = torch.cat([embedded[:, w, idx_w] for _, w, _, idx_w in pairs], dim=1)
+        return left.flatten(0, 1), right.flatten(0, 1)
+    features = model.view_features(panoramas)  # [B, V, S, D]
+    b = features.shape[0]
+    # Strips of equal length go through the resampler together: one call per distinct overlap size.
+    by_length: dict[int, list[int]] = {}
+    for k, (_, _, idx_v, _) in enumerate(pairs):
+        by_length.setdefault(len(idx_v), []).append(k)
+    left: dict[int, torch.Tensor] = {}
+    right: dict[int, torch.Tensor] = {}
+    for group in by_length.values():
+        strips = [features[:, pairs[k][0], pairs[k][2]] for k in group]  # of views v: [B, n, D] each
+        strips += [features[:, pairs[k][1], pairs[k][3]] for k in group]  # of views w
+        chunks = model.overlap_head(model.resampler(torch.cat(strips))).split(b)  # [B, Q, P] each
+        for j, k in enumerate(group):
+            left[k], right[k] = chunks[j], chunks[len(group) + j]
+    order = range(len(pairs))
+    return (
+        torch.cat([left[k] for k in order], dim=1).flatten(0, 1),  # [B * pairs * Q, P]
+        torch.cat([right[k] for k in order], dim=1).flatten(0, 1),
+    )
+
+
+def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+    """VICReg between the paired rows of `overlap_pairs`: what neighbouring views see of the same
+    directions is pulled together through the overlap head."""
+    left, right = overlap_pairs(model, panoramas)
+    left, right = gather_rows(left), gather_rows(right)
     terms = vicreg_terms(left, right, float(weights["gamma"]))
     loss = (
         weights["invariance"] * terms["invariance"]
