@@ -15,16 +15,26 @@ from PIL import Image
 from vlm_resampler.data.synthpano import (
     COLOURS,
     DIRECTION_YAW_DEG,
+    DIRECTIONS,
+    OBJECT_GAP_DEG,
     PITCH_JITTER_DEG,
+    POLE_DIRECTIONS,
+    POLE_PITCH_DEG,
     SHAPES,
+    SIZE_SCALE,
+    SIZES,
     SPLITS,
     YAW_JITTER_DEG,
     SceneObject,
+    angular_distance_deg,
     ensure_synthpano,
     generate_synthpano,
     load_objects,
     load_quic360_csv,
+    object_extent_deg,
     object_mask,
+    objects_keep_apart,
+    question_answers,
 )
 from vlm_resampler.panorama.views import HorizonViews
 
@@ -34,7 +44,11 @@ DIRECTION_PHRASES = {
     "right": ("on the right", "to the right"),
     "behind": ("behind",),
     "left": ("on the left", "to the left"),
+    "above": ("above", "overhead"),
+    "below": ("below", "underfoot"),
 }
+AT_PHRASE = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left",
+             "above": "above", "below": "below"}
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -146,22 +160,92 @@ def test_captions_state_every_object(dataset: Path) -> None:
         assert len(record["references"]) >= 3
         assert len(set(record["references"])) == len(record["references"])
         for reference in record["references"]:
-            assert len(reference.split()) <= 25
+            assert len(reference.split()) <= 26  # "on the right there is a large yellow triangle; ..." x 3
             assert reference == reference.lower()
             for obj in objects[url]:
-                assert f"{obj.colour} {obj.shape}" in reference
+                assert f"a {obj.size} {obj.colour} {obj.shape}" in reference
                 assert any(phrase in reference for phrase in DIRECTION_PHRASES[obj.direction])
 
 
 def test_object_annotations_are_in_range(dataset: Path) -> None:
+    poles = 0
     for split in SPLITS:
         for url, objects in load_objects(dataset / f"{split}_objects.jsonl").items():
             assert 1 <= len(objects) <= 3
             assert len({o.direction for o in objects}) == len(objects)
+            assert [o.direction for o in objects] == sorted((o.direction for o in objects), key=DIRECTIONS.index)
             for obj in objects:
-                assert obj.colour in COLOURS and obj.shape in SHAPES
+                assert obj.colour in COLOURS and obj.shape in SHAPES and obj.size in SIZES
+                assert -180.0 < obj.yaw <= 180.0
+                if obj.direction in POLE_DIRECTIONS:
+                    poles += 1
+                    sign = 1.0 if obj.direction == "above" else -1.0
+                    assert POLE_PITCH_DEG[0] <= sign * obj.pitch <= POLE_PITCH_DEG[1]
+                    continue
                 yaw_offset = (obj.yaw - DIRECTION_YAW_DEG[obj.direction] + 180.0) % 360.0 - 180.0
                 assert abs(yaw_offset) <= YAW_JITTER_DEG and abs(obj.pitch) <= PITCH_JITTER_DEG
+    assert poles  # the small fixture has objects above or below too
+
+
+def test_objects_record_their_size_in_the_jsonl(dataset: Path) -> None:
+    first = json.loads((dataset / "train_objects.jsonl").read_text().splitlines()[0])
+    assert all(obj["size"] in SIZES for obj in first["objects"])
+    # Files of generator version 2 have no size: their objects read back as small (their only size).
+    legacy = {k: v for k, v in first["objects"][0].items() if k != "size"}
+    assert SceneObject(**legacy).size == "small"
+
+
+def sampled_scenes(count: int, seed: int = 0) -> list:
+    from vlm_resampler.data.synthpano import _scene_rng, sample_scene
+
+    return [sample_scene(_scene_rng(seed, split, i)) for split in SPLITS for i in range(count)]
+
+
+def test_sizes_and_poles_are_drawn_as_documented() -> None:
+    scenes = sampled_scenes(200)  # 600 scenes
+    with_pole = [s for s in scenes if any(o.direction in POLE_DIRECTIONS for o in s.objects)]
+    assert 0.18 <= len(with_pole) / len(scenes) <= 0.32
+    assert any({"above", "below"} <= {o.direction for o in s.objects} for s in with_pole)
+    sizes = [o.size for s in scenes for o in s.objects]
+    assert 0.4 <= sizes.count("large") / len(sizes) <= 0.6
+    for scene in scenes:
+        directions = [o.direction for o in scene.objects]
+        assert 1 <= len(directions) <= 3 and len(set(directions)) == len(directions)
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow an ERP mask by ``pixels`` in every direction (8-neighbourhood), wrapping at the seam."""
+    for _ in range(pixels):
+        grown = mask | np.roll(mask, 1, axis=1) | np.roll(mask, -1, axis=1)
+        grown[1:] |= grown[:-1].copy()
+        grown[:-1] |= grown[1:].copy()
+        mask = grown
+    return mask
+
+
+def test_objects_never_touch() -> None:
+    for scene in sampled_scenes(100):
+        assert objects_keep_apart(scene.objects)
+        masks = [dilate(object_mask(o, (256, 512)), 1) for o in scene.objects]
+        for i, a in enumerate(masks):
+            for b in masks[i + 1:]:
+                assert not (a & b).any(), scene.objects
+
+
+@pytest.mark.parametrize("num_poles", [1, 2])
+def test_fallback_layout_keeps_even_the_largest_objects_apart(num_poles: int) -> None:
+    from itertools import combinations
+
+    from vlm_resampler.data.synthpano import _fallback_positions
+
+    for poles in combinations(POLE_DIRECTIONS, num_poles):
+        for horizon in combinations(DIRECTION_YAW_DEG, 3 - num_poles):
+            directions = list(horizon) + list(poles)
+            positions = _fallback_positions(directions)
+            objects = [SceneObject("triangle", "red", d, yaw, pitch, "large") for d, (yaw, pitch) in zip(directions, positions)]
+            assert objects_keep_apart(objects), objects
+    horizon = [SceneObject("triangle", "red", d, yaw, 0.0, "large") for d, yaw in DIRECTION_YAW_DEG.items()]
+    assert objects_keep_apart(horizon)  # four large triangles on the horizon, nominal yaws
 
 
 def test_objects_are_drawn_where_annotated(dataset: Path) -> None:
@@ -179,7 +263,7 @@ def test_an_object_behind_straddles_the_seam(dataset: Path) -> None:
         for obj in objects:
             mask = object_mask(obj, (256, 512))
             if mask[:, 0].any() and mask[:, -1].any():
-                assert obj.direction == "behind"
+                assert obj.direction in ("behind", *POLE_DIRECTIONS)  # an object over a pole touches every column
                 pixels = read_image(dataset, url)[mask]
                 assert (pixels == np.array(COLOURS[obj.colour], dtype=np.uint8)).all()
                 straddling.append(url)
@@ -191,6 +275,52 @@ def test_object_at_180_is_split_evenly_across_the_seam() -> None:
     assert mask[:, 0].any() and mask[:, -1].any()
     assert mask[:, :256].sum() == mask[:, 256:].sum()
     assert not mask[:, 128:384].any()  # nothing near the front
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("pitch", [0.0, 75.0, -70.0])
+def test_object_at_the_seam_is_mirror_symmetric_across_it(shape: str, size: str, pitch: float) -> None:
+    # Every shape is symmetric about its vertical axis; at yaw 180 that axis is the seam, and the
+    # column mirror c -> W-1-c maps longitude -> -longitude.
+    obj = SceneObject(shape, "red", "behind", 180.0, pitch, size)
+    mask = object_mask(obj, (256, 512))
+    assert mask[:, 0].any() and mask[:, -1].any()
+    assert np.array_equal(mask, mask[:, ::-1])
+
+
+def erp_pixel_directions(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit direction [H, W, 3] (x right, y up, z front) and solid angle [H, 1] of every ERP pixel."""
+    lon = ((np.arange(width) + 0.5) / width * 2.0 - 1.0) * np.pi
+    lat = (0.5 - (np.arange(height) + 0.5) / height) * np.pi
+    lon, lat = np.meshgrid(lon, lat)
+    dirs = np.stack([np.cos(lat) * np.sin(lon), np.sin(lat), np.cos(lat) * np.cos(lon)], axis=-1)
+    edges = (0.5 - np.arange(height + 1) / height) * np.pi
+    solid_angle = (np.sin(edges[:-1]) - np.sin(edges[1:]))[:, None] * (2.0 * np.pi / width)
+    return dirs, solid_angle
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("yaw", "pitch"), [(30.0, 75.0), (-120.0, -75.0), (180.0, 78.0)])
+def test_circle_near_a_pole_covers_exactly_its_spherical_cap(size: str, yaw: float, pitch: float) -> None:
+    height, width = 512, 1024
+    dirs, solid_angle = erp_pixel_directions(height, width)
+    centre = np.array([
+        np.cos(np.radians(pitch)) * np.sin(np.radians(yaw)), np.sin(np.radians(pitch)), np.cos(np.radians(pitch)) * np.cos(np.radians(yaw)),
+    ])
+    angle = np.degrees(np.arccos(np.clip(dirs @ centre, -1.0, 1.0)))
+    radius = 20.0 * SIZE_SCALE[size]
+    assert object_extent_deg("circle", size) == radius
+    mask = object_mask(SceneObject("circle", "red", "above" if pitch > 0 else "below", yaw, pitch, size), (height, width))
+    # Inside the cap: every pixel; outside: none (a gnomonic circle of radius tan r is that cap).
+    assert mask[angle < radius - 1e-6].all() and not mask[angle > radius + 1e-6].any()
+    assert angle[mask].max() == pytest.approx(radius, abs=0.5)
+    assert mask[0].all() if pitch + radius > 90.0 else True  # it covers the pole: every column of the top row
+    cap = 2.0 * np.pi * (1.0 - np.cos(np.radians(radius)))
+    assert (solid_angle * mask).sum() == pytest.approx(cap, rel=0.02)
+    # In the ERP it is stretched sideways: many more columns than rows.
+    rows, cols = np.nonzero(mask)
+    assert np.unique(cols).size > 2 * np.unique(rows).size
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -256,14 +386,31 @@ def test_question_answers_match_the_objects(dataset: Path) -> None:
     answers = {(str(item["image"].relative_to(dataset)), item["query"]): item["references"] for item in qa}
     for url, objs in objects.items():
         by_direction = {o.direction: o for o in objs}
-        for direction, phrase in (("front", "in front"), ("right", "on the right"), ("behind", "behind"), ("left", "on the left")):
+        for direction, phrase in AT_PHRASE.items():
             obj = by_direction.get(direction)
-            expected = f"a {obj.colour} {obj.shape}." if obj else "nothing."
+            expected = f"a {obj.size} {obj.colour} {obj.shape}." if obj else "nothing."
             assert answers[(url, f"What is {phrase}?")] == [expected]
         assert answers[(url, "How many objects are there?")] == [["one.", "two.", "three."][len(objs) - 1]]
         for obj in objs:
-            phrase = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left"}[obj.direction]
+            phrase = AT_PHRASE[obj.direction]
             assert answers[(url, f"Which colour is the {obj.shape} {phrase}?")] == [f"{obj.colour}."]
+            assert answers[(url, f"What size is the {obj.colour} {obj.shape} {phrase}?")] == [f"{obj.size}."]
+        assert sum(key[0] == url for key in answers) == len(AT_PHRASE) + 1 + 2 * len(objs)
+
+
+def test_eval_scores_every_question_kind_apart() -> None:
+    from vlm_resampler.evaluation.synthpano_eval import exact_match, question_kind
+
+    objects = [SceneObject("circle", "red", "front", 0.0, 0.0, "large"), SceneObject("square", "blue", "above", 40.0, 70.0)]
+    pairs = question_answers(objects)
+    kinds = [question_kind(question) for question, _ in pairs]
+    assert kinds == ["direction"] * 4 + ["pole"] * 2 + ["count"] + ["colour"] * 2 + ["size"] * 2
+    assert ("What is above?", "a small blue square.") in pairs
+    assert ("What size is the red circle in front?", "large.") in pairs
+    items = [{"query": question, "references": [answer]} for question, answer in pairs]
+    scores = exact_match(items, [answer.upper() for _, answer in pairs])
+    assert scores["exact_match"] == 1.0
+    assert {kind: v["n_items"] for kind, v in scores["by_kind"].items()} == {"colour": 2, "count": 1, "direction": 4, "pole": 2, "size": 2}
 
 
 def test_conversations_hold_the_caption_and_every_question(dataset: Path) -> None:
@@ -290,3 +437,25 @@ def test_seam_flag_marks_exactly_the_images_whose_object_crosses_the_seam(datase
         )
         assert (url in seam) == wraps, url
     assert seam  # every object behind straddles the seam, and many scenes have one
+
+
+def test_a_new_generator_version_gets_its_own_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    import vlm_resampler.data.synthpano as synthpano
+    from vlm_resampler.data.datasets import synthpano_root
+
+    monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path))
+    cfg = OmegaConf.create({"root": None, "seed": 0, "num_train": 2, "num_val": 1, "num_test": 1,
+                            "erp_width": 128, "erp_height": 64, "query": "Describe the panorama."})
+    current = synthpano_root(cfg)
+    monkeypatch.setattr(synthpano, "GENERATOR_VERSION", synthpano.GENERATOR_VERSION - 1)
+    assert synthpano_root(cfg) != current and synthpano_root(cfg).parent == current.parent
+    monkeypatch.undo()
+    # And a folder written by another version is never taken as this one's.
+    root = tmp_path / "ds"
+    ensure_synthpano(root, seed=0, num_train=2, num_val=1, num_test=1, size=(128, 64))
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["version"] == synthpano.GENERATOR_VERSION
+    (root / "manifest.json").write_text(json.dumps({**manifest, "version": synthpano.GENERATOR_VERSION - 1}))
+    assert not synthpano._existing_matches(root, manifest["params"])

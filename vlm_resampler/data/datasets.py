@@ -29,9 +29,14 @@ def load_panorama(path: Path, width: int, height: int) -> torch.Tensor:
 
 
 def synthpano_root(data_cfg) -> Path:
+    """`data.root`, else a cache folder keyed by the settings and the generator version: a new
+    generator writes a new folder instead of regenerating one that other processes may read."""
     if data_cfg.root:
         return Path(data_cfg.root)
+    from vlm_resampler.data.synthpano import GENERATOR_VERSION
+
     settings = {k: data_cfg[k] for k in ("seed", "num_train", "num_val", "num_test", "erp_width", "erp_height", "query")}
+    settings["generator_version"] = GENERATOR_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return cache_root() / "data" / f"synthpano-{digest}"
 

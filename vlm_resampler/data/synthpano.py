@@ -1,16 +1,23 @@
 """SynthPano: a tiny, deterministic synthetic panorama-captioning dataset in the QuIC-360 layout.
 
 Each scene is an equirectangular (ERP) image with a plain sky/ground background and 1-3 coloured
-shapes placed front / right / behind / left. Shapes are drawn in spherical coordinates (gnomonic
-projection around each object's centre), so they are distorted like real content and wrap around
-the ERP seam. Several differently-phrased reference captions state every object's colour, shape
-and direction.
+shapes (circle / square / triangle, small or large). Objects on the horizon sit front / right /
+behind / left; in about a quarter of the scenes one object is above (pitch +60..80 deg, any yaw),
+one below (-60..-80) or, rarely, one of each. Shapes are drawn in spherical coordinates (gnomonic
+projection around each object's centre), so they are distorted like real content, wrap around
+the ERP seam and cover the poles with their correct shape. Objects never touch: their centres are
+placed so that the caps bounding them keep a gap. Several differently-phrased reference captions
+state every object's size, colour, shape and direction ("a large red circle in front"), and
+question/answer pairs ask what is in each direction, how many objects there are, and each
+object's colour and size.
 
 Layout written under ``root``::
 
     images/<split>_<idx:05d>.png
     <split>.csv              columns url,query,annotation; one row per reference caption
-    <split>_objects.jsonl    one line per image: {"url": ..., "objects": [{shape, colour, ...}]}
+    <split>_qa.csv           the same columns; one row per question (query) and its answer
+    <split>_conversations.jsonl  caption and questions as chat turns, one line per image
+    <split>_objects.jsonl    one line per image: {"url", "objects": [{shape, colour, size, ...}], "seam"}
     manifest.json            generator version, parameters, counts, sha256 of each CSV
 """
 
@@ -36,10 +43,10 @@ from PIL import Image
 from vlm_resampler.panorama.geometry import wrap_yaw
 
 GENERATOR_NAME = "vlm_resampler.data.synthpano"
-GENERATOR_VERSION = 2  # 2: question/answer pairs, conversations, seam flag
+GENERATOR_VERSION = 3  # 2: question/answer pairs, conversations, seam flag; 3: sizes, objects above/below
 # Scenes are drawn from streams keyed by this, not by GENERATOR_VERSION: new file layouts keep
-# the same scenes (and so stay comparable with earlier measurements).
-SCENE_STREAM_VERSION = 1
+# the same scenes (and so stay comparable with earlier measurements). 2: sizes, poles.
+SCENE_STREAM_VERSION = 2
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("url", "query", "annotation")
 DEFAULT_QUERY = "Describe the panorama."
@@ -53,25 +60,61 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
 }
 SHAPES = ("circle", "square", "triangle")
-# Canonical order used by most caption phrasings.
+# Every angular size below is multiplied by the object's size scale.
+SIZE_SCALE: dict[str, float] = {"small": 1.0, "large": 1.6}
+SIZES = tuple(SIZE_SCALE)
+# Canonical order used by most caption phrasings: the horizon, then the poles.
 DIRECTION_YAW_DEG: dict[str, float] = {"front": 0.0, "right": 90.0, "behind": 180.0, "left": -90.0}
-DIRECTIONS = tuple(DIRECTION_YAW_DEG)
+HORIZON_DIRECTIONS = tuple(DIRECTION_YAW_DEG)
+POLE_DIRECTIONS = ("above", "below")
+DIRECTIONS = HORIZON_DIRECTIONS + POLE_DIRECTIONS
 YAW_JITTER_DEG = 15.0
 PITCH_JITTER_DEG = 10.0
-# Angular sizes (radius / half-side / circumradius). A 120 deg, 112 px pinhole view has only
-# ~0.56 px per degree at its centre, so these make shapes ~22-25 px wide there; neighbouring
-# objects are >= 60 deg apart, so they never touch.
+# Objects above / below: |pitch| in this range (sign from the direction), any yaw.
+POLE_PITCH_DEG = (60.0, 80.0)
+# Share of scenes with an object above or below (one of each only when there are >= 2 objects).
+POLE_SCENE_FRACTION = 0.25
+# Small angular sizes (radius / half-side / circumradius). A 120 deg, 112 px pinhole view has
+# only ~0.56 px per degree at its centre, so small shapes are ~22-25 px wide there.
 CIRCLE_RADIUS_DEG = 20.0
 SQUARE_HALF_SIDE_DEG = 18.0
 TRIANGLE_CIRCUMRADIUS_DEG = 26.0
-# Largest angular distance from an object's centre to any of its points (triangle vertex: 26,
-# square corner: atan(sqrt(2) tan 18) = 24.7), rounded up.
-OBJECT_BOUND_DEG = 27.0
+# Any two objects' centres are at least the sum of their extents (object_extent_deg) plus this
+# apart, so their bounding caps, and the shapes in them, never touch (~3 px at 512x256).
+OBJECT_GAP_DEG = 2.0
+# Positions are redrawn until they keep that gap; after this many tries a layout that always
+# does is used (nominal yaws on the horizon, poles at the extreme pitch in the widest yaw gap).
+PLACEMENT_TRIES = 100
 
-# "at" phrases answer "where is it?", "toward" phrases follow "shows ... ".
-_AT_PHRASE = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left"}
-_TOWARD_PHRASE = {"front": "ahead", "right": "to the right", "behind": "behind", "left": "to the left"}
+# "at" phrases answer "where is it?", "toward" phrases follow "shows ... ", "lead" phrases open
+# "... there is".
+_AT_PHRASE = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left",
+              "above": "above", "below": "below"}
+_TOWARD_PHRASE = {"front": "ahead", "right": "to the right", "behind": "behind", "left": "to the left",
+                  "above": "overhead", "below": "underfoot"}
+_LEAD_PHRASE = {**_AT_PHRASE, "above": "up above", "below": "down below"}
 _NUMBER_WORD = {1: "one", 2: "two", 3: "three"}
+
+
+def object_extent_deg(shape: str, size: str) -> float:
+    """Largest angle from an object's centre to any of its points: the radius of the cap holding it.
+
+    Gnomonic projection keeps angles from the centre: a tangent-plane point at distance t is
+    atan(t) away. Circle: its radius; triangle: its circumradius (the vertices); square: its
+    corners, atan(sqrt(2) tan(half side)).
+    """
+    scale = SIZE_SCALE[size]
+    if shape == "circle":
+        return CIRCLE_RADIUS_DEG * scale
+    if shape == "square":
+        return math.degrees(math.atan(math.sqrt(2.0) * math.tan(math.radians(SQUARE_HALF_SIDE_DEG * scale))))
+    if shape == "triangle":
+        return TRIANGLE_CIRCUMRADIUS_DEG * scale
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+# The largest extent of any object (a large triangle: 41.6 deg).
+OBJECT_BOUND_DEG = max(object_extent_deg(shape, size) for shape in SHAPES for size in SIZES)
 
 
 @dataclass(frozen=True)
@@ -81,6 +124,7 @@ class SceneObject:
     direction: str
     yaw: float  # degrees, (-180, 180], positive = right of front
     pitch: float  # degrees, positive = up
+    size: str = "small"  # files of generator version <= 2 record no size: all their objects are small
 
 
 @dataclass(frozen=True)
@@ -113,19 +157,89 @@ def _darker(rgb: tuple[float, float, float], factor: float) -> tuple[float, floa
     return (rgb[0] * factor, rgb[1] * factor, rgb[2] * factor)
 
 
+def angular_distance_deg(yaw_a: float, pitch_a: float, yaw_b: float, pitch_b: float) -> float:
+    """Great-circle angle between two (yaw, pitch) directions, degrees."""
+    pa, pb, dyaw = math.radians(pitch_a), math.radians(pitch_b), math.radians(yaw_a - yaw_b)
+    cos_d = math.sin(pa) * math.sin(pb) + math.cos(pa) * math.cos(pb) * math.cos(dyaw)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos_d))))
+
+
+def objects_keep_apart(objects: Sequence[SceneObject]) -> bool:
+    """True when every two objects' bounding caps are at least OBJECT_GAP_DEG apart."""
+    for i, a in enumerate(objects):
+        for b in objects[i + 1:]:
+            needed = object_extent_deg(a.shape, a.size) + object_extent_deg(b.shape, b.size) + OBJECT_GAP_DEG
+            if angular_distance_deg(a.yaw, a.pitch, b.yaw, b.pitch) < needed:
+                return False
+    return True
+
+
+def _pole_sign(direction: str) -> float:
+    return 1.0 if direction == "above" else -1.0
+
+
+def _draw_position(rng: np.random.Generator, direction: str) -> tuple[float, float]:
+    if direction in POLE_DIRECTIONS:
+        yaw = float(rng.uniform(-180.0, 180.0))
+        pitch = _pole_sign(direction) * float(rng.uniform(*POLE_PITCH_DEG))
+    else:
+        yaw = DIRECTION_YAW_DEG[direction] + float(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG))
+        pitch = float(rng.uniform(-PITCH_JITTER_DEG, PITCH_JITTER_DEG))
+    # Rounded so the JSONL annotations reproduce the rendered scene exactly.
+    return wrap_yaw(round(wrap_yaw(yaw), 3)), round(pitch, 3)  # wrapped again: -179.9996 rounds to -180
+
+
+def _fallback_positions(directions: Sequence[str]) -> list[tuple[float, float]]:
+    """A layout that always keeps objects apart: horizon objects at their nominal yaw on the
+    horizon (90 deg apart, more than two large triangles' 2 x 41.6 + gap), poles at the extreme
+    pitch in the middle of the widest yaw gap between horizon objects (>= 180 deg wide: a scene
+    with a pole has at most two on the horizon), which puts them >= 90 deg from each."""
+    horizon_yaws = sorted(DIRECTION_YAW_DEG[d] for d in directions if d in DIRECTION_YAW_DEG)
+    pole_yaw = 0.0
+    if horizon_yaws:
+        gaps = [((horizon_yaws[(i + 1) % len(horizon_yaws)] - yaw) % 360.0 or 360.0, yaw) for i, yaw in enumerate(horizon_yaws)]
+        width, start = max(gaps)
+        pole_yaw = wrap_yaw(start + width / 2.0)
+    return [
+        (pole_yaw, _pole_sign(d) * POLE_PITCH_DEG[1]) if d in POLE_DIRECTIONS else (wrap_yaw(DIRECTION_YAW_DEG[d]), 0.0)
+        for d in directions
+    ]
+
+
+def _place(rng: np.random.Generator, kinds: Sequence[tuple[str, str, str, str]]) -> list[SceneObject]:
+    """Positions for (direction, colour, shape, size) tuples, redrawn until no two objects touch."""
+    directions = [kind[0] for kind in kinds]
+    for _ in range(PLACEMENT_TRIES):
+        positions = [_draw_position(rng, direction) for direction in directions]
+        objects = [SceneObject(shape, colour, d, yaw, pitch, size) for (d, colour, shape, size), (yaw, pitch) in zip(kinds, positions)]
+        if objects_keep_apart(objects):
+            return objects
+    positions = _fallback_positions(directions)
+    return [SceneObject(shape, colour, d, yaw, pitch, size) for (d, colour, shape, size), (yaw, pitch) in zip(kinds, positions)]
+
+
+def _sample_directions(rng: np.random.Generator, num_objects: int) -> list[str]:
+    """Directions of ``num_objects`` objects in canonical order: at most one per direction, and in
+    POLE_SCENE_FRACTION of the scenes one above, one below or (>= 2 objects) one of each."""
+    poles: tuple[str, ...] = ()
+    if float(rng.uniform()) < POLE_SCENE_FRACTION:
+        options = [("above",), ("below",)] + ([POLE_DIRECTIONS] if num_objects >= 2 else [])
+        poles = options[int(rng.integers(len(options)))]
+    num_horizon = num_objects - len(poles)
+    horizon_ids = rng.choice(len(HORIZON_DIRECTIONS), size=num_horizon, replace=False).tolist()
+    return [HORIZON_DIRECTIONS[i] for i in sorted(horizon_ids)] + list(poles)
+
+
 def sample_scene(rng: np.random.Generator) -> Scene:
     """Draw one scene (objects, background colours, captions) from ``rng``."""
     num_objects = int(rng.integers(1, 4))
-    direction_ids = sorted(rng.choice(len(DIRECTIONS), size=num_objects, replace=False).tolist())
-    objects = []
-    for direction_id in direction_ids:
-        direction = DIRECTIONS[direction_id]
+    kinds = []
+    for direction in _sample_directions(rng, num_objects):
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        yaw = wrap_yaw(DIRECTION_YAW_DEG[direction] + float(rng.uniform(-YAW_JITTER_DEG, YAW_JITTER_DEG)))
-        pitch = float(rng.uniform(-PITCH_JITTER_DEG, PITCH_JITTER_DEG))
-        # Rounded so the JSONL annotations reproduce the rendered scene exactly.
-        objects.append(SceneObject(shape, colour, direction, round(yaw, 3), round(pitch, 3)))
+        size = SIZES[int(rng.integers(len(SIZES)))]
+        kinds.append((direction, colour, shape, size))
+    objects = _place(rng, kinds)
     sky = _muted_rgb(rng, (0.55, 0.75))
     ground = _muted_rgb(rng, (0.30, 0.50))
     captions = describe_objects(objects, rng)
@@ -149,11 +263,11 @@ def _join(parts: Sequence[str]) -> str:
 
 
 def _noun(obj: SceneObject) -> str:
-    return f"a {obj.colour} {obj.shape}"
+    return f"a {obj.size} {obj.colour} {obj.shape}"
 
 
 def describe_objects(objects: Sequence[SceneObject], rng: np.random.Generator) -> list[str]:
-    """Four reference captions, each naming every object's colour, shape and direction.
+    """Four reference captions, each naming every object's size, colour, shape and direction.
 
     ``objects`` must be in canonical direction order; the last phrasing lists them in a random
     order so that the model cannot rely on position alone.
@@ -161,7 +275,7 @@ def describe_objects(objects: Sequence[SceneObject], rng: np.random.Generator) -
     if not 1 <= len(objects) <= len(_NUMBER_WORD):
         raise ValueError(f"expected 1-{len(_NUMBER_WORD)} objects, got {len(objects)}")
     listing = _join([f"{_noun(o)} {_AT_PHRASE[o.direction]}" for o in objects])
-    located = "; ".join(f"{_AT_PHRASE[o.direction]} there is {_noun(o)}" for o in objects)
+    located = "; ".join(f"{_LEAD_PHRASE[o.direction]} there is {_noun(o)}" for o in objects)
     shows = _join([f"{_noun(o)} {_TOWARD_PHRASE[o.direction]}" for o in objects])
     shuffled = [objects[i] for i in rng.permutation(len(objects))]
     count = _NUMBER_WORD[len(objects)]
@@ -176,8 +290,8 @@ def describe_objects(objects: Sequence[SceneObject], rng: np.random.Generator) -
 
 
 def question_answers(objects: Sequence[SceneObject]) -> list[tuple[str, str]]:
-    """Short questions with one exact answer each: what is in each direction (or nothing), how
-    many objects, and which colour each object is."""
+    """Short questions with one exact answer each: what is in each direction, above and below
+    included (or nothing), how many objects, and which colour and what size each object is."""
     by_direction = {o.direction: o for o in objects}
     pairs = []
     for direction in DIRECTIONS:
@@ -186,6 +300,8 @@ def question_answers(objects: Sequence[SceneObject]) -> list[tuple[str, str]]:
     pairs.append(("How many objects are there?", f"{_NUMBER_WORD[len(objects)]}."))
     for obj in objects:
         pairs.append((f"Which colour is the {obj.shape} {_AT_PHRASE[obj.direction]}?", f"{obj.colour}."))
+    for obj in objects:
+        pairs.append((f"What size is the {obj.colour} {obj.shape} {_AT_PHRASE[obj.direction]}?", f"{obj.size}."))
     return pairs
 
 
@@ -230,42 +346,50 @@ def shape_mask(obj: SceneObject, dirs: np.ndarray) -> np.ndarray:
     """
     if obj.shape not in SHAPES:
         raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+    if obj.size not in SIZE_SCALE:
+        raise ValueError(f"unknown size {obj.size!r}; expected one of {SIZES}")
+    scale = SIZE_SCALE[obj.size]
     local = dirs @ _camera_to_world(obj.yaw, obj.pitch)
     depth = local[..., 2]
     in_front = depth > 0.0
     safe_depth = np.where(in_front, depth, 1.0)
     x, y = local[..., 0] / safe_depth, local[..., 1] / safe_depth
     if obj.shape == "circle":
-        inside = x * x + y * y <= math.tan(math.radians(CIRCLE_RADIUS_DEG)) ** 2
+        inside = x * x + y * y <= math.tan(math.radians(CIRCLE_RADIUS_DEG * scale)) ** 2
     elif obj.shape == "square":
-        half = math.tan(math.radians(SQUARE_HALF_SIDE_DEG))
+        half = math.tan(math.radians(SQUARE_HALF_SIDE_DEG * scale))
         inside = (np.abs(x) <= half) & (np.abs(y) <= half)
     else:
-        inside = _triangle_mask(x, y, math.tan(math.radians(TRIANGLE_CIRCUMRADIUS_DEG)))
+        inside = _triangle_mask(x, y, math.tan(math.radians(TRIANGLE_CIRCUMRADIUS_DEG * scale)))
     return in_front & inside
 
 
-def _object_window(obj: SceneObject, erp_hw: tuple[int, int]) -> tuple[slice, np.ndarray]:
-    """Rows (a slice) and columns (indices, wrapped at the seam) of an ERP block containing ``obj``.
+def _object_window(obj: SceneObject, erp_hw: tuple[int, int]) -> tuple[slice, slice | np.ndarray]:
+    """Rows (a slice) and columns of an ERP block containing ``obj``: a slice, or indices where
+    the block wraps around the seam.
 
     Testing only this block instead of the whole ERP makes rendering ~30x cheaper. The block
-    holds every pixel within OBJECT_BOUND_DEG of the object's centre, plus one pixel of margin.
+    holds every pixel within the object's extent (object_extent_deg) of its centre, plus one
+    pixel of margin.
     """
     height, width = erp_hw
-    bound = math.radians(OBJECT_BOUND_DEG)
+    bound = math.radians(object_extent_deg(obj.shape, obj.size))
     pitch = math.radians(obj.pitch)
     deg_per_row, deg_per_col = math.pi / height, 2.0 * math.pi / width
     top = max(0, math.floor((math.pi / 2.0 - (pitch + bound)) / deg_per_row) - 1)
     bottom = min(height, math.ceil((math.pi / 2.0 - (pitch - bound)) / deg_per_row) + 1)
     widest_lat = abs(pitch) + bound
     if widest_lat >= math.pi / 2.0:
-        return slice(top, bottom), np.arange(width)  # the block reaches a pole: every longitude
+        return slice(top, bottom), slice(0, width)  # the block reaches a pole: every longitude
     half_lon = math.asin(min(1.0, math.sin(bound) / math.cos(widest_lat)))
     half_cols = math.ceil(half_lon / deg_per_col) + 1
     if 2 * half_cols + 1 >= width:
-        return slice(top, bottom), np.arange(width)
+        return slice(top, bottom), slice(0, width)
     centre_col = round((math.radians(obj.yaw) / (2.0 * math.pi) + 0.5) * width - 0.5)
-    return slice(top, bottom), (centre_col + np.arange(-half_cols, half_cols + 1)) % width
+    first, last = centre_col - half_cols, centre_col + half_cols
+    if 0 <= first and last < width:
+        return slice(top, bottom), slice(first, last + 1)  # a view, not a copy
+    return slice(top, bottom), np.arange(first, last + 1) % width
 
 
 def object_mask(obj: SceneObject, erp_hw: tuple[int, int]) -> np.ndarray:
@@ -293,17 +417,24 @@ def render_scene(scene: Scene, erp_hw: tuple[int, int]) -> np.ndarray:
     directions = _erp_directions(*erp_hw)
     for obj in scene.objects:
         rows, cols = _object_window(obj, erp_hw)
-        block = image[rows, cols]  # a copy (fancy column index), written back below
+        block = image[rows, cols]  # a view, or a copy (columns across the seam) written back below
         block[shape_mask(obj, directions[rows, cols])] = COLOURS[obj.colour]
-        image[rows, cols] = block
+        if isinstance(cols, np.ndarray):
+            image[rows, cols] = block
     return image
 
 
 def crosses_seam(obj: SceneObject, erp_hw: tuple[int, int]) -> bool:
     """True when the rendered object touches both the first and the last ERP column: it straddles
-    the 0/360 seam, where views cut naively from the ERP split it in two."""
-    mask = object_mask(obj, erp_hw)
-    return bool(mask[:, 0].any() and mask[:, -1].any())
+    the 0/360 seam, where views cut naively from the ERP split it in two. (An object over a pole
+    touches every column, so it straddles the seam too.)"""
+    width = erp_hw[1]
+    rows, cols = _object_window(obj, erp_hw)
+    block_cols = np.arange(width)[cols]
+    if not ((block_cols == 0).any() and (block_cols == width - 1).any()):
+        return False  # the object's block does not reach both edge columns
+    edges = shape_mask(obj, _erp_directions(*erp_hw)[rows][:, [0, width - 1]])
+    return bool(edges[:, 0].any() and edges[:, 1].any())
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

@@ -7,7 +7,7 @@ import re
 
 from vlm_resampler.data.datasets import prepare_split, synthpano_root
 
-QA_MAX_NEW_TOKENS = 12  # the longest answer, "a yellow triangle." plus end of turn, is 6 tokens
+QA_MAX_NEW_TOKENS = 12  # the longest answer, "a large yellow triangle." plus end of turn, is 7 tokens
 
 
 def seam_subsets(items: list[dict], predictions: list[str], data_cfg, split: str, scorer) -> dict:
@@ -30,10 +30,16 @@ def normalise_answer(text: str) -> str:
 
 
 def question_kind(query: str) -> str:
+    """count, colour, size, pole ("What is above?" / "What is below?", apart from the horizon:
+    views around the horizon may not see the poles) or direction (what is in front, ...)."""
     if query.startswith("How many"):
         return "count"
     if query.startswith("Which colour"):
         return "colour"
+    if query.startswith("What size"):
+        return "size"
+    if query in ("What is above?", "What is below?"):
+        return "pole"
     return "direction"
 
 
