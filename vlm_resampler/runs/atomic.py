@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -29,7 +29,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -59,10 +59,18 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb+") as handle:
                     os.fsync(handle.fileno())
+        for d in [tmp, *(d for d in tmp.rglob("*") if d.is_dir())]:
+            fsync_dir(d)
+        # A non-empty directory cannot be replaced in one rename: the previous one is moved aside
+        # first (callers that need all-or-nothing across the swap, like checkpoints, mark the
+        # directory incomplete before calling this).
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
+        if old.exists():
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

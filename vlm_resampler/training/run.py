@@ -22,7 +22,7 @@ from vlm_resampler.data.collate import CaptionCollator, panorama_only
 from vlm_resampler.data.datasets import CaptionExamples, Panoramas, training_items
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
-from vlm_resampler.runs.atomic import write_json, write_text
+from vlm_resampler.runs.atomic import fsync_dir, write_json, write_text
 from vlm_resampler.runs.checkpoint import save_weights
 from vlm_resampler.runs.load import build_model, load_stage
 from vlm_resampler.runs.metadata import build_metadata
@@ -119,6 +119,38 @@ def start_model(cfg: dict, init_from: Path | None):
     return loaded.model, dict(loaded.metadata["model"]), list(loaded.metadata["saved_modules"])
 
 
+def save_stage_checkpoint(model, stage_dir: Path, saved_modules: list[str], **fields) -> dict:
+    """Write a stage's checkpoint: weights (and adapter) first, checkpoint_metadata.json last, each
+    file atomically (temp name, fsync, rename, fsync of the directory). A stage directory that
+    already holds a checkpoint stops being one (its metadata is removed) before any of its weights
+    change, so a kill at any point leaves either a complete, verifiable checkpoint or none. `fields`:
+    the remaining arguments of build_metadata."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    unmark_checkpoint(stage_dir)
+    weight_files = save_weights(model, stage_dir, saved_modules)
+    metadata = build_metadata(model=model, saved_modules=saved_modules, weight_files=weight_files, **fields)
+    # Written last: a stage directory without it is not a checkpoint.
+    write_json(stage_dir / layout.METADATA, metadata)
+    return metadata
+
+
+def unmark_checkpoint(stage_dir: Path) -> None:
+    """Remove the stage's metadata (it is no checkpoint from here on) and what an earlier, killed
+    save left under temporary names (one process writes a run dir: it holds the run's lock)."""
+    import shutil
+
+    stage_dir = Path(stage_dir)
+    metadata = stage_dir / layout.METADATA
+    if metadata.exists():
+        metadata.unlink()
+        fsync_dir(stage_dir)
+    names = (layout.WEIGHTS, layout.ADAPTER_DIR, layout.METADATA)
+    for path in stage_dir.iterdir():
+        if any(path.name.startswith((f".{n}.tmp-", f".{n}.old-")) for n in names):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 @dataclass
 class StageResult:
     stage_dir: Path
@@ -200,24 +232,21 @@ def run_stage(
         write_json(stage_dir / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
         plot_losses(journal.records, stage_dir / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
 
-        weight_files = save_weights(model, stage_dir, saved_modules)
-        metadata = build_metadata(
+        save_stage_checkpoint(
+            model,
+            stage_dir,
+            saved_modules,
             stage=name,
             seed=int(cfg["seed"]),
             model_tree=model_tree,
-            model=model,
             tokenizer=dict(tokenizer_cfg),
             prompt=dict(cfg["prompt"]),
             data=dict(cfg["data"]),
             backbones=backbone_records(cfg),
-            saved_modules=saved_modules,
-            weight_files=weight_files,
             init_from=str(init_from) if init_from else None,
             trainable=rows,
             train_summary=summary,
         )
-        # Written last: a stage directory without it is not a checkpoint.
-        write_json(stage_dir / layout.METADATA, metadata)
         resume.remove_resume_dir(stage_dir)
         print(f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}", flush=True)
     distributed.barrier()  # the next stage (on every process) starts from these files
