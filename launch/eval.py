@@ -20,8 +20,7 @@ def evaluate_model(argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from vlm_resampler.config.preflight import preflight
-    from vlm_resampler.evaluation.cli import check_eval_config, configure_hub_for_eval, translate_argv
+    from vlm_resampler.config.commands import check_eval_argv
 
     @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
     def main(cfg: DictConfig) -> None:
@@ -29,8 +28,7 @@ def evaluate_model(argv: list[str]) -> None:
 
         evaluate_checkpoint(cfg)
 
-    sys.argv[1:] = translate_argv(argv)
-    preflight("eval", sys.argv[1:], validate=check_eval_config, before_validate=configure_hub_for_eval)
+    sys.argv[1:] = check_eval_argv(argv)  # bad input: a short message, exit 2, nothing loaded
     main()
 
 

@@ -20,10 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vlm_resampler.config.preflight import backbone_names, preflight, split_argv
-from vlm_resampler.config.validate import check_run_dir_free, validate_train_config
-from vlm_resampler.hub import configure_hub_access
-from vlm_resampler.sweeps.check import validate_sweep_job
+from vlm_resampler.config.commands import check_train_argv
 from vlm_resampler.sweeps.job import evaluate_if_asked
 from vlm_resampler.sweeps.submit import prepare_sweep
 from vlm_resampler.training.distributed import is_main_process, torchrun_overrides
@@ -46,15 +43,8 @@ def main(cfg: DictConfig) -> None:
     evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now
 
 
-def configure_hub(configs: list[DictConfig]) -> None:
-    configure_hub_access(backbone_names(configs))
-
-
 if __name__ == "__main__":
     sys.argv += torchrun_overrides(sys.argv[1:])
-    run_dir_check = check_run_dir_free if is_main_process() else None  # rank 0 may already be writing it
-    # A sweep's jobs are also built on the meta device before anything is submitted.
-    validate = validate_sweep_job if split_argv(sys.argv[1:])[1] else validate_train_config
-    preflight("train", sys.argv[1:], validate=validate, before_validate=configure_hub, single_run_check=run_dir_check)
+    check_train_argv(sys.argv[1:])  # bad config: a short message, exit 2, nothing built or submitted
     sys.argv[1:] = prepare_sweep("train", sys.argv[1:])  # -m: conf/ snapshot, sweep.json, job dirs
     main()

@@ -177,8 +177,8 @@ def check_stage_values(name: str, stage: DictConfig) -> None:
     schedulers = [s.value for s in SchedulerType]
     if stage.get("lr_scheduler") not in schedulers:
         raise ConfigError(
-            f"stage.{name}.lr_scheduler={stage.get('lr_scheduler')!r}:"
-            f"{did_you_mean(str(stage.get('lr_scheduler')), schedulers)} expected one of {schedulers}"
+            f"stage.{name}.lr_scheduler={stage.get('lr_scheduler')!r}: no such scheduler."
+            f"{did_you_mean(str(stage.get('lr_scheduler')), schedulers)}\n  expected one of: {', '.join(schedulers)}"
         )
     for module in stage.train:
         if module not in TRAINABLE_MODULES:
@@ -275,6 +275,12 @@ def check_init_from(cfg: DictConfig) -> None:
         raise ConfigError(f"init_from={cfg.init_from!r}: {err}") from err
     wanted = OmegaConf.to_container(cfg.model, resolve=True)
     saved, wanted = dict(saved), dict(wanted)
+    saved_type, wanted_type = (resampler_option(m.get("resampler")) for m in (saved, wanted))
+    if saved_type != wanted_type:
+        raise ConfigError(
+            f"init_from={cfg.init_from}: holds a resampler={saved_type} checkpoint, but this config builds "
+            f"resampler={wanted_type}; add resampler={saved_type} (with the checkpoint's settings) or train anew"
+        )
     saved.pop("lora", None)
     wanted.pop("lora", None)
     differences = tree_differences(wanted, saved, "model")
@@ -283,6 +289,15 @@ def check_init_from(cfg: DictConfig) -> None:
             f"init_from={cfg.init_from}: the configured model differs from the checkpoint's; "
             "continue with the checkpoint's settings or train anew:\n  " + "\n  ".join(differences[:10])
         )
+
+
+def resampler_option(node) -> str:
+    """The conf/resampler option whose class a model tree's resampler node names (else the class)."""
+    target = str((node or {}).get("_target_", "?"))
+    for path in sorted((CONF_DIR / "resampler").glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == target:
+            return path.stem
+    return target
 
 
 def check_backbones_available(cfg: DictConfig) -> None:

@@ -59,7 +59,10 @@ def configure_hub_for_eval(configs: list[DictConfig]) -> None:
         except GuideMetadataError:
             continue  # reported by check_eval_config
         if guide is None:
-            names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
+            try:
+                names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
+            except (ValueError, KeyError):
+                continue  # damaged metadata: reported by check_eval_config
         else:
             names += guide_backbone_names(guide, chosen)
     configure_hub_access(names)
@@ -95,7 +98,13 @@ def check_weights_only_eval(stage_dir, cfg: DictConfig) -> None:
     and dataset the checkpoint belongs to are in no file (or, in a guide-format metadata file,
     perhaps only some of them): the command line must name the others."""
     guide = read_guide(stage_dir) if has_metadata(stage_dir) else None
-    if (has_metadata(stage_dir) and guide is None) or read_saved_config(stage_dir) is not None:
+    if has_metadata(stage_dir) and guide is None:
+        try:
+            read_metadata(stage_dir)  # ours: damaged or of another format version is said now, not after loading
+        except ValueError as err:
+            raise ConfigError(f"checkpoint_dir={cfg.checkpoint_dir}: {err}") from err
+        return
+    if read_saved_config(stage_dir) is not None:
         return
     # A group counts as chosen when its option's defining key is there (not just one override).
     chosen = {group: "_target_" for group in required_groups()} | {"backbone": "vision_encoder", "data": "name"}
