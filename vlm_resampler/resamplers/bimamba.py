@@ -86,7 +86,9 @@ class BiMambaResampler(Resampler):
         super().__init__(input_dim, latent_dimension)
         require(isinstance(hidden_dim, int) and hidden_dim > 0, "hidden_dim", hidden_dim, "a positive int")
         require(isinstance(depth, int) and depth >= 1, "depth", depth, "an int >= 1")
-        require(float(expand) > 0 and int(expand * hidden_dim) >= 1, "expand", expand, "> 0 (d_inner = int(expand * hidden_dim) >= 1)")
+        require(float(expand) > 0, "expand", expand, "> 0 (d_inner = int(expand * hidden_dim))")
+        require(int(expand * hidden_dim) >= 1, "expand", expand,
+                f"a value with d_inner = int(expand * hidden_dim) >= 1; with hidden_dim={hidden_dim} it is {int(expand * hidden_dim)}")
         require(isinstance(d_state, int) and d_state >= 1, "d_state", d_state, "an int >= 1")
         require(isinstance(d_conv, int) and d_conv >= 1, "d_conv", d_conv, "an int >= 1")
         require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
