@@ -90,7 +90,12 @@ def quic360_split(data_cfg, split: str, task: str) -> tuple[list[dict], list[str
     if not csv_path.is_file():
         raise FileNotFoundError(f"data.splits.{split}: {csv_path} not found (data.root={data_cfg.root!r})")
     image_root = root / data_cfg.image_dir if data_cfg.image_dir else csv_path.parent
-    items, skipped = read_quic360_csv(csv_path, image_root, bool(data_cfg.skip_bad_rows), check_readable=True)
+    allow = data_cfg.get("allow_paths_outside_root", False)
+    if not isinstance(allow, bool):
+        raise ValueError(f"data.allow_paths_outside_root={allow!r}: expected true or false")
+    items, skipped = read_quic360_csv(
+        csv_path, image_root, bool(data_cfg.skip_bad_rows), check_readable=True, allow_outside_root=allow
+    )
     if skipped:
         log.warning("%s: skipped %d bad row(s) (data.skip_bad_rows=true), first: %s", csv_path, len(skipped), skipped[0])
     return items, skipped

@@ -31,12 +31,22 @@ def _image_problem(image: Path, check_readable: bool) -> tuple[type[Exception], 
     return None
 
 
+class PathOutsideRoot(ValueError):
+    """A url that leads out of the image root (absolute, or through `..` or a link)."""
+
+
+def _escapes(image: Path, image_root: Path) -> bool:
+    return not image.resolve().is_relative_to(image_root.resolve())
+
+
 def read_quic360_csv(
-    csv_path: Path, image_root: Path | None = None, skip_bad_rows: bool = False, check_readable: bool = False
+    csv_path: Path, image_root: Path | None = None, skip_bad_rows: bool = False, check_readable: bool = False,
+    allow_outside_root: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """One record {image, query, references} per (url, query), in first-appearance order, and the
     bad rows that were skipped (each "file row N: why"). Relative urls resolve against
-    `image_root` (default: the CSV's folder)."""
+    `image_root` (default: the CSV's folder); a url that leads out of it (absolute, `..`, a link)
+    is refused, whatever skip_bad_rows says, unless `allow_outside_root`."""
     csv_path = Path(csv_path)
     image_root = Path(image_root) if image_root is not None else csv_path.parent
     groups: dict[tuple[str, str], dict] = {}
@@ -55,6 +65,11 @@ def read_quic360_csv(
             url, query = (row["url"] or "").strip(), row["query"] or ""
             where = f"{csv_path} row {row_number} (line {reader.line_num})"
             image = Path(url) if Path(url).is_absolute() else image_root / url
+            if url and not allow_outside_root and _escapes(image, image_root):
+                raise PathOutsideRoot(
+                    f"{where}: url {url!r} leads out of the image root {image_root} (to {image.resolve()}); "
+                    "refused (data.allow_paths_outside_root=true accepts such urls)"
+                )
             problem = (BadRow, "empty url") if not url else bad_images.get(url)
             if problem is None and (url, query) not in groups:
                 problem = _image_problem(image, check_readable)

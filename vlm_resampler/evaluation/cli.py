@@ -16,8 +16,8 @@ MODEL_ROOTS = ("resampler", "backbone", "view", "projector", "model", "prompt")
 
 
 def translate_argv(argv: list[str]) -> list[str]:
-    """Accept the guide's `--checkpoint-dir DIR` (and `--checkpoint-dir=DIR`), and `debug=X`
-    (eval's debug options live in conf/eval_debug)."""
+    """Accept the guide's `--checkpoint-dir DIR` (and `--checkpoint-dir=DIR`), `--no-verify` (for
+    `verify=false`) and `debug=X` (eval's debug options live in conf/eval_debug)."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -27,7 +27,9 @@ def translate_argv(argv: list[str]) -> list[str]:
             out.append(f"checkpoint_dir={argv[i + 1]}")
             i += 2
             continue
-        if arg.startswith("--checkpoint-dir="):
+        if arg == "--no-verify":  # skip the sha256 check of the weight files (logged as such)
+            out.append("verify=false")
+        elif arg.startswith("--checkpoint-dir="):
             out.append("checkpoint_dir=" + arg.split("=", 1)[1])
         elif arg.startswith("debug="):
             out.append("eval_debug=" + arg.split("=", 1)[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlm_resampler.runs import layout
@@ -78,10 +79,18 @@ def _check_state(where: str, expected: dict[str, torch.Tensor], found: dict[str,
         raise CheckpointMismatch(f"{where}:\n  " + "\n  ".join(problems))
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or an error naming it (a truncated or garbled file, unverified)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointMismatch(f"{path}: cannot be read as safetensors ({err}); the file is damaged or truncated") from err
+
+
 def load_weights(model, stage_dir: Path, modules: list[str]) -> None:
     stage_dir = Path(stage_dir)
     path = stage_dir / layout.WEIGHTS
-    found = load_file(str(path))
+    found = read_safetensors(path)
     _check_state(str(path), module_state(model, modules), found)
     for name in modules:
         prefix = f"{name}."
@@ -91,7 +100,7 @@ def load_weights(model, stage_dir: Path, modules: list[str]) -> None:
         from peft import set_peft_model_state_dict
 
         adapter_path = stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS
-        adapter = load_file(str(adapter_path))
+        adapter = read_safetensors(adapter_path)
         _check_state(str(adapter_path), adapter_state(model.llm), adapter)
         result = set_peft_model_state_dict(model.llm, adapter)
         if result.unexpected_keys:

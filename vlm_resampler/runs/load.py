@@ -98,6 +98,9 @@ def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None 
     meta = stage_metadata(stage_dir, user)
     if verify:
         verify_stage(stage_dir, meta)
+    else:
+        log.warning("not verified (--no-verify / verify=false): the sha256 of %s and the backbone fingerprints "
+                    "were not checked", ", ".join(str(stage_dir / rel) for rel in meta.get("weights_sha256") or {}) or "the weight files")
     model = build_model(meta["model"], seed=0)
     source = rebuilt_from(stage_dir, meta)
     try:

@@ -9,8 +9,29 @@ ALLOWED_TARGET_PREFIXES = (
 )
 
 
+# Where an allowed target's class or function must be defined: a name under an allowed prefix
+# can still lead elsewhere through a module's imports (vlm_resampler.models.backbones.os.system).
+ALLOWED_DEFINING_MODULES = ("vlm_resampler.", "torch.nn.")
+
+
 class UntrustedTarget(ValueError):
     pass
+
+
+def _check_defined_in_allowed_module(path: str, value: str) -> None:
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(value)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UntrustedTarget(f"{path}={value!r} cannot be located: {err}") from err
+    module = getattr(obj, "__module__", None)
+    if not (isinstance(module, str) and module.startswith(ALLOWED_DEFINING_MODULES) and callable(obj)):
+        raise UntrustedTarget(
+            f"{path}={value!r} is not allowed: it names {getattr(obj, '__qualname__', type(obj).__name__)} "
+            f"of module {module!r}, and only classes and functions defined under "
+            f"{', '.join(ALLOWED_DEFINING_MODULES)} are instantiated from a run directory"
+        )
 
 
 def check_targets(tree, where: str = "model") -> None:
@@ -24,6 +45,7 @@ def check_targets(tree, where: str = "model") -> None:
                         f"{path}={value!r} is not allowed: only targets under "
                         f"{', '.join(ALLOWED_TARGET_PREFIXES)} are instantiated from a run directory"
                     )
+                _check_defined_in_allowed_module(path, value)
             else:
                 check_targets(value, path)
     elif isinstance(tree, list):

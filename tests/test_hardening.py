@@ -1,0 +1,317 @@
+"""Issue 7, items 2, 3 and 5: damaged weight files are refused by name, the code holds none of the
+forbidden patterns, and an untrusted run directory or data file cannot run code or reach files
+outside the data root."""
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from vlm_resampler.runs import layout
+from vlm_resampler.runs.checkpoint import CheckpointMismatch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- a saved stage, without training -------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_stage(smoke_config, tmp_path_factory):
+    """A finetune-stage checkpoint (model.safetensors and adapter/) written by the real save path,
+    in a run dir with its resolved_config.yaml."""
+    from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training.run import ALWAYS_SAVED, backbone_records, resolved_container, save_stage_checkpoint
+    from vlm_resampler.training.stages import attach_stage_lora
+
+    cfg = resolved_container(smoke_config())
+    run_dir = tmp_path_factory.mktemp("hardening") / "run"
+    run_dir.mkdir()
+    (run_dir / layout.RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    model = build_model(cfg["model"], seed=int(cfg["seed"]))
+    lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
+    save_stage_checkpoint(
+        model, run_dir / "finetune", list(ALWAYS_SAVED), stage="finetune", seed=int(cfg["seed"]),
+        model_tree=dict(cfg["model"]) | {"lora": lora}, tokenizer=dict(cfg["backbone"]["tokenizer"]),
+        prompt=dict(cfg["prompt"]), data=dict(cfg["data"]), backbones=backbone_records(cfg), init_from=None,
+        trainable=[], train_summary={},
+    )
+    return run_dir
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+ADAPTER = f"{layout.ADAPTER_DIR}/{layout.ADAPTER_WEIGHTS}"
+
+
+# ---- 2. integrity -------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", [flip_byte, truncate], ids=["flipped-byte", "truncated"])
+@pytest.mark.parametrize("rel", [layout.WEIGHTS, ADAPTER])
+def test_a_damaged_weight_file_is_refused_naming_it(saved_stage, tmp_path, rel, damage):
+    from vlm_resampler import load_from_run
+
+    run = copy_run(saved_stage, tmp_path)
+    damage(run / "finetune" / rel)
+    with pytest.raises(CheckpointMismatch, match=rf"{run / 'finetune' / rel}: sha256 .* differs"):
+        load_from_run(run)
+
+
+@pytest.mark.parametrize("rel", [layout.WEIGHTS, ADAPTER])
+def test_a_truncated_weight_file_is_refused_by_name_also_unverified(saved_stage, tmp_path, rel, caplog):
+    from vlm_resampler import load_from_run
+
+    run = copy_run(saved_stage, tmp_path)
+    truncate(run / "finetune" / rel)
+    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointMismatch, match=rf"{run / 'finetune' / rel}: cannot be read"):
+        load_from_run(run, verify=False)
+    assert "not verified (--no-verify / verify=false)" in caplog.text
+
+
+def test_no_verify_is_logged_naming_the_files_not_checked(saved_stage, caplog):
+    from vlm_resampler import load_from_run
+
+    with caplog.at_level(logging.WARNING):
+        load_from_run(saved_stage, verify=False)
+    line = next(r.getMessage() for r in caplog.records if "not verified" in r.getMessage())
+    assert str(saved_stage / "finetune" / layout.WEIGHTS) in line and ADAPTER in line and "fingerprints" in line
+
+
+def test_no_verify_on_the_eval_command_line_means_verify_false():
+    from vlm_resampler.evaluation.cli import translate_argv
+
+    assert translate_argv(["--checkpoint-dir", "runs/x", "--no-verify"]) == ["checkpoint_dir=runs/x", "verify=false"]
+
+
+# ---- 3. forbidden patterns in the code ------------------------------------------------------
+# A broad handler (bare `except:`, `except Exception`/`BaseException`) must re-raise or exit;
+# one that does neither needs a reason on its line: `# noqa: BLE001  (why)`.
+ALLOW_BROAD = "noqa: BLE001"
+
+
+def source_files() -> list[Path]:
+    return sorted([*(REPO / "vlm_resampler").rglob("*.py"), *(REPO / "launch").glob("*.py")])
+
+
+def _name(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_name(node.value)}.{node.attr}"
+    return ""
+
+
+def _kw(call: ast.Call, name: str):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def forbidden_patterns(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    tree = ast.parse(text, str(path))
+    found = []
+
+    def at(node, what):
+        found.append(f"{path.relative_to(REPO)}:{node.lineno}: {what}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler):
+            if node.type is None:
+                at(node, "bare `except:`")
+                continue
+            types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            broad = any(_name(t) in ("Exception", "BaseException") for t in types)
+            raises = any(
+                isinstance(n, ast.Raise) or (isinstance(n, ast.Call) and _name(n.func) in ("sys.exit", "exit", "os._exit"))
+                for n in ast.walk(ast.Module(body=node.body, type_ignores=[]))
+            )
+            if broad and not raises and ALLOW_BROAD not in lines[node.lineno - 1]:
+                at(node, "broad `except` that neither re-raises nor exits, without a reason")
+        elif isinstance(node, ast.Call):
+            func = _name(node.func)
+            strict = _kw(node, "strict")
+            if isinstance(strict, ast.Constant) and strict.value is False:
+                at(node, "strict=False")
+            if func == "torch.load" or func.endswith(".torch.load"):
+                weights_only = _kw(node, "weights_only")
+                if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+                    at(node, "torch.load without weights_only=True")
+            if func in ("yaml.load", "yaml.load_all"):
+                loader = _kw(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
+                if _name(loader).split(".")[-1] not in ("SafeLoader", "CSafeLoader"):
+                    at(node, f"{func} without a safe loader")
+            if func in ("yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads", "pickle.Unpickler",
+                        "dill.load", "dill.loads", "marshal.load", "marshal.loads", "torch.serialization.load"):
+                at(node, func)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names]
+            module = getattr(node, "module", None) or ""
+            if "pickle" in names or module == "pickle" or "dill" in names:
+                at(node, "imports pickle")
+    return found
+
+
+def test_the_code_holds_none_of_the_forbidden_patterns():
+    files = source_files()
+    assert len(files) > 40
+    problems = [p for f in files for p in forbidden_patterns(f)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_pattern_search_finds_each_forbidden_pattern(tmp_path, monkeypatch):
+    """The search itself: each pattern in a planted file is found, the allowed forms are not."""
+    bad = tmp_path / "vlm_resampler" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text(
+        "import pickle\n"
+        "import torch, yaml\n"
+        "m.load_state_dict(s, strict=False)\n"
+        "try:\n    f()\nexcept Exception:\n    pass\n"
+        "try:\n    f()\nexcept:\n    raise\n"
+        "torch.load(p)\n"
+        "torch.load(p, weights_only=False)\n"
+        "yaml.load(t)\n"
+        "yaml.load(t, Loader=yaml.Loader)\n"
+        "pickle.loads(b)\n"
+        # allowed:
+        "torch.load(p, weights_only=True)\n"
+        "yaml.load(t, Loader=yaml.SafeLoader)\n"
+        "try:\n    f()\nexcept Exception as err:\n    raise ValueError('x') from err\n"
+        "try:\n    f()\nexcept Exception:  # noqa: BLE001  (reported by the caller)\n    pass\n"
+    )
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    found = forbidden_patterns(bad)
+    assert sorted(f.split(": ", 1)[1] for f in found) == sorted([
+        "imports pickle", "strict=False", "broad `except` that neither re-raises nor exits, without a reason",
+        "bare `except:`", "torch.load without weights_only=True", "torch.load without weights_only=True",
+        "yaml.load without a safe loader", "yaml.load without a safe loader", "pickle.loads",
+    ]), found
+
+
+# ---- 5. untrusted run directories ---------------------------------------------------------
+MALICIOUS = {
+    "os.system": lambda s: {"_target_": "os.system", "command": f"touch {s}"},
+    "builtins.eval": lambda s: {"_target_": "builtins.eval", "_args_": [f"open({str(s)!r}, 'w')"]},
+    "subprocess.Popen": lambda s: {"_target_": "subprocess.Popen", "args": ["touch", str(s)]},
+    "nested in a kwarg": lambda s: {
+        "_target_": "vlm_resampler.resamplers.mlp.MLPResampler",
+        "hidden_dim": {"deep": [{"deeper": {"_target_": "os.system", "command": f"touch {s}"}}]},
+    },
+    "_args_": lambda s: {"_target_": "subprocess.call", "_args_": [["touch", str(s)]]},
+    "allowed prefix leading elsewhere": lambda s: {"_target_": "vlm_resampler.models.backbones.os.system", "_args_": [f"touch {s}"]},
+    "torch.nn prefix leading elsewhere": lambda s: {"_target_": "torch.nn.modules.module.torch.load", "_args_": [str(s)]},
+}
+
+
+@pytest.mark.parametrize("where", [layout.METADATA, layout.RESOLVED_CONFIG])
+@pytest.mark.parametrize("name", list(MALICIOUS))
+def test_a_malicious_run_dir_is_refused_without_calling_it(saved_stage, tmp_path, name, where):
+    from vlm_resampler import load_from_run
+    from vlm_resampler.runs.targets import UntrustedTarget
+
+    run = copy_run(saved_stage, tmp_path)
+    sentinel = tmp_path / "pwned"
+    node = MALICIOUS[name](sentinel)
+    if where == layout.METADATA:
+        path = run / "finetune" / layout.METADATA
+        meta = json.loads(path.read_text())
+        meta["model"]["resampler"] = node
+        path.write_text(json.dumps(meta))
+        loader = lambda: load_from_run(run / "finetune")  # noqa: E731
+    else:
+        # Without metadata, the model tree comes from the run's resolved_config.yaml.
+        (run / "finetune" / layout.METADATA).unlink()
+        (run / layout.STATUS).write_text(json.dumps({"status": "done", "completed": ["finetune"]}))
+        path = run / layout.RESOLVED_CONFIG
+        cfg = yaml.safe_load(path.read_text())
+        cfg["model"]["resampler"] = node
+        path.write_text(yaml.safe_dump(cfg))
+        loader = lambda: load_from_run(run)  # noqa: E731
+    # From resolved_config.yaml the saved target is first compared with the weights' resampler
+    # type (reconstruct.py); either refusal comes before anything is instantiated.
+    with pytest.raises((UntrustedTarget, CheckpointMismatch), match="not allowed|cannot be located|but the weights are"):
+        loader()
+    assert not sentinel.exists()
+
+
+def test_a_yaml_tag_that_would_run_code_is_not_executed(saved_stage, tmp_path):
+    from vlm_resampler import load_from_run
+
+    run = copy_run(saved_stage, tmp_path)
+    sentinel = tmp_path / "pwned"
+    (run / "finetune" / layout.METADATA).unlink()
+    (run / layout.STATUS).write_text(json.dumps({"status": "done", "completed": ["finetune"]}))
+    text = (run / layout.RESOLVED_CONFIG).read_text()
+    (run / layout.RESOLVED_CONFIG).write_text(
+        f"evil: !!python/object/apply:os.system ['touch {sentinel}']\n" + text
+    )
+    with pytest.raises(Exception):  # noqa: B017  (any refusal; what matters is that nothing ran)
+        load_from_run(run)
+    assert not sentinel.exists()
+
+
+# ---- 5. paths from data files --------------------------------------------------------------
+def write_csv(folder: Path, url: str) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 4)).save(folder / "ok.png")
+    csv_path = folder / "test.csv"
+    csv_path.write_text(f"url,query,annotation\nok.png,q,a caption\n{url},q,another\n")
+    return csv_path
+
+
+@pytest.mark.parametrize("url", ["../../etc/passwd", "/etc/passwd", "images/../../outside.png", "link/secret.png"])
+def test_a_url_leading_out_of_the_data_root_is_refused_naming_the_row(tmp_path, url):
+    from vlm_resampler.data.quic360 import PathOutsideRoot, read_quic360_csv
+
+    root = tmp_path / "data"
+    csv_path = write_csv(root, url)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    for skip in (False, True):  # not a bad row to skip: a refusal
+        with pytest.raises(PathOutsideRoot, match=rf"{csv_path} row 2 .*url '{url}' leads out of the image root"):
+            read_quic360_csv(csv_path, root, skip_bad_rows=skip)
+
+
+def test_a_url_outside_the_root_is_read_when_the_setting_allows_it(tmp_path):
+    from PIL import Image
+
+    from vlm_resampler.data.quic360 import read_quic360_csv
+
+    Image.new("RGB", (8, 4)).save(tmp_path / "outside.png")
+    csv_path = write_csv(tmp_path / "data", "../outside.png")
+    items, _ = read_quic360_csv(csv_path, tmp_path / "data", allow_outside_root=True)
+    assert [i["image"].resolve() for i in items][-1] == (tmp_path / "outside.png").resolve()
+
+
+def test_the_quic360_setting_is_validated(tmp_path):
+    from vlm_resampler.data.datasets import quic360_split
+
+    csv_path = write_csv(tmp_path, "ok.png")
+    data = OmegaConf.load(REPO / "conf" / "data" / "quic360.yaml")
+    assert data.allow_paths_outside_root is False
+    data.root = str(tmp_path)
+    data.splits.test = csv_path.name
+    assert len(quic360_split(data, "test", "caption")[0]) == 1
+    data.allow_paths_outside_root = "yes"
+    with pytest.raises(ValueError, match="data.allow_paths_outside_root='yes': expected true or false"):
+        quic360_split(data, "test", "caption")
