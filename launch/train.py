@@ -30,6 +30,7 @@ from vlm_resampler.training.distributed import is_main_process, torchrun_overrid
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from vlm_resampler.data.datasets import BadImageError
     from vlm_resampler.training.interrupt import TrainingInterrupted
     from vlm_resampler.training.run import run_training
 
@@ -38,6 +39,10 @@ def main(cfg: DictConfig) -> None:
         last = run_training(cfg, run_dir)
     except TrainingInterrupted as stop:
         stop.exit()  # resumable checkpoint saved; under submitit the job is requeued
+    except BadImageError as err:  # status interrupted, traceback.txt written: the run resumes once the data is fixed
+        print(f"error: training stopped: {err}\n  {run_dir} is left resumable (traceback in {run_dir}/traceback.txt); "
+              "repair the data, then run the same command again", file=sys.stderr)
+        sys.exit(1)
     if is_main_process():
         print(f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}")
     evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now

@@ -18,13 +18,36 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+class BadImageError(ValueError):
+    """An image that cannot be loaded (gone, unreadable, truncated, too large); names the file."""
+
+
+def check_image_size(img: Image.Image, path: Path) -> None:
+    """Refuse a decompression bomb from its header, before its pixels are allocated."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise BadImageError(
+            f"{path}: {img.width}x{img.height} pixels, over the pixel limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
+            "refused before decoding (a decompression bomb, or a panorama to downscale first)"
+        )
+
+
 def load_panorama(path: Path, width: int, height: int) -> torch.Tensor:
-    """An ERP image as float [3, height, width] in [0, 1] (resized if it has another size)."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
+    """An ERP image as float [3, height, width] in [0, 1] (resized if it has another size).
+    A missing, unreadable, truncated or oversized image raises BadImageError naming the file."""
+    try:
+        with Image.open(path) as img:
+            check_image_size(img, path)
+            img = img.convert("RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as err:  # PIL's own refusal, at twice the limit
+        raise BadImageError(f"{path}: over the pixel limit, refused before decoding ({err})") from err
+    except FileNotFoundError as err:
+        raise BadImageError(f"{path}: image not found (deleted or moved after the data was checked?)") from err
+    except (OSError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+        raise BadImageError(f"{path}: image unreadable ({type(err).__name__}: {err})") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 

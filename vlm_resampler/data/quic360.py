@@ -1,12 +1,13 @@
 """The QuIC-360 CSV layout (columns url, query, annotation; several rows of one image and query
 are several references), for the real dataset and for SynthPano alike.
 
-A bad row (empty url, missing or unreadable image) is an error naming the file and the row, or,
+A bad row (empty url or caption, missing, unreadable, truncated or oversized image) is an error naming the file and the row, or,
 with `skip_bad_rows`, is left out and reported: nothing is dropped silently.
 """
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -25,10 +26,31 @@ def _image_problem(image: Path, check_readable: bool) -> tuple[type[Exception], 
     if check_readable:
         try:
             with Image.open(image) as img:
+                if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                    return BadRow, (f"image {image} is {img.width}x{img.height} pixels, over the pixel limit of "
+                                    f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS): refused before decoding")
                 img.verify()
+            with Image.open(image) as img:
+                img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))  # JPEG: decode at 1/8 scale, cheap
+                img.load()  # verify() does not decode: a truncated file only shows here
+        except Image.DecompressionBombError as err:
+            return BadRow, f"image {image} is over the pixel limit, refused before decoding ({err})"
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             return BadRow, f"image {image} is unreadable ({err})"
     return None
+
+
+def _read_text(csv_path: Path) -> str:
+    """The CSV as text; a byte sequence that is not UTF-8 is named by line."""
+    data = csv_path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{csv_path} line {line}: not UTF-8 text ({err.reason}, byte {data[err.start]:#04x} at offset {err.start}); "
+            "save the CSV as UTF-8"
+        ) from err
 
 
 class PathOutsideRoot(ValueError):
@@ -52,7 +74,7 @@ def read_quic360_csv(
     groups: dict[tuple[str, str], dict] = {}
     bad_images: dict[str, tuple[type[Exception], str]] = {}
     skipped: list[str] = []
-    with open(csv_path, newline="", encoding="utf-8") as csv_file:
+    with io.StringIO(_read_text(csv_path), newline="") as csv_file:
         reader = csv.DictReader(csv_file)
         found = reader.fieldnames or []
         missing = [column for column in CSV_COLUMNS if column not in found]
@@ -71,6 +93,8 @@ def read_quic360_csv(
                     "refused (data.allow_paths_outside_root=true accepts such urls)"
                 )
             problem = (BadRow, "empty url") if not url else bad_images.get(url)
+            if problem is None and not (row["annotation"] or "").strip():
+                problem = (BadRow, "empty caption (annotation)")
             if problem is None and (url, query) not in groups:
                 problem = _image_problem(image, check_readable)
                 if problem:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from vlm_resampler.data.collate import CaptionCollator, panorama_only
-from vlm_resampler.data.datasets import CaptionExamples, Panoramas, training_items
+from vlm_resampler.data.datasets import BadImageError, CaptionExamples, Panoramas, training_items
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import fsync_dir, write_json, write_text
@@ -100,6 +100,15 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
             raise
         except KeyboardInterrupt:
             set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, reason="KeyboardInterrupt")
+            raise
+        except BadImageError as err:
+            # The data changed under a running job (an image deleted or damaged after it was checked): the
+            # run is not lost; it resumes from its last resumable checkpoint once the data is repaired.
+            if distributed.is_main_process():
+                write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
+            set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK,
+                       reason=f"{err}; repair the data (or set data.skip_bad_rows=true) and run the same command again "
+                              "to resume from the last resumable checkpoint")
             raise
         except BaseException as err:
             if distributed.is_main_process():
