@@ -76,7 +76,7 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
     assert sum(s["n_items"] for s in subsets.values()) == 4 and "CIDEr" in next(iter(subsets.values()))
     qa = metrics["qa"]
     assert qa["n_items"] >= 4 * 5 and 0 <= qa["exact_match"] <= 1  # 4 direction + 1 count + 1-3 colour each
-    assert set(qa["by_kind"]) == {"direction", "count", "colour"}
+    assert set(qa["by_kind"]) == {"direction", "pole", "count", "colour", "size"}
     assert "question answering: exact match" in done.stdout
 
 
@@ -134,12 +134,17 @@ def test_freeze_matrix_and_lora_training(smoke_config, tmp_path):
     finetune = run_stage(cfg, "finetune", tmp_path, resampler.stage_dir)
     trainable = {n for n, p in finetune.model.named_parameters() if p.requires_grad}
     assert any(".lora_" in n for n in trainable)
-    assert all(n.startswith(("resampler.", "projector.", "stitch.")) or ".lora_" in n for n in trainable)
+    trained_whole = {n for n in trainable if ".modules_to_save." in n}
+    assert {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in trained_whole} == {"q_norm", "k_norm"}
+    assert all(n.startswith(("resampler.", "projector.", "stitch.")) or ".lora_" in n or n in trained_whole for n in trainable)
     assert any(n.startswith("stitch.") for n in trainable)  # view position encoding and separators
     # LoRA B starts at zero: after training it must have moved, so gradients reached it.
     adapter = load_file(str(finetune.stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    # The query/key norm gains start at one and are saved whole in the adapter: they moved too.
+    gains = [v for k, v in adapter.items() if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert len(gains) == 4 and all(not torch.equal(v, torch.ones_like(v)) for v in gains)
 
 
 def test_untrusted_target_in_a_run_dir_is_refused_without_calling_it(smoke_run, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import warnings
 
 from torch import nn
 
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
 
 
 def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
@@ -14,11 +14,15 @@ def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
     unknown = set(lora) - set(LORA_KEYS)
     if unknown:
         raise ValueError(f"lora: unknown keys {sorted(unknown)}; expected {list(LORA_KEYS)}")
+    # Model trees written before `modules_to_save` existed trained no module outright: for them
+    # an empty list is the fact, not a default (every stage config in conf/ spells the key out).
+    modules_to_save = list(lora.get("modules_to_save") or [])
     config = LoraConfig(
         r=int(lora["r"]),
         lora_alpha=float(lora["alpha"]),
         lora_dropout=float(lora["dropout"]),
         target_modules=list(lora["target_modules"]),
+        modules_to_save=modules_to_save or None,
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
@@ -29,4 +33,6 @@ def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
 
 
 def lora_parameters(language_model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in language_model.named_parameters() if ".lora_" in n}
+    """What a LoRA stage trains in the LLM: the low-rank factors and peft's trained copies of the
+    `modules_to_save`."""
+    return {n: p for n, p in language_model.named_parameters() if ".lora_" in n or ".modules_to_save." in n}

@@ -252,19 +252,22 @@ def token_mlp_node(shapes: Shapes, name: str, with_output: bool) -> dict:
 # ---- LoRA ---------------------------------------------------------------------------------
 
 def infer_lora(adapter_shapes: Shapes) -> dict:
-    """r and target modules from peft's tensor names `...<module>.lora_A.weight` [r, in]."""
-    ranks, targets = {}, set()
+    """r and target modules from peft's tensor names `...<module>.lora_A.weight` [r, in]; modules
+    saved whole (`modules_to_save`) are the ones with plain `...<module>.<param>` tensors."""
+    ranks, targets, whole = {}, set(), set()
     for key, shape in adapter_shapes.items():
         m = re.fullmatch(r"(.+)\.lora_A\.weight", key)
         if m:
             ranks[key] = shape[0]
             targets.add(m.group(1).rsplit(".", 1)[-1])
+        elif ".lora_" not in key:
+            whole.add(key.rsplit(".", 2)[-2])
     if not ranks:
         raise ShapeInferenceError(f"adapter: no `*.lora_A.weight` tensors among {sorted(adapter_shapes)[:4]}")
     distinct = sorted(set(ranks.values()))
     if len(distinct) != 1:
         raise ShapeInferenceError(f"adapter: LoRA ranks differ between modules {distinct}; one r per adapter is supported")
-    return {"r": distinct[0], "target_modules": sorted(targets), "example": next(iter(ranks))}
+    return {"r": distinct[0], "target_modules": sorted(targets), "modules_to_save": sorted(whole), "example": next(iter(ranks))}
 
 
 def saved_lora(saved: dict, stage: str) -> dict | None:
@@ -283,13 +286,21 @@ def lora_tree(stage_dir: Path, saved: dict | None, user: UserSettings, prov: Pro
             raise CheckpointMismatch(f"{saved_config_path(stage_dir)} gives stage {stage_dir.name} a LoRA ({recorded}), but {adapter} is missing")
         return None
     found = infer_lora(weight_shapes(adapter))
-    prov.inferred |= {"lora.r": found["r"], "lora.target_modules": found["target_modules"]}
+    prov.inferred |= {
+        "lora.r": found["r"], "lora.target_modules": found["target_modules"], "lora.modules_to_save": found["modules_to_save"]
+    }
     if recorded:
         where = f"{layout.RESOLVED_CONFIG} (stage.{stage_dir.name}.lora)"
-        if int(recorded["r"]) != found["r"] or sorted(recorded["target_modules"]) != found["target_modules"]:
+        recorded_whole = sorted(recorded.get("modules_to_save") or [])
+        if (
+            int(recorded["r"]) != found["r"]
+            or sorted(recorded["target_modules"]) != found["target_modules"]
+            or recorded_whole != found["modules_to_save"]
+        ):
             raise CheckpointMismatch(
-                f"{adapter}: {found['example']} has r={found['r']} and the adapter targets {found['target_modules']}, "
-                f"but {where} says r={recorded['r']}, target_modules={sorted(recorded['target_modules'])}"
+                f"{adapter}: {found['example']} has r={found['r']}, the adapter targets {found['target_modules']} and "
+                f"saves {found['modules_to_save']} whole, but {where} says r={recorded['r']}, "
+                f"target_modules={sorted(recorded['target_modules'])}, modules_to_save={recorded_whole}"
             )
         prov.saved_config |= {"lora.alpha": recorded["alpha"], "lora.dropout": recorded["dropout"]}
         return dict(recorded)
@@ -301,7 +312,10 @@ def lora_tree(stage_dir: Path, saved: dict | None, user: UserSettings, prov: Pro
         )
     prov.command_line["lora.alpha"] = user.lora["alpha"]
     prov.assumed["lora.dropout"] = "0.0: no effect at inference (dropout is inactive in eval mode)"
-    return {"r": found["r"], "alpha": user.lora["alpha"], "dropout": 0.0, "target_modules": found["target_modules"]}
+    return {
+        "r": found["r"], "alpha": user.lora["alpha"], "dropout": 0.0,
+        "target_modules": found["target_modules"], "modules_to_save": found["modules_to_save"],
+    }
 
 
 # ---- the rest of the model ----------------------------------------------------------------
