@@ -257,3 +257,11 @@ def test_backbone_names_without_an_option_ask_for_backbone(finetune_runs, tmp_pa
     loaded = load_stage(stage_dir, user=UserSettings(groups={"stitch": stitch_concat, "backbone": backbone}))
     assert same_model(load_from_run(finetune_runs["mlp"] / "finetune"), loaded.model)
     assert "which no conf/backbone option has: the backbone of the eval command line (vlm-resampler/tiny-siglip + vlm-resampler/tiny-qwen3) is used" in "\n".join(describe(loaded.metadata))
+
+
+def test_init_from_and_inspect_name_the_guide_format_instead_of_a_version_number(tmp_path):
+    from vlm_resampler.runs.metadata import read_metadata
+
+    (tmp_path / layout.METADATA).write_text(json.dumps({"model_config": {"resampler_type": "mlp"}, "training_config": {}}))
+    with pytest.raises(ValueError, match=r"earlier system's \(guide\) format: `python launch/eval.py checkpoint_dir="):
+        read_metadata(tmp_path)
