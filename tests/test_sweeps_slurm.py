@@ -97,3 +97,73 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
     assert resubmitted and not resubmitted.startswith(f"{array}_"), "a new SLURM job, into the same directory"
     assert slurm.state(resubmitted) == "COMPLETED"
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted([first.name, second.name])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slurm, tmp_path):
+    """Load (issue 7.7): an 8-job sweep, 4 tasks at a time; one task is cancelled (SIGTERM from
+    scancel) while it trains, one while it waits in the queue behind the running four. The `-m`
+    run fails, the six others still finish, and `summarize.py --resume` runs the two again into
+    their own directories: all 8 end done and the summary has 8 rows."""
+    import time
+
+    started = time.monotonic()
+    name = unique_job_name("eight")
+    sweep = tmp_path / "multirun" / "eight"
+    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", *slurm.launcher_overrides(name, array_parallelism=4),
+               "resampler=mlp,bimamba", "resampler.hidden_dim=8,16,24,32", *SMALL, f"hydra.sweep.dir={sweep}"]
+    running_task, pending_task = 2, 7
+    with open(tmp_path / "sweep.log", "w") as log:
+        launcher = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            array = slurm.wait_for(lambda: slurm.array_id(name), timeout=180, what=f"the array of {name} in squeue")
+            jobs = manifest(sweep)["jobs"]
+            assert len(jobs) == 8
+            running_dir = sweep / jobs[running_task]["dir"]
+            pending_dir = sweep / jobs[pending_task]["dir"]
+
+            def training_and_queued():
+                # Task 2 is inside run_training (its status says so: the stop-signal handlers are
+                # installed) while task 7 still waits: the array has started, so a cancelled pending
+                # task gets an accounting record of its own and submitit does not wait for it forever.
+                states = dict(slurm.jobs(name))
+                pending = any(state == "PENDING" and (job == f"{array}_{pending_task}" or job.startswith(f"{array}_["))
+                              for job, state in states.items())
+                return (states.get(f"{array}_{running_task}") == "RUNNING" and pending
+                        and (running_dir / layout.STATUS).is_file() and status(running_dir)["status"] == "running")
+
+            slurm.wait_for(training_and_queued, timeout=300, interval=0.2, what=f"task {running_task} training, task {pending_task} pending")
+            slurm.cancel(f"{array}_{running_task}")
+            slurm.cancel(f"{array}_{pending_task}")
+            cancelled_at = time.monotonic() - started
+            returncode = launcher.wait(timeout=600)
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    output = (tmp_path / "sweep.log").read_text()
+    assert returncode != 0, "cancelled jobs make the sweep fail\n" + output[-2000:]
+    # The launcher stops at the first cancelled result; the other tasks finish on their own.
+    slurm.wait_for(lambda: not slurm.jobs(name), timeout=600, interval=1, what=f"the other tasks of {name} to end")
+    first_round = time.monotonic() - started
+    assert (slurm.state(f"{array}_{running_task}") or "").startswith("CANCELLED"), slurm.state(f"{array}_{running_task}")
+    # A task cancelled while still in the array's pending record may get no accounting record of its
+    # own (seen with SLURM 22.05: sacct lists nothing for it); submitit would wait for it forever, but
+    # the launcher stops at the first failed result (the running task, the lower index) first.
+    assert (slurm.state(f"{array}_{pending_task}") or "CANCELLED").startswith("CANCELLED"), slurm.state(f"{array}_{pending_task}")
+    before = {d.name: status(d)["status"] for d in (sweep / j["dir"] for j in jobs)}
+    assert before[running_dir.name] == "interrupted", f"scancel's SIGTERM leaves a resumable run: {before}"
+    assert before[pending_dir.name] == "queued", before
+    assert sorted(before.values()).count("done") == 6, before
+
+    done = run_cli("summarize.py", "--resume", str(sweep), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:] + "\n" + slurm.log_tail()
+    assert f"resubmitting 2 job(s) of {sweep}" in done.stdout and "8 of 8 job(s) done" in done.stdout, done.stdout[-2000:]
+    for job in jobs:
+        assert status(sweep / job["dir"])["status"] == "done", job["dir"]
+    with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows), rows
+    assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in jobs)
+    print(f"\neight-job sweep: cancelled at {cancelled_at:.0f} s, first round ended at {first_round:.0f} s, "
+          f"all 8 done after resume at {time.monotonic() - started:.0f} s; statuses before resume: {before}")

@@ -47,11 +47,17 @@ alive() {  # NAME: the PID in $RUN/pids/NAME.pid is a live process whose command
   pid=$(cat "$file")
   [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
 }
+started() {  # NAME: the PID just recorded in $RUN/pids/NAME.pid still runs. Not `alive`: right
+  # after `launch` the process may still be the wrapper (setpriv, nohup) before its exec, with
+  # another /proc/PID/comm (seen under `nice -n 19`: munged "did not start" while it was starting).
+  local pid; pid=$(cat "$RUN/pids/$1.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 poll() {  # SECONDS NAME CMD...: run CMD every 0.2 s until it succeeds; give up early if NAME died
   local tries=$(( $1 * 5 )) name=$2; shift 2
   for _ in $(seq "$tries"); do
     "$@" >/dev/null 2>&1 && return 0
-    [ "$name" = - ] || alive "$name" || return 1
+    [ "$name" = - ] || started "$name" || return 1
     sleep 0.2
   done
   return 1
