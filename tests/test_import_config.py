@@ -75,7 +75,9 @@ def test_stage_lora_and_view_settings_arrive_in_the_composed_config(preset_name)
     assert vision.vision_trainable_blocks == 1 and vision.vicreg.variance == 20.0 and vision.vicreg.invariance == 25.0
     assert (resampler.lr, resampler.grad_accum) == (1e-4, 2)  # `1e-4` is a number, as in every config here
     assert (finetune.lr, finetune.batch_size, finetune.grad_accum) == (5e-5, 1, 4)
-    assert dict(finetune.lora) == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    # The guide names no modules_to_save: conf/stage/finetune.yaml's stays (the q/k norm gains).
+    assert dict(finetune.lora) == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                   "modules_to_save": ["q_norm", "k_norm"]}
     assert (cfg.view.fov_deg, cfg.view.overlap) == (90, 0.5)
     assert cfg.model.vision_encoder.name_or_path == "vlm-resampler/tiny-siglip"
     text = (EXPERIMENTS / f"{preset_name}.yaml").read_text()
