@@ -22,7 +22,8 @@ import time
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=32, help="panoramas generated for at each batch size")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per item (forced)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="tokens generated per item (forced); default: conf/eval.yaml's max_new_tokens, the length an eval allows")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return parser.parse_known_args(argv)
@@ -33,6 +34,14 @@ def main(argv: list[str]) -> None:
     from vlm_resampler.hub import configure_hub_access
 
     args, overrides = parse_args(argv)
+    if args.new_tokens is None:
+        # The vision path is a per-item cost batching does not shrink, so the ratio depends on how
+        # many tokens each item decodes: measure at the length an eval actually allows.
+        from omegaconf import OmegaConf
+
+        from vlm_resampler.config.validate import CONF_DIR
+
+        args.new_tokens = int(OmegaConf.load(CONF_DIR / "eval.yaml").max_new_tokens)
     cfg = compose("train", overrides)
     configure_hub_access(backbone_names([cfg]))
 
