@@ -264,3 +264,32 @@ def test_bimamba_needs_norm_first_from_the_user_when_nothing_records_it(smoke_co
     rebuilt = load_from_run(result.stage_dir, user=UserSettings(resampler={"norm_first": False}, groups=groups))
     assert same_model(result.model, rebuilt)
     assert rebuilt.resampler.blocks[0].norm_first is False
+
+
+# The other two types through the same command lines (slow: a training run each; mlp and qformer
+# above run in the fast suite). Non-default heads / norm_first show the values no shape reveals
+# coming from the run's config.
+SLOW_TYPES = {
+    "bimamba": ["resampler=bimamba", "resampler.hidden_dim=32", "resampler.depth=1", "resampler.d_state=4",
+                "resampler.expand=1.5", "resampler.norm_first=false"],
+    "perceiver": ["resampler=perceiver", "resampler.hidden_dim=32", "resampler.num_latents=8", "resampler.depth=1",
+                  "resampler.heads=4", "resampler.dim_head=8"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(SLOW_TYPES))
+def test_eval_from_the_dir_alone_and_without_metadata(kind, tmp_path):
+    from vlm_resampler import load_from_run
+
+    run_dir = tmp_path / kind
+    done = run_cli("train.py", "debug=smoke", *SLOW_TYPES[kind], "stages=[finetune]", f"experiment.name={kind}",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("eval.py", f"checkpoint_dir={run_dir / 'finetune'}", "debug=smoke", "baselines=false", "max_new_tokens=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stage_dir = without_metadata(run_dir, tmp_path / "copy")
+    done = run_cli("eval.py", f"checkpoint_dir={stage_dir}", "debug=smoke", "baselines=false", "max_new_tokens=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"inferred from weight shapes: resampler type={kind}" in done.stdout + done.stderr
+    assert same_model(load_from_run(run_dir / "finetune"), load_from_run(stage_dir))
