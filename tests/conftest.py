@@ -41,3 +41,28 @@ def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_RO
         timeout=timeout,
         env=os.environ.copy(),
     )
+
+
+# Small enough to train in seconds; non-default heads and frequency show where values come from.
+FINETUNE_RUN_TYPES = {
+    "mlp": ["resampler=mlp", "resampler.hidden_dim=96"],
+    "qformer": ["resampler=qformer", "resampler.hidden_dim=64", "resampler.num_attention_heads=4", "resampler.num_hidden_layers=3",
+                "resampler.cross_attention_frequency=2", "resampler.num_query_tokens=8", "resampler.intermediate_size=128"],
+}
+
+
+def train_smoke_finetune(root: Path, name: str, overrides: list[str]) -> Path:
+    """One CLI smoke run, finetune stage only (resampler, projector and LoRA); its run dir."""
+    run_dir = root / name
+    done = run_cli("train.py", "debug=smoke", *overrides, "stages=[finetune]", f"experiment.name={name}",
+                   f"hydra.run.dir={run_dir}", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def finetune_runs(tmp_path_factory):
+    """One run per FINETUNE_RUN_TYPES entry, shared by the tests that rebuild checkpoints: they
+    change only copies of these runs."""
+    root = tmp_path_factory.mktemp("runs")
+    return {name: train_smoke_finetune(root, name, overrides) for name, overrides in FINETUNE_RUN_TYPES.items()}

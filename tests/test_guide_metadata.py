@@ -16,18 +16,14 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import FINETUNE_RUN_TYPES, run_cli
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch
 from vlm_resampler.runs.guide_metadata import GuideMetadataError
 from vlm_resampler.resamplers.infer import ShapeInferenceError
 
-# The same small runs as tests/test_shape_inference.py.
-TYPES = {
-    "mlp": ["resampler=mlp", "resampler.hidden_dim=96"],
-    "qformer": ["resampler=qformer", "resampler.hidden_dim=64", "resampler.num_attention_heads=4", "resampler.num_hidden_layers=3",
-                "resampler.cross_attention_frequency=2", "resampler.num_query_tokens=8", "resampler.intermediate_size=128"],
-}
+# The runs of conftest.finetune_runs (shared with tests/test_shape_inference.py).
+TYPES = FINETUNE_RUN_TYPES
 
 # What the earlier system's MetadataCallback wrote for those runs (full resampler_config form).
 # Its views: e2p, 120 degrees, overlap 0.25 (our conf/view/e2p.yaml defaults, which the runs used).
@@ -85,19 +81,6 @@ def guide_with(kind: str, model: dict | None = None, training: dict | None = Non
     guide["model_config"] |= model or {}
     guide["training_config"] |= training or {}
     return guide
-
-
-@pytest.fixture(scope="module")
-def finetune_runs(tmp_path_factory):
-    """One CLI smoke run (finetune stage only: resampler, projector and LoRA) per type."""
-    root = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for name, overrides in TYPES.items():
-        run_dir = root / name
-        done = run_cli("train.py", "debug=smoke", *overrides, "stages=[finetune]", f"experiment.name={name}", f"hydra.run.dir={run_dir}", cwd=root)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = run_dir
-    return runs
 
 
 def with_guide(run_dir, tmp_path, guide: dict | str):

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from conftest import FINETUNE_RUN_TYPES, run_cli, train_smoke_finetune
 from vlm_resampler.resamplers.bimamba import BiMambaResampler
 from vlm_resampler.resamplers.infer import ShapeInferenceError, detect_type, expand_for, infer_resampler, shapes_of
 from vlm_resampler.resamplers.mlp import MLPResampler
@@ -136,25 +136,8 @@ def test_a_head_count_that_does_not_divide_is_refused():
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
-# Small enough to train in seconds; non-default heads and frequency show where values come from.
-TYPES = {
-    "mlp": ["resampler=mlp", "resampler.hidden_dim=96"],
-    "qformer": ["resampler=qformer", "resampler.hidden_dim=64", "resampler.num_attention_heads=4", "resampler.num_hidden_layers=3",
-                "resampler.cross_attention_frequency=2", "resampler.num_query_tokens=8", "resampler.intermediate_size=128"],
-}
-
-
-@pytest.fixture(scope="module")
-def finetune_runs(tmp_path_factory):
-    """One CLI smoke run (finetune stage only: resampler, projector and LoRA) per type."""
-    root = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for name, overrides in TYPES.items():
-        run_dir = root / name
-        done = run_cli("train.py", "debug=smoke", *overrides, "stages=[finetune]", f"experiment.name={name}", f"hydra.run.dir={run_dir}", cwd=root)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = run_dir
-    return runs
+# The runs of conftest.finetune_runs, one per type.
+TYPES = FINETUNE_RUN_TYPES
 
 
 def without_metadata(run_dir, tmp_path, keep_config=True):
@@ -282,10 +265,7 @@ SLOW_TYPES = {
 def test_eval_from_the_dir_alone_and_without_metadata(kind, tmp_path):
     from vlm_resampler import load_from_run
 
-    run_dir = tmp_path / kind
-    done = run_cli("train.py", "debug=smoke", *SLOW_TYPES[kind], "stages=[finetune]", f"experiment.name={kind}",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = train_smoke_finetune(tmp_path, kind, SLOW_TYPES[kind])
     done = run_cli("eval.py", f"checkpoint_dir={run_dir / 'finetune'}", "debug=smoke", "baselines=false", "max_new_tokens=4")
     assert done.returncode == 0, done.stderr[-3000:]
     stage_dir = without_metadata(run_dir, tmp_path / "copy")
