@@ -8,15 +8,21 @@ from torch import nn
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
 
 
+def trained_whole(lora: dict) -> list[str]:
+    """The LLM modules a LoRA config trains outright (peft `modules_to_save`).
+
+    Model trees written before the key existed trained none: for them an empty list is the fact,
+    not a default (every stage config in conf/ spells the key out)."""
+    return list(lora.get("modules_to_save") or [])
+
+
 def attach_lora(language_model: nn.Module, lora: dict) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     unknown = set(lora) - set(LORA_KEYS)
     if unknown:
         raise ValueError(f"lora: unknown keys {sorted(unknown)}; expected {list(LORA_KEYS)}")
-    # Model trees written before `modules_to_save` existed trained no module outright: for them
-    # an empty list is the fact, not a default (every stage config in conf/ spells the key out).
-    modules_to_save = list(lora.get("modules_to_save") or [])
+    modules_to_save = trained_whole(lora)
     config = LoraConfig(
         r=int(lora["r"]),
         lora_alpha=float(lora["alpha"]),

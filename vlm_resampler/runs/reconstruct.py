@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_resampler.models.lora import trained_whole
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch
 from vlm_resampler.runs.guide_metadata import (
@@ -291,7 +292,7 @@ def lora_tree(stage_dir: Path, saved: dict | None, user: UserSettings, prov: Pro
     }
     if recorded:
         where = f"{layout.RESOLVED_CONFIG} (stage.{stage_dir.name}.lora)"
-        recorded_whole = sorted(recorded.get("modules_to_save") or [])
+        recorded_whole = sorted(trained_whole(recorded))
         if (
             int(recorded["r"]) != found["r"]
             or sorted(recorded["target_modules"]) != found["target_modules"]
