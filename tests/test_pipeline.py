@@ -147,6 +147,27 @@ def test_freeze_matrix_and_lora_training(smoke_config, tmp_path):
     assert len(gains) == 4 and all(not torch.equal(v, torch.ones_like(v)) for v in gains)
 
 
+def test_the_adapter_dir_is_a_standard_peft_adapter(smoke_config, tmp_path):
+    """adapter/ holds peft's own adapter_config.json next to the weights, so PeftModel.from_pretrained
+    on a fresh copy of the base LLM gives the trained LLM (other tools can use it without us)."""
+    from peft import PeftModel
+
+    from vlm_resampler.models.backbones import load_language_model
+
+    cfg = resolved_container(smoke_config("stages=[finetune]", "stage.finetune.max_steps=2"))
+    finetune = run_stage(cfg, "finetune", tmp_path, None)
+    adapter_dir = finetune.stage_dir / layout.ADAPTER_DIR
+    assert json.loads((adapter_dir / layout.ADAPTER_CONFIG).read_text())["r"] == cfg["stage"]["finetune"]["lora"]["r"]
+    base = load_language_model(cfg["backbone"]["language_model"]["name_or_path"])
+    peft_llm = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    trained = finetune.model.llm.eval()
+    ids = torch.tensor([[151644, 872, 198, 3838, 374, 389, 279, 2115, 30, 151645]])
+    with torch.no_grad():
+        assert torch.equal(peft_llm(input_ids=ids).logits, trained(input_ids=ids).logits)
+        with peft_llm.disable_adapter():  # and the adapter is what makes the difference
+            assert not torch.equal(peft_llm(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
 def test_untrusted_target_in_a_run_dir_is_refused_without_calling_it(smoke_run, tmp_path, monkeypatch):
     import os
     import shutil

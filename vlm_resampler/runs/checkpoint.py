@@ -43,6 +43,9 @@ def save_weights(model, stage_dir: Path, modules: list[str]) -> dict:
         with atomic_dir(stage_dir / layout.ADAPTER_DIR) as tmp:
             adapter = {k: v.detach().contiguous().cpu() for k, v in adapter_state(model.llm).items()}
             save_file(adapter, str(tmp / layout.ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            # Not read back by load_from_run (the LoRA settings come from the checkpoint metadata);
+            # written so that adapter/ is a standard peft adapter directory for other tools.
+            model.llm.peft_config["default"].save_pretrained(str(tmp))
         rel = f"{layout.ADAPTER_DIR}/{layout.ADAPTER_WEIGHTS}"
         files[rel] = sha256_file(stage_dir / rel)
     return files

@@ -11,6 +11,7 @@ METADATA = "checkpoint_metadata.json"
 WEIGHTS = "model.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's own: adapter/ loads with PeftModel.from_pretrained as well
 TRAIN_METRICS = "train_metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 LOSS_PLOT = "loss_curve.png"
