@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> None:
 
     from vlm_resampler.data.datasets import BadImageError
     from vlm_resampler.training.interrupt import TrainingInterrupted
-    from vlm_resampler.training.run import run_training
+    from vlm_resampler.training.run import run_again, run_training
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
         stop.exit()  # resumable checkpoint saved; under submitit the job is requeued
     except BadImageError as err:  # status interrupted, traceback.txt written: the run resumes once the data is fixed
         print(f"error: training stopped: {err}\n  {run_dir} is left resumable (traceback in {run_dir}/traceback.txt); "
-              "repair the data, then run the same command again", file=sys.stderr)
+              f"repair the data, then {run_again(cfg)}", file=sys.stderr)
         sys.exit(1)
     if is_main_process():
         print(f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}")

@@ -3,6 +3,7 @@ file, and leaves the run resumable (status interrupted, traceback.txt), not lost
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_an_image_deleted_mid_run_names_the_file_and_leaves_the_run_resumable(tm
         run_module.run_training(compose("train", overrides), run_dir)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "interrupted", status
-    assert "pano_0007.png" in status["reason"] and "run the same command again" in status["reason"]
+    # The default experiment.name is a timestamp: the message names it, so "the same command" is exact.
+    match = re.search(r"run the same command again with experiment\.name=(\S+) ", status["reason"])
+    assert "pano_0007.png" in status["reason"] and match, status["reason"]
     assert "pano_0007.png" in (run_dir / status["traceback"]).read_text()
-    check_run_dir_free(compose("train", overrides, with_hydra=True))  # the same command resumes it
+    check_run_dir_free(compose("train", [*overrides, f"experiment.name={match.group(1)}"], with_hydra=True))  # it resumes

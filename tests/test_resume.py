@@ -113,7 +113,7 @@ def test_a_stop_signal_saves_at_the_next_step_and_exits_then_the_rerun_resumes(u
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + sig, err[-3000:]
     assert f"received {sig.name}: training stops at the next step boundary" in err
-    assert f"{sig.name}: stage resampler stopped at step" in err and "run the same command again to resume" in err
+    assert f"{sig.name}: stage resampler stopped at step" in err and "run the same command again with experiment.name=run to resume" in err
     status = json.loads((run_dir / layout.STATUS).read_text())
     assert status["status"] == layout.INTERRUPTED and status["completed"] == ["vision"]
     checkpoint = resume.latest_checkpoint(run_dir / "resampler")

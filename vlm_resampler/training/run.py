@@ -60,6 +60,11 @@ def set_status(run_dir: Path, state: str, **extra) -> None:
         write_json(run_dir / layout.STATUS, {"status": state, **extra})
 
 
+def run_again(cfg) -> str:
+    """How to resume: the default experiment.name is a timestamp, so "the same command" must name it."""
+    return f"run the same command again with experiment.name={cfg['experiment']['name']}"
+
+
 def run_training(cfg: DictConfig, run_dir: Path) -> Path:
     """Run every stage in cfg.stages (skipping those an earlier attempt completed); returns the
     last stage directory. Raises TrainingInterrupted after a stop signal (see interrupt.py)."""
@@ -92,7 +97,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
                     following = stages[stages.index(name) + 1]
                     raise TrainingInterrupted(
                         signum,
-                        f"stopped after stage {name} completed; run the same command again to continue with stage {following}",
+                        f"stopped after stage {name} completed; {run_again(cfg)} to continue with stage {following}",
                         signals.previous.get(signum),
                     )
         except TrainingInterrupted as stop:
@@ -107,7 +112,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
             if distributed.is_main_process():
                 write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
             set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK,
-                       reason=f"{err}; repair the data (or set data.skip_bad_rows=true) and run the same command again "
+                       reason=f"{err}; repair the data (or set data.skip_bad_rows=true) and {run_again(cfg)} "
                               "to resume from the last resumable checkpoint")
             raise
         except BaseException as err:
@@ -226,7 +231,7 @@ def run_stage(
         raise TrainingInterrupted(
             stop.signum,
             f"stage {name} stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a resumable "
-            f"checkpoint in {resume_dir}; run the same command again to resume",
+            f"checkpoint in {resume_dir}; {run_again(cfg)} to resume",
             signals.previous.get(stop.signum),
         )
 
