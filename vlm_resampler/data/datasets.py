@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vlm_resampler.data.quic360 import over_pixel_limit
 from vlm_resampler.models.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -22,22 +23,15 @@ class BadImageError(ValueError):
     """An image that cannot be loaded (gone, unreadable, truncated, too large); names the file."""
 
 
-def check_image_size(img: Image.Image, path: Path) -> None:
-    """Refuse a decompression bomb from its header, before its pixels are allocated."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and img.width * img.height > limit:
-        raise BadImageError(
-            f"{path}: {img.width}x{img.height} pixels, over the pixel limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
-            "refused before decoding (a decompression bomb, or a panorama to downscale first)"
-        )
-
-
 def load_panorama(path: Path, width: int, height: int) -> torch.Tensor:
     """An ERP image as float [3, height, width] in [0, 1] (resized if it has another size).
     A missing, unreadable, truncated or oversized image raises BadImageError naming the file."""
     try:
         with Image.open(path) as img:
-            check_image_size(img, path)
+            too_large = over_pixel_limit(img)  # from the header, before the pixels are allocated
+            if too_large:
+                raise BadImageError(f"{path}: {too_large}; refused before decoding (a decompression bomb, "
+                                    "or a panorama to downscale first)")
             img = img.convert("RGB")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)

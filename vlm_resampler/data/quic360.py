@@ -19,6 +19,15 @@ class BadRow(ValueError):
     """A CSV row that cannot become an example (the message names the file and the row)."""
 
 
+def over_pixel_limit(img: Image.Image) -> str | None:
+    """Why an opened image is refused before decoding (its header declares more pixels than PIL's
+    decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS), or None."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        return f"{img.width}x{img.height} pixels, over the pixel limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)"
+    return None
+
+
 def _image_problem(image: Path, check_readable: bool) -> tuple[type[Exception], str] | None:
     """The error a bad image raises, and why; None for a good one."""
     if not image.is_file():
@@ -26,9 +35,9 @@ def _image_problem(image: Path, check_readable: bool) -> tuple[type[Exception], 
     if check_readable:
         try:
             with Image.open(image) as img:
-                if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                    return BadRow, (f"image {image} is {img.width}x{img.height} pixels, over the pixel limit of "
-                                    f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS): refused before decoding")
+                too_large = over_pixel_limit(img)
+                if too_large:
+                    return BadRow, f"image {image} is {too_large}: refused before decoding"
                 img.verify()
             with Image.open(image) as img:
                 img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))  # JPEG: decode at 1/8 scale, cheap
