@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) launch/train.py experiment.name=$(notdir $(RUN))
+	$(PY) launch/train.py experiment=demo experiment.name=$(notdir $(RUN))
 	$(PY) launch/eval.py checkpoint_dir=$(RUN)/finetune
 
 test: $(STAMP)

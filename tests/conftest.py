@@ -17,6 +17,16 @@ import pytest  # noqa: E402
 from slurm_cluster import pytest_collection_modifyitems, slurm  # noqa: E402,F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_default_backbones():
+    """The default backbone's pretrained tiny Qwen3 (~3 min to build on 2 cores), built once into
+    the suite's cache before any test: commands without debug=smoke (inspect, preflight checks)
+    resolve it, and a subprocess test must not spend its timeout building it."""
+    from vlm_resampler.models.backbones import ensure_local_backbone
+
+    ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
+
+
 @pytest.fixture(scope="session")
 def smoke_config():
     """The composed train config with debug=smoke, as launch/train.py would see it."""

@@ -23,7 +23,7 @@ def test_each_vision_tower_feeds_the_resampler_and_the_overlap_loss(tower, smoke
     tokens = model.encode_views(panoramas)
     assert tokens.shape == (2, model.num_views, model.tokens_per_view, model.resampler.latent_dimension)
     assert model.resampler.input_dim == model.vision.hidden_size
-    loss, _ = overlap_vicreg_loss(model, panoramas, {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "gamma": 1.0})
+    loss, _ = overlap_vicreg_loss(model, {"panoramas": panoramas}, {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "gamma": 1.0})
     loss.backward()
     assert model.resampler.layers[0].weight.grad is not None
 

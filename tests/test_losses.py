@@ -63,7 +63,7 @@ def test_query_resampler_pairs_the_same_query_over_the_shared_region(resampler, 
     queries = model.resampler.output_tokens(0)  # 6, whatever the number of tokens attended to
     panoramas = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
-        a, b = overlap_pairs(model, panoramas)
+        a, b = overlap_pairs(model, {"panoramas": panoramas})
     width = a.shape[1]  # the overlap head's
     assert a.shape == b.shape == (2 * len(pairs) * queries, width)
     assert not torch.allclose(a, b, atol=1e-4)  # two views see the region differently
@@ -82,7 +82,7 @@ def test_query_resampler_pairs_the_same_query_over_the_shared_region(resampler, 
     monkeypatch.setattr(model.views, "token_correspondence", lambda grid_hw: disjoint)
     monkeypatch.setattr(model, "view_features", lambda _: features)
     with torch.no_grad():
-        a, b = overlap_pairs(model, panoramas)
+        a, b = overlap_pairs(model, {"panoramas": panoramas})
     assert a.shape[0] == 2 * len(disjoint) * queries and torch.allclose(a, b, atol=1e-5)
     # ... and each pair's queries saw its own strip only: pairs with different content differ.
     per_pair = a.view(2, len(disjoint), queries, width)
@@ -92,7 +92,7 @@ def test_query_resampler_pairs_the_same_query_over_the_shared_region(resampler, 
 @pytest.mark.parametrize("resampler", sorted(QUERY_RESAMPLERS))
 def test_the_overlap_loss_trains_every_parameter_of_a_query_resampler(resampler, smoke_config):
     model = _query_model(smoke_config, resampler).train()
-    loss, terms = overlap_vicreg_loss(model, torch.rand(2, 3, 64, 128), VICREG)
+    loss, terms = overlap_vicreg_loss(model, {"panoramas": torch.rand(2, 3, 64, 128)}, VICREG)
     assert torch.isfinite(loss) and set(terms) == {"invariance", "variance", "covariance"}
     loss.backward()
     for name, p in [*model.resampler.named_parameters(), *model.overlap_head.named_parameters()]:

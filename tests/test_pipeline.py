@@ -119,8 +119,9 @@ def test_load_from_run_reproduces_the_saved_model_exactly(smoke_config, tmp_path
         result = run_stage(cfg, stage, tmp_path, previous)
         rebuilt = load_from_run(result.stage_dir)
         with torch.no_grad():
-            expected = result.model.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
-            found = rebuilt.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+            args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+            expected = result.model.answer_logits(result.model.visual_embeddings(batch["panoramas"]), *args)[0]
+            found = rebuilt.answer_logits(rebuilt.visual_embeddings(batch["panoramas"]), *args)[0]
         assert torch.equal(expected, found), stage
         previous = result.stage_dir
 

@@ -85,9 +85,13 @@ def test_answer_logits_are_the_full_forward_logits_at_the_answer_positions(smoke
         {"panorama": torch.rand(3, 64, 128), "query": "a longer question", "answer": "a blue circle on the left and more."},
     ])
     with torch.no_grad():
-        logits, targets = model.answer_logits(batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"])
-        spliced = model.splice(batch["input_ids"], batch["attention_mask"], model.visual_embeddings(batch["panoramas"]), batch["labels"])
+        visual = model.visual_embeddings(batch["panoramas"])
+        logits, targets = model.answer_logits(visual, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        spliced = model.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
         full = model.llm(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"], position_ids=spliced["position_ids"]).logits
-    n = targets.shape[1]
-    torch.testing.assert_close(logits, full[:, -n - 1 : -1])
-    assert torch.equal(targets, spliced["labels"][:, -n:])
+    # Only the positions whose next token is an answer token, row by row (no padding rows).
+    labels = spliced["labels"]
+    rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)
+    assert logits.shape == (len(rows), full.shape[-1]) and len(rows) == int((batch["labels"] != -100).sum())
+    torch.testing.assert_close(logits, full[rows, cols])
+    assert torch.equal(targets, labels[rows, cols + 1])

@@ -164,6 +164,9 @@ STAGE_VALUE_CHECKS = {
     "logging_steps": (lambda v: _is_int(v) and v > 0, "an int > 0"),
     "save_steps": (lambda v: _is_int(v) and v > 0, "an int > 0 (steps between resumable checkpoints)"),
     "vision_trainable_blocks": (lambda v: _is_int(v) and v >= -1, "an int >= 0, or -1 for all blocks"),
+    "object_code_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    "object_code_warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "cache_vision_features": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -44,12 +44,7 @@ class CaptionCollator:
             labels.append([IGNORE_INDEX] * len(prompt) + answer)
         input_ids, attention_mask = left_pad(sequences, self.tokenizer.pad_token_id)
         label_ids, _ = left_pad(labels, IGNORE_INDEX)
-        return {
-            "panoramas": torch.stack([ex["panorama"] for ex in examples]),
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": label_ids,
-        }
+        return {**image_inputs(examples), "input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
 @dataclass
@@ -69,6 +64,18 @@ class PromptCollator:
         }
 
 
+def image_inputs(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """The batch's panoramas (or cached view features), and object facts when examples carry them."""
+    batch = {}
+    if "view_features" in examples[0]:
+        batch["view_features"] = torch.stack([ex["view_features"] for ex in examples])
+    else:
+        batch["panoramas"] = torch.stack([ex["panorama"] for ex in examples])
+    if "facts" in examples[0]:
+        batch["facts"] = torch.stack([ex["facts"] for ex in examples])
+    return batch
+
+
 def panorama_only(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """The vision stage needs pixels only."""
-    return {"panoramas": torch.stack([ex["panorama"] for ex in examples])}
+    """The vision stage needs pixels (or the frozen tower's features) only."""
+    return image_inputs(examples)

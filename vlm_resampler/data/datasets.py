@@ -128,22 +128,34 @@ def training_items(data_cfg) -> list[dict]:
 
 
 class CaptionExamples(Dataset):
-    """One example per (image, query, reference): every reference is a training target."""
+    """One example per (image, query, reference): every reference is a training target.
 
-    def __init__(self, items: list[dict], width: int, height: int) -> None:
+    `features` (training/feature_cache.FeatureTable): the frozen vision tower's view features by
+    image path, served instead of the panorama. `facts`: image path -> object facts
+    (data/object_facts.py), added to each example when a stage regresses onto object codes."""
+
+    def __init__(self, items: list[dict], width: int, height: int, features=None, facts: dict | None = None) -> None:
         self.rows = [(item, ref) for item in items for ref in item["references"]]
         self.width, self.height = width, height
+        self.features, self.facts = features, facts
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
         item, reference = self.rows[index]
-        return {
-            "panorama": load_panorama(item["image"], self.width, self.height),
-            "query": item["query"],
-            "answer": reference,
-        }
+        example = {"query": item["query"], "answer": reference}
+        example |= image_input(item["image"], self.width, self.height, self.features)
+        if self.facts is not None:
+            example["facts"] = self.facts[str(item["image"])]
+        return example
+
+
+def image_input(image, width: int, height: int, features=None) -> dict:
+    """{"view_features": ...} from the feature table when there is one, else {"panorama": ...}."""
+    if features is not None:
+        return {"view_features": features[str(image)]}
+    return {"panorama": load_panorama(Path(image), width, height)}
 
 
 class EvalItems(Dataset):
@@ -167,14 +179,15 @@ class EvalItems(Dataset):
 
 
 class Panoramas(Dataset):
-    """Each distinct image once (the vision stage needs no text)."""
+    """Each distinct image once (the vision stage needs no text); `features` as in CaptionExamples."""
 
-    def __init__(self, items: list[dict], width: int, height: int) -> None:
+    def __init__(self, items: list[dict], width: int, height: int, features=None) -> None:
         self.images = sorted({str(item["image"]) for item in items})
         self.width, self.height = width, height
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        return {"panorama": load_panorama(Path(self.images[index]), self.width, self.height)}
+        return image_input(self.images[index], self.width, self.height, self.features)

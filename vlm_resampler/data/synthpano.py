@@ -145,6 +145,16 @@ def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([SCENE_STREAM_VERSION, seed, SPLITS.index(split), index]))
 
 
+# Scenes for pretraining backbones on SynthPano's text (models/code_reader.py): a stream of their
+# own, so that no train, val or test scene is ever among them.
+PRETEXT_STREAM = len(SPLITS)
+
+
+def pretext_scene(seed: int, index: int) -> Scene:
+    """Scene `index` of the pretraining stream (objects and captions; nothing is rendered)."""
+    return sample_scene(np.random.default_rng(np.random.SeedSequence([SCENE_STREAM_VERSION, seed, PRETEXT_STREAM, index])))
+
+
 def _muted_rgb(rng: np.random.Generator, value_range: tuple[float, float]) -> tuple[float, float, float]:
     hue = float(rng.uniform(0.0, 1.0))
     saturation = float(rng.uniform(0.05, 0.25))  # low saturation keeps the coloured shapes salient
@@ -607,7 +617,13 @@ def ensure_synthpano(
     _validate_params(seed, counts, size, query)
     if _existing_matches(root, _params(seed, num_train, num_val, num_test, size, query)):
         return {split: root / f"{split}.csv" for split in SPLITS}
-    return generate_synthpano(root, seed, num_train, num_val, num_test, size, query)
+    import time
+
+    started = time.perf_counter()
+    csvs = generate_synthpano(root, seed, num_train, num_val, num_test, size, query)
+    print(f"one-time build: SynthPano ({num_train}/{num_val}/{num_test} panoramas) generated in "
+          f"{time.perf_counter() - started:.0f} s into {root}", flush=True)
+    return csvs
 
 
 # --------------------------------------------------------------------------- reading

@@ -146,8 +146,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if stage_dir != Path(cfg.checkpoint_dir):
         print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
     started = time.perf_counter()
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    from vlm_resampler.training.distributed import set_threads
+
+    set_threads(cfg.num_threads)
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
     source = rebuilt_from(stage_dir, meta) + (" (see the log above)" if RECONSTRUCTED in meta else "")

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
-from vlm_resampler.models.cache import build_atomically, cache_root
+from vlm_resampler.models.cache import build_atomically, cache_root, is_complete
 from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
 
 LOCAL_PREFIX = "vlm-resampler/"
@@ -137,16 +138,16 @@ def _build_tiny_dinov2(out_dir: Path) -> None:
     model.save_pretrained(out_dir)
 
 
-def tiny_qwen3_config() -> Qwen3Config:
-    """Qwen3-0.6B's vocabulary, special ids and RoPE, at a width that trains in milliseconds."""
+TINY_QWEN3_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16)
+
+
+def tiny_qwen3_config(**shape) -> Qwen3Config:
+    """Qwen3-0.6B's vocabulary, special ids and RoPE, at a width that trains in milliseconds
+    (`shape` overrides TINY_QWEN3_SHAPE)."""
     return Qwen3Config(
         vocab_size=QWEN3_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        **(TINY_QWEN3_SHAPE | shape),
         tie_word_embeddings=True,
         max_position_embeddings=40_960,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
@@ -162,15 +163,30 @@ def tiny_qwen3_model() -> Qwen3ForCausalLM:
         return Qwen3ForCausalLM(tiny_qwen3_config())
 
 
-def _build_tiny_qwen3(out_dir: Path) -> None:
-    model = tiny_qwen3_model()
+def _tiny_generation_config() -> GenerationConfig:
     # Real Qwen3 also ships sampling defaults (temperature 0.6, top_p 0.95, top_k 20); left out so
     # that generate() on a tiny model is greedy and reproducible unless a caller asks otherwise.
-    model.generation_config = GenerationConfig(
-        bos_token_id=QWEN3_BOS_ID, eos_token_id=[QWEN3_EOS_ID, QWEN3_PAD_ID], pad_token_id=QWEN3_PAD_ID
-    )
+    return GenerationConfig(bos_token_id=QWEN3_BOS_ID, eos_token_id=[QWEN3_EOS_ID, QWEN3_PAD_ID], pad_token_id=QWEN3_PAD_ID)
+
+
+def _build_tiny_qwen3(out_dir: Path) -> None:
+    model = tiny_qwen3_model()
+    model.generation_config = _tiny_generation_config()
     model.save_pretrained(out_dir)
     build_qwen3_tokenizer(out_dir)
+
+
+def _build_tiny_qwen3_reader(out_dir: Path) -> None:
+    """The tiny Qwen3 pretrained to read object codes (models/code_reader.py), from its seeded init."""
+    from vlm_resampler.models.code_reader import RECIPE, build_reader
+
+    def base_model() -> Qwen3ForCausalLM:
+        with _seeded_rng(BUILD_SEED):
+            model = Qwen3ForCausalLM(tiny_qwen3_config(**RECIPE["llm_shape"]))
+        model.generation_config = _tiny_generation_config()
+        return model
+
+    build_reader(out_dir, base_model, RECIPE)
 
 
 def _find_smollm2_gguf() -> Path:
@@ -212,6 +228,7 @@ def _build_smollm2(out_dir: Path) -> None:
 LOCAL_BACKBONES: dict[str, BackboneBuilder] = {
     "vlm-resampler/tiny-siglip": _build_tiny_siglip,
     "vlm-resampler/tiny-qwen3": _build_tiny_qwen3,
+    "vlm-resampler/tiny-qwen3-reader": _build_tiny_qwen3_reader,
     "vlm-resampler/tiny-siglip2": _build_tiny_siglip2,
     "vlm-resampler/tiny-clip": _build_tiny_clip,
     "vlm-resampler/tiny-dinov2": _build_tiny_dinov2,
@@ -227,7 +244,14 @@ def ensure_local_backbone(name: str) -> Path:
     """Build a registry backbone once (atomically) and return its directory."""
     if name not in LOCAL_BACKBONES:
         raise BackboneUnavailableError(_unknown_local_name_message(name))
-    return build_atomically(local_backbone_dir(name), LOCAL_BACKBONES[name])
+    directory = local_backbone_dir(name)
+    if is_complete(directory):
+        return directory
+    started = time.perf_counter()
+    print(f"one-time build: {name} into {directory} ...", flush=True)
+    build_atomically(directory, LOCAL_BACKBONES[name])
+    print(f"one-time build: {name} built in {time.perf_counter() - started:.0f} s", flush=True)
+    return directory
 
 
 def _unknown_local_name_message(name: str) -> str:

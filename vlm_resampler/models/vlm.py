@@ -82,15 +82,22 @@ class PanoramaVLM(nn.Module):
 
     def encode_views(self, panoramas: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> resampled view tokens [B, V, S', latent]."""
-        features = self.view_features(panoramas)
+        return self.encode_features(self.view_features(panoramas))
+
+    def encode_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's tokens [B, V, S, D] -> resampled view tokens [B, V, S', latent]."""
         b, v = features.shape[:2]
         tokens = self.resampler(features.flatten(0, 1))
         return tokens.view(b, v, tokens.shape[1], tokens.shape[2])
 
-    def visual_embeddings(self, panoramas: torch.Tensor) -> torch.Tensor:
+    def visual_embeddings(self, panoramas: torch.Tensor | None = None, view_features: torch.Tensor | None = None) -> torch.Tensor:
         """[B, 3, H, W] -> [B, tokens_per_image, llm_width]: views in order, tokens row-major
-        within a view, stitched as configured (view position, overlap dedupe, separators)."""
-        tokens = self.stitch.merge(self.encode_views(panoramas))
+        within a view, stitched as configured (view position, overlap dedupe, separators).
+        `view_features` (the frozen vision encoder's view_features, cached) replaces `panoramas`."""
+        if (panoramas is None) == (view_features is None):
+            raise ValueError("visual_embeddings takes panoramas or view_features, exactly one of them")
+        features = self.view_features(panoramas) if view_features is None else view_features
+        tokens = self.stitch.merge(self.encode_features(features))
         return self.stitch.separate(self.projector(tokens))
 
     # ---- language side ------------------------------------------------------------------
@@ -101,58 +108,66 @@ class PanoramaVLM(nn.Module):
         visual: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Replace the single IMAGE_SLOT of each (left padded) row by that row's visual tokens.
-
-        Every row grows by the same number of tokens, so left padding is preserved and the
-        text after the image (the answer) still ends at the last position.
-        """
-        slots = input_ids == IMAGE_SLOT
-        per_row = slots.sum(dim=1)
-        if not torch.all(per_row == 1):
-            raise ValueError(f"each prompt must hold exactly one image slot, found {per_row.tolist()}")
-        embed = self.llm.get_input_embeddings()
-        text = embed(input_ids.masked_fill(slots, 0))
-        pos = slots.float().argmax(dim=1)
-        n_vis = visual.shape[1]
-        rows, masks, label_rows = [], [], []
-        for i in range(input_ids.shape[0]):
-            p = int(pos[i])
-            rows.append(torch.cat([text[i, :p], visual[i].to(text.dtype), text[i, p + 1 :]]))
-            ones = attention_mask.new_ones(n_vis)
-            masks.append(torch.cat([attention_mask[i, :p], ones, attention_mask[i, p + 1 :]]))
-            if labels is not None:
-                ignore = labels.new_full((n_vis,), -100)
-                label_rows.append(torch.cat([labels[i, :p], ignore, labels[i, p + 1 :]]))
-        mask = torch.stack(masks)
-        out = {
-            "inputs_embeds": torch.stack(rows),
-            "attention_mask": mask,
-            # Count positions from the first real token, exactly as generation does.
-            "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
-        }
-        if labels is not None:
-            out["labels"] = torch.stack(label_rows)
-        return out
+        return splice_visual(self.llm.get_input_embeddings(), input_ids, attention_mask, visual, labels)
 
     def answer_logits(
-        self, panoramas: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits that predict the answer tokens, and those tokens (-100 where not an answer).
+        """Logits [N, vocab] at exactly the N positions that predict an answer token, and those
+        tokens [N]. `visual`: visual_embeddings of the batch's panoramas."""
+        hidden, targets = answer_hidden_states(self.llm, self.splice(input_ids, attention_mask, visual, labels))
+        return self.llm.get_output_embeddings()(hidden), targets
 
-        With left padding every answer ends at the last position, so only the last
-        `max answer length + 1` positions need the (vocabulary-sized) output layer.
-        """
-        spliced = self.splice(input_ids, attention_mask, self.visual_embeddings(panoramas), labels)
-        length = spliced["labels"].shape[1]
-        answer_len = int((spliced["labels"] != -100).sum(dim=1).max())
-        # Position t predicts token t+1: keep exactly the positions before each answer token
-        # (no slicing afterwards, whose backward would allocate the full logits again).
-        predicting = torch.arange(length - answer_len - 1, length - 1, device=input_ids.device)
-        out = self.llm(
-            inputs_embeds=spliced["inputs_embeds"],
-            attention_mask=spliced["attention_mask"],
-            position_ids=spliced["position_ids"],
-            logits_to_keep=predicting,
-            use_cache=False,
-        )
-        return out.logits, spliced["labels"][:, -answer_len:]
+
+def answer_hidden_states(llm: nn.Module, spliced: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM's last hidden states [N, width] at the positions that predict an answer token (the
+    token after it is labelled), and those tokens [N]. The vocabulary-sized output layer then runs
+    on real answer positions only, not on batch x longest answer (padding included)."""
+    hidden = llm.get_decoder()(
+        inputs_embeds=spliced["inputs_embeds"],
+        attention_mask=spliced["attention_mask"],
+        position_ids=spliced["position_ids"],
+        use_cache=False,
+    ).last_hidden_state
+    targets = spliced["labels"][:, 1:]
+    keep = targets != -100
+    return hidden[:, :-1][keep], targets[keep]
+
+
+def splice_visual(
+    embed: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    visual: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Replace the single IMAGE_SLOT of each (left padded) row by that row's visual tokens.
+
+    Every row grows by the same number of tokens, so left padding is preserved and the text after
+    the image (the answer) still ends at the last position."""
+    slots = input_ids == IMAGE_SLOT
+    per_row = slots.sum(dim=1)
+    if not torch.all(per_row == 1):
+        raise ValueError(f"each prompt must hold exactly one image slot, found {per_row.tolist()}")
+    text = embed(input_ids.masked_fill(slots, 0))
+    pos = slots.float().argmax(dim=1)
+    n_vis = visual.shape[1]
+    rows, masks, label_rows = [], [], []
+    for i in range(input_ids.shape[0]):
+        p = int(pos[i])
+        rows.append(torch.cat([text[i, :p], visual[i].to(text.dtype), text[i, p + 1 :]]))
+        ones = attention_mask.new_ones(n_vis)
+        masks.append(torch.cat([attention_mask[i, :p], ones, attention_mask[i, p + 1 :]]))
+        if labels is not None:
+            ignore = labels.new_full((n_vis,), -100)
+            label_rows.append(torch.cat([labels[i, :p], ignore, labels[i, p + 1 :]]))
+    mask = torch.stack(masks)
+    out = {
+        "inputs_embeds": torch.stack(rows),
+        "attention_mask": mask,
+        # Count positions from the first real token, exactly as generation does.
+        "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
+    }
+    if labels is not None:
+        out["labels"] = torch.stack(label_rows)
+    return out

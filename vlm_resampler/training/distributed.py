@@ -32,6 +32,32 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+# Where a scheduler says how many CPUs this process was given, in the order they are trusted.
+CPU_ALLOTMENT_VARS = ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")
+
+
+def allotted_threads(configured: int | None) -> tuple[int | None, str]:
+    """Torch threads for this process, and where the number came from: `num_threads` when set, else
+    the CPUs the scheduler gave the job (SLURM_CPUS_PER_TASK; torchrun's OMP_NUM_THREADS), else None
+    (torch's default: every core). Small models on a shared node slow down many times over when
+    their threads outnumber their CPUs (measured: 30x on 2 cores with one other process)."""
+    if configured:
+        return int(configured), "num_threads"
+    for var in CPU_ALLOTMENT_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value), var
+    return None, "torch's default"
+
+
+def set_threads(configured: int | None) -> None:
+    threads, source = allotted_threads(configured)
+    if threads:
+        torch.set_num_threads(threads)
+    if is_main_process():
+        print(f"torch threads: {torch.get_num_threads()} ({source})", flush=True)
+
+
 def export_scheduler_env() -> None:
     """Inside a submitit job with several tasks: export MASTER_ADDR/PORT, RANK, WORLD_SIZE and
     LOCAL_RANK from its SLURM variables, so that torch's env:// initialisation finds them."""

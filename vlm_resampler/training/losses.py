@@ -44,7 +44,7 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
-def overlap_pairs(model, panoramas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def overlap_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows the overlap loss pulls together: a[i] and b[i] ([N, P] each, through the overlap
     head) summarise the same directions seen from two neighbouring views (the correspondence of
     the view geometry at the vision encoder's patch grid; global views never take part).
@@ -64,12 +64,12 @@ def overlap_pairs(model, panoramas: torch.Tensor) -> tuple[torch.Tensor, torch.T
             "a direction that its neighbour sees. Use a view strategy with overlapping views (and raise "
             "its overlap), or stages=[resampler,finetune]"
         )
+    features = view_features_of(model, batch)  # [B, V, S, D]
     if model.resampler.keeps_token_grid:
-        embedded = model.overlap_head(model.encode_views(panoramas))  # [B, V, S, P]
+        embedded = model.overlap_head(model.encode_features(features))  # [B, V, S, P]
         left = torch.cat([embedded[:, v, idx_v] for v, _, idx_v, _ in pairs], dim=1)
         right = torch.cat([embedded[:, w, idx_w] for _, w, _, idx_w in pairs], dim=1)
         return left.flatten(0, 1), right.flatten(0, 1)
-    features = model.view_features(panoramas)  # [B, V, S, D]
     b = features.shape[0]
     # Strips of equal length go through the resampler together: one call per distinct overlap size.
     by_length: dict[int, list[int]] = {}
@@ -90,10 +90,10 @@ def overlap_pairs(model, panoramas: torch.Tensor) -> tuple[torch.Tensor, torch.T
     )
 
 
-def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+def overlap_vicreg_loss(model, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
     """VICReg between the paired rows of `overlap_pairs`: what neighbouring views see of the same
     directions is pulled together through the overlap head."""
-    left, right = overlap_pairs(model, panoramas)
+    left, right = overlap_pairs(model, batch)
     left, right = gather_rows(left), gather_rows(right)
     terms = vicreg_terms(left, right, float(weights["gamma"]))
     loss = (
@@ -104,14 +104,35 @@ def overlap_vicreg_loss(model, panoramas: torch.Tensor, weights: dict) -> tuple[
     return loss, {k: v.detach() for k, v in terms.items()}
 
 
-def next_token_loss(model, batch: dict, num_items: torch.Tensor | int | None = None) -> tuple[torch.Tensor, dict]:
+def view_features_of(model, batch: dict) -> torch.Tensor:
+    """The vision encoder's view features of the batch: cached ones when the batch carries them."""
+    if "view_features" in batch:
+        return batch["view_features"]
+    return model.view_features(batch["panoramas"])
+
+
+def visual_embeddings_of(model, batch: dict) -> torch.Tensor:
+    return model.visual_embeddings(view_features=view_features_of(model, batch))
+
+
+def next_token_loss(
+    model, batch: dict, num_items: torch.Tensor | int | None = None, visual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """Mean cross-entropy over the batch's answer tokens; with `num_items` (the answer tokens of
     the whole optimizer step: all accumulation steps, all processes), their sum over it, so that
-    every answer token weighs the same however the step is split."""
-    logits, targets = model.answer_logits(
-        batch["panoramas"], batch["input_ids"], batch["attention_mask"], batch["labels"]
-    )
-    flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
+    every answer token weighs the same however the step is split. `visual`: the batch's visual
+    embeddings when the caller has them already."""
+    if visual is None:
+        visual = visual_embeddings_of(model, batch)
+    logits, targets = model.answer_logits(visual, batch["input_ids"], batch["attention_mask"], batch["labels"])
     if num_items is None:
-        return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100), {}
-    return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum") / num_items, {}
+        return F.cross_entropy(logits.float(), targets), {}
+    return F.cross_entropy(logits.float(), targets, reduction="sum") / num_items, {}
+
+
+def object_code_loss(visual: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per visual token: squared error (mean over the width) + (1 - cosine), averaged. `target`:
+    the object-code layout (models/object_codes.py) of the same shape as `visual`."""
+    if visual.shape != target.shape:
+        raise ValueError(f"object-code target of shape {list(target.shape)} for visual tokens of shape {list(visual.shape)}")
+    return F.mse_loss(visual, target) + (1.0 - F.cosine_similarity(visual, target, dim=-1)).mean()

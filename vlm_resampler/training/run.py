@@ -31,7 +31,7 @@ from vlm_resampler.training import distributed, resume
 from vlm_resampler.training.interrupt import StopOnSignal, StopSignals, TrainingInterrupted
 from vlm_resampler.training.plots import plot_losses
 from vlm_resampler.training.stages import apply_freeze, attach_stage_lora, format_trainable
-from vlm_resampler.training.trainer import JsonlLog, StageObjective, StageTrainer, training_arguments
+from vlm_resampler.training.trainer import CodeWarmup, JsonlLog, StageObjective, StageTrainer, training_arguments
 
 log = logging.getLogger(__name__)
 ALWAYS_SAVED = ["resampler", "projector", "overlap_head", "stitch"]
@@ -72,8 +72,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
     distributed.init_process_group()
     resolved = resolved_container(cfg)
     stages = list(cfg.stages)
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    distributed.set_threads(cfg.num_threads)
     lock = resume.training_lock(run_dir) if distributed.is_main_process() else contextlib.nullcontext()
     with lock, StopSignals() as signals:
         done = resume.resume_point(run_dir, resolved, stages)
@@ -165,6 +164,50 @@ def unmark_checkpoint(stage_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def stage_features(model, stage, items: list[dict], width: int, height: int):
+    """The frozen vision tower's features of every training image (training/feature_cache.py), or
+    None when the stage trains the tower or does not cache."""
+    # .get: a run dir written before these keys existed resumes as it started (no cache, no target)
+    if not stage.get("cache_vision_features", False) or int(stage.vision_trainable_blocks) != 0:
+        return None
+    from vlm_resampler.training.feature_cache import cached_features, tower_fingerprint
+
+    table = cached_features(model, tower_fingerprint(model.vision), [str(i["image"]) for i in items], width, height)
+    if table is not None and distributed.is_main_process():
+        print(f"stage {stage.name}: vision features of {len(table.index)} images {table.source}", flush=True)
+    return table
+
+
+def object_code_target(model, stage, data, language_model: dict):
+    """(CodeTarget, image -> object facts) when stage.<name>.object_code_weight > 0 and it can
+    apply: the data has object annotations (SynthPano) and the LLM was pretrained on object codes
+    (backbone=tiny_reader). Otherwise (None, None), and a line says why the target is off."""
+    weight = float(stage.get("object_code_weight", 0.0))
+    if not weight > 0:
+        return None, None
+    from vlm_resampler.data.datasets import synthpano_root
+    from vlm_resampler.data.object_facts import facts_by_image
+    from vlm_resampler.models.backbones import resolve_backbone
+    from vlm_resampler.models.object_codes import ObjectCodes, has_object_codes
+    from vlm_resampler.training.trainer import CodeTarget
+
+    llm_dir = resolve_backbone(language_model["name_or_path"], language_model.get("revision"))
+    off = None
+    if data.name != "synthpano":
+        off = f"data={data.name} has no object annotations"
+    elif not has_object_codes(llm_dir):
+        off = f"the language model {language_model['name_or_path']} was not pretrained on object codes"
+    if off:
+        if distributed.is_main_process():
+            print(f"stage {stage.name}: object-code target off (object_code_weight={weight} not applied): {off}", flush=True)
+        return None, None
+    codes = ObjectCodes.load(Path(llm_dir))
+    yaws = [m.yaw_deg for m in model.views.metadata()]
+    if distributed.is_main_process():
+        print(f"stage {stage.name}: visual tokens also regressed onto the LLM's object codes (weight {weight})", flush=True)
+    return CodeTarget(model, codes), facts_by_image(synthpano_root(data), "train", yaws)
+
+
 @dataclass
 class StageResult:
     stage_dir: Path
@@ -199,14 +242,16 @@ def run_stage(
     data = OmegaConf.create(cfg["data"])
     items = training_items(data)
     width, height = int(data.erp_width), int(data.erp_height)
+    features = stage_features(model, stage, items, width, height)
     tokenizer_cfg = cfg["backbone"]["tokenizer"]
+    code_target, facts = object_code_target(model, stage, data, cfg["model"]["language_model"])
     if stage.objective == "overlap_vicreg":
-        dataset, collator, tokenizer = Panoramas(items, width, height), panorama_only, None
+        dataset, collator, tokenizer = Panoramas(items, width, height, features), panorama_only, None
     else:
         from vlm_resampler.models.backbones import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_cfg["name_or_path"], tokenizer_cfg["revision"])
-        dataset = CaptionExamples(items, width, height)
+        dataset = CaptionExamples(items, width, height, features, facts)
         collator = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), int(data.max_answer_tokens))
 
     resume_dir = stage_dir / layout.RESUME_DIR
@@ -218,12 +263,17 @@ def run_stage(
         print(f"stage {name}: resuming from step {resume.checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
     journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume.checkpoint_step(checkpoint) if checkpoint else None)
     stop = StopOnSignal(signals)
+    objective = StageObjective(
+        model, str(stage.objective), OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
+        code_target=code_target, code_weight=float(stage.get("object_code_weight", 0.0)), grad_accum=int(stage.grad_accum),
+    )
+    warmup = [CodeWarmup(objective, int(stage.get("object_code_warmup_steps", 0)))] if code_target is not None else []
     trainer = StageTrainer(
-        model=StageObjective(model, str(stage.objective), OmegaConf.to_container(stage.vicreg) if stage.vicreg else None),
+        model=objective,
         args=training_arguments(stage, resume_dir, int(cfg["seed"])),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[journal, resume.ResumableCheckpoints(), stop],
+        callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup],
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.eval()

@@ -17,29 +17,92 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from vlm_resampler.runs.atomic import write_text
 from vlm_resampler.runs.checkpoint import _check_state
 from vlm_resampler.training import distributed
-from vlm_resampler.training.losses import next_token_loss, overlap_vicreg_loss
+from vlm_resampler.training.losses import next_token_loss, object_code_loss, overlap_vicreg_loss, visual_embeddings_of
 
 
 class StageObjective(nn.Module):
     """The stage's loss as the forward of a module around the model, so that under DDP the
-    loss is computed through the wrapper's forward, which DDP synchronises."""
+    loss is computed through the wrapper's forward, which DDP synchronises.
+
+    `code_target` (a CodeTarget) adds `code_weight` x object_code_loss between the batch's visual
+    embeddings and its object-code layout to the next-token loss."""
 
     accepts_loss_kwargs = True  # the Trainer then counts answer tokens across accumulation steps and processes
 
-    def __init__(self, model: nn.Module, objective: str, vicreg: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: str,
+        vicreg: dict | None = None,
+        code_target: "CodeTarget | None" = None,
+        code_weight: float = 0.0,
+        grad_accum: int = 1,
+    ) -> None:
         super().__init__()
         if objective not in ("overlap_vicreg", "next_token"):
             raise ValueError(f"objective={objective!r}: expected overlap_vicreg or next_token")
         self.model = model
         self.objective = objective
         self.vicreg = vicreg
+        self.code_target = code_target
+        self.code_weight = float(code_weight)
+        # The Trainer adds up the micro-batches' losses and multiplies by the number of processes
+        # (it expects a sum over the step's answer tokens, like next_token_loss with num_items); a
+        # per-batch mean must be divided by both to weigh the same however the step is split.
+        self.mean_loss_scale = 1.0 / (int(grad_accum) * distributed.world_size())
+        self.code_only = False  # set per step by CodeWarmup: the object-code loss alone, no LLM pass
 
     def forward(self, num_items_in_batch=None, **batch) -> dict[str, torch.Tensor]:
         if self.objective == "overlap_vicreg":
-            loss, terms = overlap_vicreg_loss(self.model, batch["panoramas"], self.vicreg)
-        else:
-            loss, terms = next_token_loss(self.model, batch, num_items_in_batch)
+            loss, terms = overlap_vicreg_loss(self.model, batch, self.vicreg)
+            return {"loss": loss, **terms}
+        visual = visual_embeddings_of(self.model, batch)
+        scale = self.mean_loss_scale if num_items_in_batch is not None else 1.0
+        if self.code_only:
+            code = object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
+            return {"loss": self.code_weight * scale * code, "object_code_loss": code.detach()}
+        loss, terms = next_token_loss(self.model, batch, num_items_in_batch, visual)
+        if self.code_target is not None:
+            code = object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
+            terms = {"answer_loss": loss.detach(), "object_code_loss": code.detach()}
+            loss = loss + self.code_weight * scale * code
         return {"loss": loss, **terms}
+
+
+class CodeWarmup(TrainerCallback):
+    """The first `steps` optimizer steps train on the object-code loss alone (no LLM forward: a
+    fraction of a step's cost), then answer loss + object-code loss. Resuming restores the step."""
+
+    def __init__(self, objective: StageObjective, steps: int) -> None:
+        self.objective, self.steps = objective, int(steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.objective.code_only = state.global_step < self.steps
+
+
+class CodeTarget(nn.Module):
+    """What a stage's visual embeddings regress onto: the object codes of the frozen code-reading
+    LLM, laid out as the model lays out its visual tokens (tokens per view, separators)."""
+
+    def __init__(self, model: nn.Module, codes: "ObjectCodes") -> None:
+        super().__init__()
+        from vlm_resampler.data.object_facts import view_directions
+
+        stitch = model.stitch
+        if stitch.mode != "concat":
+            raise ValueError(f"an object-code target needs stitch=concat (every view's tokens in order), not {stitch.mode}")
+        if codes.width != model.llm.get_input_embeddings().embedding_dim:
+            raise ValueError(f"object codes of width {codes.width} for an LLM of width "
+                             f"{model.llm.get_input_embeddings().embedding_dim}")
+        self.codes = codes.requires_grad_(False)
+        self.tokens_per_view = int(model.tokens_per_view)
+        self.separators = stitch.separator is not None
+        yaws = [m.yaw_deg for m in model.views.metadata()]
+        self.register_buffer("directions", torch.tensor(view_directions(yaws)), persistent=False)
+
+    def forward(self, facts: torch.Tensor) -> torch.Tensor:
+        view_codes = self.codes.view_codes(facts, self.directions)
+        return self.codes.sequence(view_codes, self.tokens_per_view, separators=self.separators)
 
 
 def trainable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:

@@ -1,0 +1,199 @@
+"""The pieces that make the offline default read the image: object facts per view, object codes,
+the code-reading LLM's build, the object-code target of a stage, cached tower features, threads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlm_resampler.data.object_facts import NOTHING, ROLES, view_directions, view_facts
+from vlm_resampler.data.synthpano import SceneObject, pretext_scene, sample_scene, _scene_rng
+from vlm_resampler.models.object_codes import ObjectCodes, has_object_codes
+
+YAWS = [0.0, 90.0, 180.0, -90.0]
+
+
+def obj(direction, yaw, pitch=0.0, colour="red", shape="circle", size="small"):
+    return SceneObject(shape=shape, colour=colour, direction=direction, yaw=yaw, pitch=pitch, size=size)
+
+
+def test_a_horizon_object_belongs_to_the_view_nearest_its_yaw_and_poles_to_every_view():
+    objects = [obj("right", 100.0, colour="blue", shape="square", size="large"), obj("above", -30.0, 70.0, colour="green")]
+    table = view_facts(objects, YAWS)
+    horizon, above, below = (ROLES.index(r) for r in ("horizon", "above", "below"))
+    assert table[1, horizon].tolist() == [1, 2, 1]  # large, blue, square
+    for v in (0, 2, 3):
+        assert table[v, horizon].tolist() == [NOTHING] * 3
+    assert all(table[v, above].tolist() == [0, 1, 0] for v in range(4))  # small green circle
+    assert (table[:, below] == NOTHING).all()
+    # A yaw near the seam goes to the view whose yaw is nearest across it.
+    assert view_facts([obj("behind", -175.0)], YAWS)[2, horizon, 0] == 0
+
+
+def test_view_directions_name_the_nearest_horizon_direction():
+    assert view_directions(YAWS) == [0, 1, 2, 3]
+    assert view_directions([10.0, 170.0, 260.0]) == [0, 2, 3]
+
+
+def test_pretext_scenes_are_never_dataset_scenes():
+    pretext = {pretext_scene(0, i).captions for i in range(30)}
+    train = {sample_scene(_scene_rng(0, "train", i)).captions for i in range(30)}
+    assert pretext.isdisjoint(train)
+    assert pretext_scene(0, 3) == pretext_scene(0, 3)
+
+
+def test_object_codes_sum_role_tables_and_lay_out_any_number_of_tokens_per_view(tmp_path):
+    torch.manual_seed(0)
+    codes = ObjectCodes(16)
+    facts = view_facts([obj("front", 0.0, colour="white", shape="triangle")], YAWS)[None]
+    directions = torch.tensor(view_directions(YAWS))
+    per_view = codes.view_codes(facts, directions)
+    expected_front = (codes.direction[0] + codes.roles["horizon_size"][0] + codes.roles["horizon_colour"][5]
+                      + codes.roles["horizon_shape"][2] + codes.nothing[1] + codes.nothing[2])
+    torch.testing.assert_close(per_view[0, 0], expected_front)
+    torch.testing.assert_close(per_view[0, 1], codes.direction[1] + codes.nothing.sum(0))
+    for t in (1, 4, 49):
+        seq = codes.sequence(per_view, t)
+        assert seq.shape == (1, 4 * t + 3, 16)
+        assert torch.equal(seq[0, t], codes.separator) and torch.equal(seq[0, 2 * t + 1], codes.separator)
+        assert torch.equal(seq[0, t + 1], per_view[0, 1]) and torch.equal(seq[0, 2 * t], per_view[0, 1])
+    assert codes.sequence(per_view, 4, separators=False).shape == (1, 16, 16)
+
+    codes.save(tmp_path)
+    assert has_object_codes(tmp_path)
+    again = ObjectCodes.load(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(codes.state_dict().values(), again.state_dict().values()))
+
+
+def test_object_codes_refuse_a_directory_without_them_or_made_for_another_vocabulary(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not pretrained to read object codes"):
+        ObjectCodes.load(tmp_path)
+    ObjectCodes(8).save(tmp_path)
+    info = json.loads((tmp_path / "object_codes.json").read_text())
+    info["roles"] = ["horizon"]
+    (tmp_path / "object_codes.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="roles"):
+        ObjectCodes.load(tmp_path)
+
+
+@pytest.fixture
+def mini_reader(tmp_path, monkeypatch):
+    """backbone=tiny_reader built with a few-step recipe into a private cache."""
+    from vlm_resampler.models import code_reader
+
+    monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path / "cache"))
+    recipe = dict(code_reader.RECIPE, steps=4, scenes=24, held_out_scenes=3, batch_size=4)
+    monkeypatch.setattr(code_reader, "RECIPE", recipe)
+    return recipe
+
+
+def test_the_reader_builds_into_a_hub_style_directory_with_its_record(mini_reader):
+    from vlm_resampler.models.backbones import ensure_local_backbone, load_language_model
+
+    directory = ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
+    record = json.loads((directory / "pretraining.json").read_text())
+    assert record["recipe"]["steps"] == 4 and len(record["training"]["loss_every_100_steps"]) == 1
+    assert {c["tokens_per_view"] for c in record["ceiling_with_perfect_codes"]} == {4, 49}
+    assert set(record["ceiling_with_perfect_codes"][0]["qa_exact_match"]) == {"colour", "count", "direction", "pole", "size"}
+    lm = load_language_model("vlm-resampler/tiny-qwen3-reader")
+    codes = ObjectCodes.load(directory)
+    assert codes.width == lm.get_input_embeddings().embedding_dim
+    # Trained: the weights differ from the random tiny Qwen3 it starts from, in the rows it used.
+    from vlm_resampler.models.backbones import tiny_qwen3_model
+
+    start = tiny_qwen3_model().state_dict()
+    changed = [k for k, v in lm.state_dict().items() if not torch.equal(v, start[k])]
+    assert "model.embed_tokens.weight" in changed and any("layers.1" in k for k in changed)
+
+
+def test_the_reader_build_is_deterministic(mini_reader, tmp_path):
+    from vlm_resampler.models.backbones import _build_tiny_qwen3_reader
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        d.mkdir()
+        _build_tiny_qwen3_reader(d)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert (first / "object_codes.safetensors").read_bytes() == (second / "object_codes.safetensors").read_bytes()
+
+
+def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp_path):
+    from vlm_resampler.training.run import resolved_container, run_stage
+
+    cfg = resolved_container(smoke_config(
+        "backbone=tiny_reader", "resampler=perceiver", "resampler.num_latents=2", "resampler.depth=1",
+        "resampler.hidden_dim=32", "resampler.latent_dimension=32", "resampler.heads=2", "resampler.dim_head=16",
+        "stages=[resampler]", "stage.resampler.object_code_weight=1.0", "stage.resampler.object_code_warmup_steps=1",
+        "stage.resampler.max_steps=3"))
+    run_stage(cfg, "resampler", tmp_path, None)
+    log = [json.loads(line) for line in (tmp_path / "resampler" / "train_log.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in log if "loss" in r}
+    assert "object_code_loss" in steps[1] and "answer_loss" not in steps[1]  # warm-up: codes alone
+    assert "object_code_loss" in steps[3] and "answer_loss" in steps[3]
+    assert steps[3]["loss"] == pytest.approx(steps[3]["answer_loss"] + steps[3]["object_code_loss"], rel=1e-4)
+
+
+def test_the_code_target_is_off_with_a_reason_where_it_cannot_apply(smoke_config, tmp_path, capsys):
+    from vlm_resampler.training.run import resolved_container, run_stage
+
+    cfg = resolved_container(smoke_config("stages=[resampler]", "stage.resampler.object_code_weight=1.0"))
+    run_stage(cfg, "resampler", tmp_path, None)
+    assert "object-code target off" in capsys.readouterr().out
+    log = (tmp_path / "resampler" / "train_log.jsonl").read_text()
+    assert "object_code_loss" not in log
+
+
+def test_code_target_matches_the_visual_tokens_and_the_loss_is_zero_on_them(smoke_config):
+    from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training.losses import object_code_loss
+    from vlm_resampler.training.run import resolved_container
+    from vlm_resampler.training.trainer import CodeTarget
+
+    cfg = resolved_container(smoke_config("resampler=perceiver", "resampler.num_latents=3", "resampler.depth=1",
+                                          "resampler.hidden_dim=32", "resampler.latent_dimension=32"))
+    model = build_model(cfg["model"], seed=0)
+    codes = ObjectCodes(model.llm.get_input_embeddings().embedding_dim)
+    target = CodeTarget(model, codes)
+    facts = torch.stack([view_facts([obj("left", -80.0)], [m.yaw_deg for m in model.views.metadata()])] * 2)
+    wanted = target(facts)
+    assert wanted.shape == model.visual_embeddings(torch.rand(2, 3, 64, 128)).shape
+    assert float(object_code_loss(wanted, wanted)) == pytest.approx(0.0, abs=1e-6)
+    assert float(object_code_loss(wanted.flip(0) * 0 + 1, wanted)) > 0.1
+
+
+def test_cached_features_equal_the_towers_and_are_reused_until_the_tower_changes(smoke_config, tmp_path, monkeypatch):
+    from vlm_resampler.data.datasets import load_panorama, prepare_split
+    from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training.feature_cache import cached_features, tower_fingerprint
+    from vlm_resampler.training.run import resolved_container
+
+    cfg = resolved_container(smoke_config())
+    model = build_model(cfg["model"], seed=0).eval()
+    images = sorted({str(i["image"]) for i in prepare_split(smoke_config().data, "train")})[:5]
+    monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path))
+    first = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
+    assert first.source.startswith("computed")
+    with torch.no_grad():
+        direct = model.view_features(torch.stack([load_panorama(p, 128, 64) for p in images]))
+    for k, image in enumerate(images):
+        torch.testing.assert_close(first[image], direct[k])
+    again = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
+    assert again.source.startswith("reused") and torch.equal(again.features, first.features)
+    with torch.no_grad():
+        model.vision.blocks[-1].mlp.fc1.bias.add_(1.0)  # a stage trained a block
+    changed = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
+    assert changed.source.startswith("computed") and not torch.equal(changed.features, first.features)
+
+
+def test_threads_follow_the_cpus_a_job_was_given(monkeypatch):
+    from vlm_resampler.training.distributed import allotted_threads
+
+    for var in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert allotted_threads(None) == (None, "torch's default")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert allotted_threads(None) == (1, "OMP_NUM_THREADS")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert allotted_threads(None) == (3, "SLURM_CPUS_PER_TASK")
+    assert allotted_threads(2) == (2, "num_threads")
