@@ -157,10 +157,13 @@ def tiny_qwen3_config(**shape) -> Qwen3Config:
     )
 
 
-def tiny_qwen3_model() -> Qwen3ForCausalLM:
-    """The random-init model `vlm-resampler/tiny-qwen3` is saved from (same seed, same weights every call)."""
+def tiny_qwen3_model(**shape) -> Qwen3ForCausalLM:
+    """The random-init model `vlm-resampler/tiny-qwen3` is saved from (same seed, same weights every
+    call), with its generation settings; `shape` as in tiny_qwen3_config (the reader's start)."""
     with _seeded_rng(BUILD_SEED):
-        return Qwen3ForCausalLM(tiny_qwen3_config())
+        model = Qwen3ForCausalLM(tiny_qwen3_config(**shape))
+    model.generation_config = _tiny_generation_config()
+    return model
 
 
 def _tiny_generation_config() -> GenerationConfig:
@@ -170,9 +173,7 @@ def _tiny_generation_config() -> GenerationConfig:
 
 
 def _build_tiny_qwen3(out_dir: Path) -> None:
-    model = tiny_qwen3_model()
-    model.generation_config = _tiny_generation_config()
-    model.save_pretrained(out_dir)
+    tiny_qwen3_model().save_pretrained(out_dir)
     build_qwen3_tokenizer(out_dir)
 
 
@@ -180,13 +181,7 @@ def _build_tiny_qwen3_reader(out_dir: Path) -> None:
     """The tiny Qwen3 pretrained to read object codes (models/code_reader.py), from its seeded init."""
     from vlm_resampler.models.code_reader import RECIPE, build_reader
 
-    def base_model() -> Qwen3ForCausalLM:
-        with _seeded_rng(BUILD_SEED):
-            model = Qwen3ForCausalLM(tiny_qwen3_config(**RECIPE["llm_shape"]))
-        model.generation_config = _tiny_generation_config()
-        return model
-
-    build_reader(out_dir, base_model, RECIPE)
+    build_reader(out_dir, lambda: tiny_qwen3_model(**RECIPE["llm_shape"]), RECIPE)
 
 
 def _find_smollm2_gguf() -> Path:

@@ -58,12 +58,11 @@ class StageObjective(nn.Module):
             return {"loss": loss, **terms}
         visual = visual_embeddings_of(self.model, batch)
         scale = self.mean_loss_scale if num_items_in_batch is not None else 1.0
+        code = None if self.code_target is None else object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
         if self.code_only:
-            code = object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
             return {"loss": self.code_weight * scale * code, "object_code_loss": code.detach()}
         loss, terms = next_token_loss(self.model, batch, num_items_in_batch, visual)
-        if self.code_target is not None:
-            code = object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
+        if code is not None:
             terms = {"answer_loss": loss.detach(), "object_code_loss": code.detach()}
             loss = loss + self.code_weight * scale * code
         return {"loss": loss, **terms}
