@@ -134,6 +134,27 @@ def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp
     assert steps[3]["loss"] == pytest.approx(steps[3]["answer_loss"] + steps[3]["object_code_loss"], rel=1e-4)
 
 
+def test_the_learning_rate_schedule_restarts_when_the_code_warm_up_ends(tmp_path):
+    from transformers import TrainingArguments
+
+    from vlm_resampler.training.trainer import phased_schedule
+
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1.0, warmup_steps=0.1, lr_scheduler_type="cosine",
+                             report_to=[], use_cpu=True)
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    schedule = phased_schedule(optimizer, args, phase_steps=100, num_training_steps=120)
+    rates = []
+    for _ in range(120):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 0.0 and rates[10] == pytest.approx(1.0)  # phase 1: 10 warm-up steps, then the peak
+    assert rates[99] < 0.01  # its cosine has run out
+    assert rates[100] == 0.0 and rates[102] == pytest.approx(1.0)  # phase 2: 2 warm-up steps, the peak again
+    assert rates[119] < 0.01 and rates[110] == pytest.approx(0.5, abs=0.1)
+
+
 def test_the_code_target_is_off_with_a_reason_where_it_cannot_apply(smoke_config, tmp_path, capsys):
     from vlm_resampler.training.run import resolved_container, run_stage
 

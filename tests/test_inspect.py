@@ -144,7 +144,7 @@ def check_the_rest(r: dict, latent: int, overrides: list[str]) -> None:
 
 
 def test_the_guides_rule_of_thumb_is_far_off():
-    r = report("resampler=bimamba")  # the guide's balanced default: 1024 / 1.75 / 4 blocks / d_state 64
+    r = report("resampler=bimamba", "backbone=tiny")  # the guide's balanced default: 1024 / 1.75 / 4 blocks / d_state 64 (backbone=tiny_reader has its own size)
     exact = bimamba_resampler(VISION_WIDTH, 768, 1024, 4, 1.75, 64, 4, True)
     assert r["parameters"]["resampler"] == exact == 49_592_064
     assert 1024 * 1.75 * 4 * 3 < exact / 1000  # "hidden_dim x expand x depth x 3"
@@ -167,7 +167,8 @@ def test_meta_counts_equal_those_of_the_real_model(stitch, smoke_config):
     from vlm_resampler.runs.load import build_model
     from vlm_resampler.training.stages import apply_freeze, attach_stage_lora
 
-    overrides = ["resampler=bimamba", "resampler.hidden_dim=32", "resampler.depth=1", "resampler.d_state=4", "stage.vision.vision_trainable_blocks=1", stitch]
+    overrides = ["backbone=tiny", "resampler=bimamba", "resampler.hidden_dim=32", "resampler.depth=1", "resampler.d_state=4",
+                 "stage.vision.vision_trainable_blocks=1", stitch]  # backbone=tiny: what smoke_config uses
     r = report(*overrides)
     cfg = smoke_config(*overrides)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), seed=0)
@@ -195,7 +196,9 @@ def test_cli_prints_the_resolved_resampler_counts_and_tokens():
 
 
 def test_compare_puts_configs_side_by_side_and_json_is_machine_readable():
-    configs = ["resampler=bimamba resampler.expand=1.75", "resampler=bimamba resampler.expand=2.0", "resampler=mlp"]
+    # backbone=tiny: the guide's resampler sizes (backbone=tiny_reader has sizes of its own, conf/resampler/size/)
+    configs = ["backbone=tiny resampler=bimamba resampler.expand=1.75", "backbone=tiny resampler=bimamba resampler.expand=2.0",
+               "backbone=tiny resampler=mlp"]
     done = run_cli("inspect.py", "--compare", *configs)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()

@@ -52,14 +52,26 @@ def rebuild_from_weights(cls, hparams: dict, tokens: int):
 
 
 @PROPERTY
-@given(input_dim=small, latent=small, hidden=st.integers(1, 24), depth=st.integers(1, 4), use_ln=st.booleans(), p=dropout, tokens=st.integers(1, 6))
-def test_mlp_rebuilds_from_its_weights(input_dim, latent, hidden, depth, use_ln, p, tokens):
-    hp = dict(input_dim=input_dim, latent_dimension=latent, hidden_dim=hidden, depth=depth, use_ln=use_ln, dropout=p)
+@given(input_dim=small, latent=small, hidden=st.integers(1, 24), depth=st.integers(1, 4), use_ln=st.booleans(), p=dropout,
+       tokens=st.sampled_from([1, 3, 4, 6, 9]), pool=st.one_of(st.none(), st.integers(1, 3)))
+def test_mlp_rebuilds_from_its_weights(input_dim, latent, hidden, depth, use_ln, p, tokens, pool):
+    hp = dict(input_dim=input_dim, latent_dimension=latent, hidden_dim=hidden, depth=depth, use_ln=use_ln, dropout=p, pool=pool)
     expected, found, inferred = rebuild_from_weights(MLPResampler, hp, tokens)
     assert torch.equal(expected, found)
-    assert inferred.hparams["depth"] == depth
+    assert inferred.hparams["depth"] == depth and inferred.hparams["pool"] == pool
+    assert found.shape[1] == (tokens if pool is None else pool * pool)
     if depth > 1:
         assert (inferred.hparams["hidden_dim"], inferred.hparams["use_ln"]) == (hidden, use_ln)
+
+
+def test_a_pooled_mlp_averages_the_patch_grid_into_cells():
+    mlp = MLPResampler(input_dim=2, latent_dimension=3, hidden_dim=4, depth=1, use_ln=False, dropout=0.0, pool=2)
+    grid = torch.arange(16 * 2, dtype=torch.float32).reshape(1, 16, 2)  # a 4 x 4 patch grid, raster order
+    quadrants = grid.reshape(1, 2, 2, 2, 2, 2).permute(0, 1, 3, 2, 4, 5).reshape(1, 4, 4, 2).mean(dim=2)
+    assert torch.equal(mlp.pooled(grid), quadrants)  # cell (0, 0) averages patches 0, 1, 4, 5
+    assert mlp(grid).shape == (1, 4, 3) and not mlp.keeps_token_grid
+    with pytest.raises(ValueError, match=r"resampler\.pool=0: expected null"):
+        MLPResampler(input_dim=2, latent_dimension=3, hidden_dim=4, depth=1, use_ln=False, dropout=0.0, pool=0)
 
 
 @st.composite

@@ -184,7 +184,7 @@ DROPOUT = Unknown("dropout", False, "dropout is inactive in eval mode", 0.0)
 _MLP_KEY = re.compile(r"layers\.(\d+)\.(weight|bias)$")
 
 
-@rule("mlp", lambda s: bool(s) and all(_MLP_KEY.match(k) for k in s))
+@rule("mlp", lambda s: any(_MLP_KEY.match(k) for k in s) and all(_MLP_KEY.match(k) or k == "pooled_position" for k in s))
 def infer_mlp(shapes: Shapes) -> InferredResampler:
     from vlm_resampler.resamplers.mlp import MLPResampler
 
@@ -204,7 +204,13 @@ def infer_mlp(shapes: Shapes) -> InferredResampler:
     for i, (before, after) in enumerate(zip(weights, weights[1:])):
         if after[1] != before[0]:
             raise ShapeInferenceError(f"layers.{linears[i + 1]}.weight {list(after)} does not take the {before[0]} outputs of layers.{linears[i]}.weight")
-    hparams = {"input_dim": weights[0][1], "latent_dimension": weights[-1][0], "depth": depth}
+    hparams = {"input_dim": weights[0][1], "latent_dimension": weights[-1][0], "depth": depth, "pool": None}
+    if "pooled_position" in shapes:  # [pool * pool, input_dim]
+        cells, width = shapes["pooled_position"]
+        pool = math.isqrt(cells)
+        if pool * pool != cells or width != hparams["input_dim"]:
+            raise ShapeInferenceError(f"mlp pooled_position {[cells, width]}: expected [pool * pool, input_dim={hparams['input_dim']}]")
+        hparams["pool"] = pool
     unknown = [DROPOUT]
     if depth > 1:
         hparams["hidden_dim"] = _same("mlp hidden width", {f"layers.{i}.weight[0]": w[0] for i, w in zip(linears, weights[:-1])})

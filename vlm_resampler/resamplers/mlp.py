@@ -1,14 +1,25 @@
-"""Token-wise MLP resampler: no mixing between tokens, so the patch grid is kept."""
+"""Token-wise MLP resampler: no mixing between tokens, so the patch grid is kept; or, with `pool`,
+the grid averaged down to pool x pool tokens first (MM1's average-pooling connector)."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vlm_resampler.resamplers.base import Resampler, require
 
 
 class MLPResampler(Resampler):
-    """`depth` Linear layers; between two of them LayerNorm (if `use_ln`), GELU and dropout."""
+    """`depth` Linear layers; between two of them LayerNorm (if `use_ln`), GELU and dropout.
+
+    `pool` (null or an int k): average the view's square patch grid to a k x k grid before the MLP
+    (adaptive average pooling: k x k tokens per view whatever the grid), plus a learned embedding of
+    each pooled cell (`pooled_position`, which also lets the weights alone say k). Pooled tokens no
+    longer sit where an input token was, so the model treats them like query tokens (no
+    dedupe_overlap; the vision stage compares the pooled shared region of two views). A token set
+    that is not a square grid (such a shared region) is pooled in k * k consecutive groups."""
 
     type_name = "mlp"
     keeps_token_grid = True
@@ -21,14 +32,21 @@ class MLPResampler(Resampler):
         depth: int,
         use_ln: bool,
         dropout: float,
+        pool: int | None = None,
     ) -> None:
         super().__init__(input_dim, latent_dimension)
         require(isinstance(hidden_dim, int) and hidden_dim > 0, "hidden_dim", hidden_dim, "a positive int")
         require(isinstance(depth, int) and depth >= 1, "depth", depth, "an int >= 1")
         require(isinstance(use_ln, bool), "use_ln", use_ln, "true or false")
         require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
+        require(pool is None or (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1), "pool", pool,
+                "null (keep every patch token) or an int >= 1 (a pool x pool grid per view)")
         self.hidden_dim = hidden_dim
         self.depth = depth
+        self.pool = pool
+        self.keeps_token_grid = pool is None
+        if pool is not None:
+            self.pooled_position = nn.Parameter(torch.zeros(pool * pool, input_dim))
         widths = [input_dim] + [hidden_dim] * (depth - 1) + [latent_dimension]
         layers: list[nn.Module] = []
         for i in range(depth):
@@ -41,5 +59,18 @@ class MLPResampler(Resampler):
                 layers.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*layers)
 
+    def output_tokens(self, input_tokens: int) -> int:
+        return input_tokens if self.pool is None else self.pool * self.pool
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, s, d = tokens.shape
+        side = math.isqrt(s)
+        if side * side == s:
+            grid = tokens.transpose(1, 2).reshape(n, d, side, side)
+            cells = F.adaptive_avg_pool2d(grid, self.pool).flatten(2)
+        else:
+            cells = F.adaptive_avg_pool1d(tokens.transpose(1, 2), self.pool * self.pool)
+        return cells.transpose(1, 2) + self.pooled_position
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.layers(tokens)
+        return self.layers(tokens if self.pool is None else self.pooled(tokens))

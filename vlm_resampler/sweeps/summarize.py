@@ -22,7 +22,10 @@ from vlm_resampler.sweeps import dirs, slurm
 from vlm_resampler.sweeps.submit import read_manifest
 
 TYPE_KEYS = ("resampler", "experiment")  # overrides that choose a resampler type (lines in the plot)
-EVAL_TABLE = ("BLEU-4", "CIDEr")  # eval metrics shown in summary.md (all of them go to the CSV)
+# Eval numbers shown in summary.md (all of them go to the CSV): captions, how much the answers
+# depend on the image (nats), question-answering exact match overall and by kind.
+EVAL_TABLE = ("CIDEr", "image_gap", "QA", "QA_colour", "QA_count", "QA_direction", "QA_size", "QA_pole")
+PLOT_METRICS = ("CIDEr", "image_gap", "QA")  # summary.png's eval panels
 
 
 @dataclass
@@ -118,10 +121,12 @@ def read_stages(job: JobSummary) -> None:
         if metrics is None:
             continue
         trainer = metrics.get("metrics") or {}
+        runtime, steps = trainer.get("train_runtime"), metrics.get("steps")
         job.stages[name] = {
             "final_loss": metrics.get("final_loss"),
             "samples_per_s": trainer.get("train_samples_per_second"),
-            "steps": metrics.get("steps"),
+            "s_per_step": runtime / steps if isinstance(runtime, (int, float)) and steps else None,
+            "steps": steps,
         }
 
 
@@ -133,8 +138,25 @@ def read_eval(job: JobSummary) -> None:
             metrics = _read_json(path)
             if metrics and isinstance(metrics.get("model"), dict):
                 job.eval = {k: v for k, v in metrics["model"].items() if isinstance(v, (int, float))}
+                job.eval |= eval_extras(metrics)
                 job.eval_dir = str(path.parent.relative_to(job.dir))
                 return
+
+
+def eval_extras(metrics: dict) -> dict[str, float]:
+    """The image-shuffle loss gap and the question-answering exact match (overall, by kind), where
+    the eval measured them."""
+    extras = {}
+    gap = (metrics.get("image_dependence") or {}).get("gap")
+    if isinstance(gap, (int, float)):
+        extras["image_gap"] = gap
+    qa = metrics.get("qa") or {}
+    if isinstance(qa.get("exact_match"), (int, float)):
+        extras["QA"] = qa["exact_match"]
+    for kind, numbers in (qa.get("by_kind") or {}).items():
+        if isinstance(numbers, dict) and isinstance(numbers.get("exact_match"), (int, float)):
+            extras[f"QA_{kind}"] = numbers["exact_match"]
+    return extras
 
 
 def compose_from(conf_dir: Path, overrides: list[str]):
@@ -233,7 +255,7 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
     metrics = list(dict.fromkeys(k for j in jobs for k in j.eval))
     header = ["job", "dir", "status", *swept, "overrides", "resampler_type", "params_total", *[f"params_{m}" for m in modules], "tokens_per_image"]
     for stage in stages:
-        header += [f"{stage}_final_loss", f"{stage}_samples_per_s", f"{stage}_steps"]
+        header += [f"{stage}_final_loss", f"{stage}_samples_per_s", f"{stage}_s_per_step", f"{stage}_steps"]
     header += [f"eval_{m}" for m in metrics] + ["eval_dir", "reason"]
     rows = []
     for job in jobs:
@@ -246,7 +268,7 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
         for stage in stages:
             numbers = job.stages.get(stage, {})
             row |= {f"{stage}_final_loss": numbers.get("final_loss"), f"{stage}_samples_per_s": numbers.get("samples_per_s"),
-                    f"{stage}_steps": numbers.get("steps")}
+                    f"{stage}_s_per_step": numbers.get("s_per_step"), f"{stage}_steps": numbers.get("steps")}
         row |= {f"eval_{m}": job.eval.get(m) for m in metrics}
         rows.append(row)
     return header, rows
@@ -279,14 +301,14 @@ def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, ali
     if common:
         lines += ["Every job: `" + " ".join(common) + "`", ""]
     header = ["job", "status", *swept, "type", "params", "resampler params", "tokens/image"]
-    header += [f"{s} loss" for s in stages] + [f"{s} samples/s" for s in stages] + [f"eval {m}" for m in metrics]
+    header += [f"{s} loss" for s in stages] + [f"{s} s/step" for s in stages] + [f"eval {m}" for m in metrics]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for job in jobs:
         values = job_values(job)
         cells = [job.dir.name, job.status, *[values.get(k) for k in swept], job.resampler, job.parameters.get("total"),
                  job.parameters.get("resampler"), job.tokens_per_image]
         cells += [job.stages.get(s, {}).get("final_loss") for s in stages]
-        cells += [job.stages.get(s, {}).get("samples_per_s") for s in stages]
+        cells += [job.stages.get(s, {}).get("s_per_step") for s in stages]
         cells += [job.eval.get(m) for m in metrics]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     unfinished = [j for j in jobs if not j.finished]
@@ -349,7 +371,7 @@ def plot(path: Path, jobs: list[JobSummary]) -> bool:
     if last:
         panels += [(f"{last}: final loss", lambda j: j.stages.get(last, {}).get("final_loss")),
                    (f"{last}: samples/s", lambda j: j.stages.get(last, {}).get("samples_per_s"))]
-    for metric in EVAL_TABLE:
+    for metric in PLOT_METRICS:
         if any(metric in j.eval for j in jobs):
             panels.append((f"eval {metric}", lambda j, m=metric: j.eval.get(m)))
     if not panels or not any(f(j) is not None for _, f in panels for j in jobs):

@@ -267,13 +267,15 @@ def run_stage(
         model, str(stage.objective), OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
         code_target=code_target, code_weight=float(stage.get("object_code_weight", 0.0)), grad_accum=int(stage.grad_accum),
     )
-    warmup = [CodeWarmup(objective, int(stage.get("object_code_warmup_steps", 0)))] if code_target is not None else []
+    code_warmup_steps = int(stage.get("object_code_warmup_steps", 0)) if code_target is not None else 0
+    warmup = [CodeWarmup(objective, code_warmup_steps)] if code_warmup_steps else []
     trainer = StageTrainer(
         model=objective,
         args=training_arguments(stage, resume_dir, int(cfg["seed"])),
         train_dataset=dataset,
         data_collator=collator,
         callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup],
+        schedule_phase_steps=code_warmup_steps,
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model.eval()
