@@ -116,11 +116,17 @@ def phased_schedule(optimizer, args: TrainingArguments, phase_steps: int, num_tr
     phases = (phase_steps, num_training_steps - phase_steps)
     # Each phase's multiplier, read off the stage's own scheduler type built over that phase alone.
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    factors = [
+    schedules = [
         get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(n),
-                      num_training_steps=n, scheduler_specific_kwargs=args.lr_scheduler_kwargs).lr_lambdas[0]
+                      num_training_steps=n, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         for n in phases
     ]
+    if not all(isinstance(s, torch.optim.lr_scheduler.LambdaLR) for s in schedules):
+        raise ValueError(
+            f"lr_scheduler={args.lr_scheduler_type!r} is not a fixed per-step schedule, so it cannot restart when the "
+            "object-code warm-up ends: use cosine, linear, constant or another step schedule, or object_code_warmup_steps=0"
+        )
+    factors = [s.lr_lambdas[0] for s in schedules]
 
     def factor(step: int) -> float:
         return factors[0](step) if step < phase_steps else factors[1](step - phase_steps)
