@@ -204,6 +204,9 @@ def test_summarize_writes_one_row_per_job(basic_sweep):
         assert int(row["params_resampler"]) == expected["parameters"]["resampler"]
         assert int(row["tokens_per_image"]) == expected["tokens"]["tokens_per_image"]
         assert float(row["resampler_final_loss"]) > 0 and float(row["resampler_samples_per_s"]) > 0
+        steps, per_step = int(row["resampler_steps"]), float(row["resampler_s_per_step"])
+        # s/step is the stage's train runtime over its steps: batch / samples_per_s for an even split.
+        assert steps > 0 and per_step == pytest.approx(4 / float(row["resampler_samples_per_s"]), rel=0.05)
         assert row["resampler"] in ("mlp", "bimamba"), "the swept key is a column"
     text = (basic_sweep / dirs.SUMMARY_MD).read_text()
     assert "| job | status | resampler |" in text and "2 of 2 job(s) done" in text
@@ -274,3 +277,23 @@ def test_eval_after_training_puts_metrics_in_the_summary(tmp_path):
     with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
         row = next(csv.DictReader(f))
     assert row["eval_dir"] == "resampler/eval/synthpano-test" and row["eval_CIDEr"] != ""
+    metrics = json.loads((job_dir / "resampler" / "eval" / "synthpano-test" / "metrics.json").read_text())
+    assert float(row["eval_image_gap"]) == metrics["image_dependence"]["gap"]
+    assert float(row["eval_QA"]) == metrics["qa"]["exact_match"]
+    assert metrics["qa"]["by_kind"] and all(float(row[f"eval_QA_{kind}"]) == numbers["exact_match"]
+                                            for kind, numbers in metrics["qa"]["by_kind"].items())
+    assert "eval image_gap" in (sweep / dirs.SUMMARY_MD).read_text()
+
+
+def test_eval_after_builds_its_command_with_the_default_and_with_extra_eval_args(tmp_path):
+    # The default eval_args is an empty list: it once failed every eval_after job (empty ListConfig
+    # is falsy, and a plain [] is not an OmegaConf container).
+    from omegaconf import OmegaConf
+
+    from vlm_resampler.sweeps.job import eval_command
+
+    stage_dir = tmp_path / "resampler"
+    base = eval_command(OmegaConf.create({"eval_after": True, "eval_args": []}), stage_dir)
+    assert base[-1] == f"checkpoint_dir={stage_dir}" and base[1].endswith("launch/eval.py")
+    extra = eval_command(OmegaConf.create({"eval_after": True, "eval_args": ["max_items=5", "baselines=false"]}), stage_dir)
+    assert extra == base + ["max_items=5", "baselines=false"]

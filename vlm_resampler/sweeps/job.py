@@ -10,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
@@ -51,7 +51,8 @@ def eval_command(cfg: DictConfig, stage_dir: Path) -> list[str]:
     # eval has its own debug options (conf/eval_debug): a smoke training run gets a smoke eval.
     if debug and debug != "null" and ((conf_dir or REPO_ROOT / "conf") / "eval_debug" / f"{debug}.yaml").is_file():
         command.append(f"debug={debug}")
-    command += [str(a) for a in OmegaConf.to_container(cfg.get("eval_args") or [])]
+    # Iterating a ListConfig gives its resolved values; the default, an empty list, adds nothing.
+    command += [str(a) for a in cfg.get("eval_args") or []]
     return command
 
 
