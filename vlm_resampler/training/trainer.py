@@ -111,8 +111,9 @@ def trainable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
 def phased_schedule(optimizer, args: TrainingArguments, phase_steps: int, num_training_steps: int):
     """The stage's learning-rate schedule run twice: over the first `phase_steps` steps (the
     object-code warm-up), then again from the start over the rest (answer + code loss). With one
-    schedule over both, a cosine has decayed to ~1% of the rate by the time the answer loss starts
-    (measured: 1e-4 of 1e-3 at step 3,000 of 3,600), so the second phase would barely train."""
+    schedule over both, a cosine has decayed to a tenth of the rate by the time the answer loss
+    starts (measured: 1e-4 of 1e-3 at step 3,000 of 3,600) and to zero after, so the second phase
+    would barely train."""
     phases = (phase_steps, num_training_steps - phase_steps)
     # Each phase's multiplier, read off the stage's own scheduler type built over that phase alone.
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
