@@ -12,7 +12,8 @@ API (import it from a test module as `from slurm_cluster import ...`; tests/ is 
         ...
         slurm.wait_for(lambda: slurm.jobs(name), timeout=60)   # [(job id, state), ...] in squeue
         slurm.cancel("41_1")              # scancel
-        slurm.state("41_0")               # sacct's state, e.g. "COMPLETED", "CANCELLED by 0"
+        slurm.state("41_0")               # sacct's state now, e.g. "RUNNING", "CANCELLED by 0"
+        slurm.final_state("41_0")         # sacct's state once the job has ended, e.g. "COMPLETED"
 
 Every test marked `slurm` gets the fixture (conftest.py adds it), so where no SLURM answers the
 test is skipped with the reason, and with VLM_RESAMPLER_REQUIRE_SLURM=1 (CI) it fails instead:
@@ -103,6 +104,19 @@ class SlurmCluster:
         done = _run("sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id)
         states = [s for s in done.stdout.splitlines() if s.strip()]
         return states[-1] if states else None
+
+    # States a job passes through before its end: the submitit launcher returns once a job's result
+    # file is written, which is before slurmd reports the job's end (CI saw RUNNING right after).
+    ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+    def final_state(self, job_id: str, timeout: float = 60) -> str | None:
+        """sacct's state once the job has left the active states (None if sacct never lists it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(job_id)
+            if state is None or not state.startswith(self.ACTIVE_STATES) or time.monotonic() >= deadline:
+                return state
+            time.sleep(0.5)
 
     @staticmethod
     def wait_for(condition, timeout: float, interval: float = 0.5, what: str = "condition"):

@@ -250,5 +250,5 @@ def test_a_slurm_job_signalled_with_usr2_is_requeued_and_ends_like_an_uninterrup
     assert "Requeued job" in logs and "stage resampler: resuming from step" in logs
     for job_dir in (uninterrupted, signalled):
         assert json.loads((job_dir / layout.STATUS).read_text())["status"] == layout.DONE
-    assert slurm.state(f"{array}_1") == "COMPLETED"
+    assert slurm.final_state(f"{array}_1") == "COMPLETED"
     assert_same_weights(signalled / "resampler", uninterrupted / "resampler")

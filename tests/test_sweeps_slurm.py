@@ -42,7 +42,7 @@ def test_four_job_sweep_runs_as_one_array_and_summarises(slurm, tmp_path):
         assert status(job_dir)["status"] == "done"
         meta = json.loads((job_dir / layout.RUN_META).read_text())
         assert meta["slurm"]["SLURM_ARRAY_JOB_ID"] == array, "the job ran under SLURM, as a task of the array"
-        assert slurm.state(f"{array}_{meta['slurm']['SLURM_ARRAY_TASK_ID']}") == "COMPLETED"
+        assert slurm.final_state(f"{array}_{meta['slurm']['SLURM_ARRAY_TASK_ID']}") == "COMPLETED"
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in jobs)
 
     summary = run_cli("summarize.py", str(sweep))
@@ -77,7 +77,7 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
                 launcher.kill()
     output = (tmp_path / "sweep.log").read_text()
     assert returncode != 0, "a cancelled job makes the sweep fail\n" + output[-2000:]
-    assert slurm.state(f"{array}_1").startswith("CANCELLED")
+    assert slurm.final_state(f"{array}_1").startswith("CANCELLED")
     first, second = (sweep / j["dir"] for j in manifest(sweep)["jobs"])
     assert status(first)["status"] == "done" and status(second)["status"] == "queued"
 
@@ -97,7 +97,7 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
     meta = json.loads((second / layout.RUN_META).read_text())
     resubmitted = job_id_of(meta)
     assert resubmitted and not resubmitted.startswith(f"{array}_"), "a new SLURM job, into the same directory"
-    assert slurm.state(resubmitted) == "COMPLETED"
+    assert slurm.final_state(resubmitted) == "COMPLETED"
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted([first.name, second.name])
 
 
@@ -148,11 +148,13 @@ def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slur
     # The launcher stops at the first cancelled result; the other tasks finish on their own.
     slurm.wait_for(lambda: not slurm.jobs(name), timeout=600, interval=1, what=f"the other tasks of {name} to end")
     first_round = time.monotonic() - started
-    assert (slurm.state(f"{array}_{running_task}") or "").startswith("CANCELLED"), slurm.state(f"{array}_{running_task}")
+    running_state = slurm.final_state(f"{array}_{running_task}")
+    assert (running_state or "").startswith("CANCELLED"), running_state
     # A task cancelled while still in the array's pending record may get no accounting record of its
     # own (seen with SLURM 22.05: sacct lists nothing for it); submitit would wait for it forever, but
     # the launcher stops at the first failed result (the running task, the lower index) first.
-    assert (slurm.state(f"{array}_{pending_task}") or "CANCELLED").startswith("CANCELLED"), slurm.state(f"{array}_{pending_task}")
+    pending_state = slurm.final_state(f"{array}_{pending_task}")
+    assert (pending_state or "CANCELLED").startswith("CANCELLED"), pending_state
     before = {d.name: status(d)["status"] for d in (sweep / j["dir"] for j in jobs)}
     assert before[running_dir.name] == "interrupted", f"scancel's SIGTERM leaves a resumable run: {before}"
     assert before[pending_dir.name] == "queued", before
