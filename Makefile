@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo test test-all install clean-venv
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel on disk; any other torch request downloads GBs.

@@ -78,7 +78,7 @@ def refusal(script: str, argv: list[str], capsys) -> tuple[int, str]:
         check(argv, configure_hub=False)
     except SystemExit as stop:
         err = capsys.readouterr().err
-        code = stop.code if isinstance(stop.code, int) else 2
-        text = err if isinstance(stop.code, int) or stop.code is None else err + str(stop.code)
-        return code, text
+        # The interpreter's own rule: SystemExit(None) exits 0, a message exits 1.
+        assert isinstance(stop.code, int) or stop.code is None, f"SystemExit({stop.code!r}) exits 1, not 2"
+        return stop.code or 0, err
     return 0, capsys.readouterr().err

@@ -17,6 +17,37 @@ import pytest  # noqa: E402
 from slurm_cluster import pytest_collection_modifyitems, slurm  # noqa: E402,F401
 
 
+# With VLM_RESAMPLER_ONLY_EXPECTED_SKIPS=1 (CI) a skip for any other reason fails the run: a missing
+# browser, SmolLM2 package or SLURM must not turn CI green by skipping what needs it.
+EXPECTED_SKIP_REASONS = ("needs a CUDA device",)
+_unexpected_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason not in EXPECTED_SKIP_REASONS:
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def _skips_fail() -> bool:
+    return bool(_unexpected_skips) and os.environ.get("VLM_RESAMPLER_ONLY_EXPECTED_SKIPS") == "1"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skips_fail():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _skips_fail():
+        terminalreporter.write_line(
+            f"error: {len(_unexpected_skips)} unexpected skip(s); only these reasons may skip here: "
+            f"{', '.join(EXPECTED_SKIP_REASONS)}", red=True)
+        for line in _unexpected_skips:
+            terminalreporter.write_line(f"  {line}", red=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_default_backbones():
     """The default backbone's pretrained tiny Qwen3 (~3 min to build on 2 cores), built once into

@@ -2,6 +2,8 @@
 tokens produced before the end-of-turn token; forced lengths hold."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -85,9 +87,10 @@ def test_forced_length_gives_exactly_that_many_tokens(tokenizer, smoke):
     assert [len(r) for r in rows] == [6, 6]
 
 
-def test_sampling_with_a_seed_is_reproducible_and_leaves_the_global_rng_alone(tokenizer, smoke):
+def test_sampling_with_a_seed_is_reproducible_differs_from_greedy_and_leaves_the_global_rng_alone(tokenizer, smoke):
     model, prompt, data, items = smoke
-    sampled = GenerationSettings(max_new_tokens=8, do_sample=True, seed=7, temperature=1.5)
+    # Forced to 8 tokens, so that an ignored do_sample (greedy output) or an ignored seed shows.
+    sampled = GenerationSettings(max_new_tokens=8, min_new_tokens=8, do_sample=True, seed=7, temperature=1.5)
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
@@ -95,6 +98,10 @@ def test_sampling_with_a_seed_is_reproducible_and_leaves_the_global_rng_alone(to
     assert torch.rand(1) == before, "the eval's sampling must not move the caller's random state"
     again, _ = predict_items(model, tokenizer, prompt, items, data, 2, sampled, "b")
     assert first == again
-    assert stats["decoding"].startswith("sampled: seed 7") and stats["generated_tokens"] >= 0 and stats["batch_size"] == 2
-    greedy, greedy_stats = predict_items(model, tokenizer, prompt, items, data, 2, GenerationSettings(max_new_tokens=8), "c")
-    assert greedy_stats["decoding"] == "greedy" and len(greedy) == len(items)
+    assert stats["decoding"].startswith("sampled: seed 7") and stats["generated_tokens"] == 8 * len(items) and stats["batch_size"] == 2
+    other_seed, _ = predict_items(model, tokenizer, prompt, items, data, 2, replace(sampled, seed=8), "d")
+    greedy, greedy_stats = predict_items(model, tokenizer, prompt, items, data, 2, replace(sampled, do_sample=False, seed=None, temperature=1.0), "c")
+    assert greedy_stats["decoding"] == "greedy" and greedy_stats["generated_tokens"] == 8 * len(items)
+    assert len(greedy) == len(first) == len(items)
+    assert first != greedy, "sampling at temperature 1.5 from a random LLM gave the greedy captions"
+    assert first != other_seed, "another seed gave the same samples"

@@ -2,6 +2,7 @@
 and predictions.csv scored again with --csv-input gives the same numbers."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -25,6 +26,15 @@ def test_a_model_eval_writes_metrics_and_a_report_and_its_predictions_score_the_
     assert set(metrics["model"]) >= {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
     assert metrics["generation"]["batch_size"] == 3 and metrics["generation"]["decoding"] == "greedy"
     assert "SPICE" in metrics["unavailable"] or "SPICE" in metrics["model"]
+
+    # Every question with its answer, from which the reported exact match can be recomputed.
+    from vlm_resampler.evaluation.synthpano_eval import normalise_answer
+
+    with open(out / "qa_predictions.csv", newline="", encoding="utf-8") as f:
+        answered = list(csv.DictReader(f))
+    assert len(answered) == metrics["qa"]["n_items"] > 0
+    hits = [normalise_answer(r["prediction"]) in {normalise_answer(a) for a in json.loads(r["references"])} for r in answered]
+    assert round(sum(hits) / len(hits), 4) == metrics["qa"]["exact_match"]
 
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count('<article class="card"') == metrics["n_items"]

@@ -32,6 +32,12 @@ def smooth_erp(height: int = 128, width: int = 256, seed: int = 0) -> torch.Tens
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
+# The largest difference from py360convert allowed on [0, 1] float64 images: py360convert builds its
+# rays in float32 (utils.xyzpers), so its sample positions carry float32 rounding (measured at most
+# 1.9e-5 here, 5 Dec 2026); with float64 rays on both sides the two would agree to ~1e-12.
+PY360_BOUND = 5e-5
+
+
 def py360_view(erp: torch.Tensor, fov: float, yaw: float, pitch: float, out_hw: tuple[int, int]) -> torch.Tensor:
     view = py360convert.e2p(erp.permute(1, 2, 0).numpy(), fov, yaw, pitch, out_hw, mode="bilinear")
     return torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)
@@ -47,9 +53,7 @@ def test_e2p_matches_py360convert_on_smooth_image(yaw: float) -> None:
         ours = e2p(erp, 100.0, yaw, pitch, (48, 64))
         ref = py360_view(erp, 100.0, yaw, pitch, (48, 64))
         assert ours.shape == ref.shape == (3, 48, 64)
-        diff = (ours - ref).abs()
-        assert diff.mean() <= 0.01, (yaw, pitch, diff.mean())
-        assert diff.max() <= 1e-3, (yaw, pitch, diff.max())  # same sampling points, not just similar
+        assert (ours - ref).abs().max() <= PY360_BOUND, (yaw, pitch, (ours - ref).abs().max())
 
 
 @pytest.mark.parametrize("yaw", [180.0, -179.5, 179.5])
@@ -58,7 +62,7 @@ def test_e2p_wraps_at_the_seam_like_py360convert_on_noise(yaw: float) -> None:
     erp = torch.rand(3, 64, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = e2p(erp, 60.0, yaw, 0.0, (32, 32))
     ref = py360_view(erp, 60.0, yaw, 0.0, (32, 32))
-    assert (ours - ref).abs().max() <= 1e-3
+    assert (ours - ref).abs().max() <= PY360_BOUND
 
 
 def test_e2p_float32_and_non_square_output() -> None:
@@ -66,7 +70,7 @@ def test_e2p_float32_and_non_square_output() -> None:
     ours = e2p(erp, 90.0, 30.0, 10.0, (40, 72))
     ref = py360_view(erp.double(), 90.0, 30.0, 10.0, (40, 72))
     assert ours.dtype == torch.float32 and ours.shape == (3, 40, 72)
-    assert (ours.double() - ref).abs().mean() <= 0.01
+    assert (ours.double() - ref).abs().max() <= 2e-4
 
 
 def test_pad_erp_wraps_columns_and_crosses_the_poles() -> None:
@@ -126,20 +130,19 @@ def test_e2p_is_public_at_package_level() -> None:
 
 
 def test_e2p_parity_over_random_views_including_the_seam() -> None:
-    # A [0, 1] image with detail at several scales, 2:1 like a real ERP.
-    erp = (0.8 * smooth_erp(128, 256, seed=3) + 0.2 * torch.rand(3, 128, 256, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).float()
+    # A [0, 1] image with detail at several scales, 2:1 like a real ERP; float64 on both sides.
+    erp = 0.8 * smooth_erp(128, 256, seed=3) + 0.2 * torch.rand(3, 128, 256, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     rng = np.random.default_rng(0)
     yaws = np.concatenate([rng.uniform(-180.0, 180.0, 12), [-180.0, 180.0, 179.9, -179.9]])
     pitches = np.concatenate([rng.uniform(-80.0, 80.0, 12), [-80.0, 80.0, 0.0, 45.0]])
-    worst = 0.0
     for yaw, pitch in zip(yaws, pitches):
         fov = float(rng.uniform(40.0, 130.0))
         ours = e2p(erp, fov, float(yaw), float(pitch), (40, 56))
-        ref = py360_view(erp.double(), fov, float(yaw), float(pitch), (40, 56))
-        mean = float((ours.double() - ref).abs().mean())
-        worst = max(worst, mean)
-        assert mean <= 0.01, (yaw, pitch, fov, mean)
-    assert worst <= 1e-4  # same sample points: only float32 rounding differs
+        ref = py360_view(erp, fov, float(yaw), float(pitch), (40, 56))
+        assert (ours - ref).abs().max() <= PY360_BOUND, (yaw, pitch, fov, (ours - ref).abs().max())
+    # float32 input: the float32 arithmetic adds its own rounding on top.
+    ours32 = e2p(erp.float(), 75.0, 170.0, 20.0, (40, 56))
+    assert ours32.dtype == torch.float32 and (ours32.double() - py360_view(erp, 75.0, 170.0, 20.0, (40, 56))).abs().max() <= 2e-4
 
 
 def test_e2p_on_a_batch_equals_one_by_one() -> None:

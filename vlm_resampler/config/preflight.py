@@ -134,7 +134,8 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
     """Compose every job of the command line, then validate each; on error print and exit 2.
 
     `before_validate(configs)` runs once between the two phases (validation imports
-    transformers, and the hub must be configured before that). `single_run_check(cfg)` gets
+    transformers, and the hub must be configured before that); a ConfigError it raises is
+    reported like a validation error. `single_run_check(cfg)` gets
     the config with its `hydra` node, for a run without -m."""
     overrides, multirun = split_argv(argv)
     groups = config_groups()
@@ -151,7 +152,10 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
         except ConfigError as err:
             failures.append((job, str(err)))
     if not failures and before_validate is not None:
-        before_validate([cfg for _, cfg in composed])
+        try:
+            before_validate([cfg for _, cfg in composed])
+        except ConfigError as err:
+            failures.append(([], str(err)))
     for job, cfg in composed if not failures else []:
         try:
             validate(cfg)

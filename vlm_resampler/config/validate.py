@@ -15,7 +15,7 @@ from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.suggest import did_you_mean
 from vlm_resampler.runs.layout import METADATA, RESUMABLE, STAGE_NAMES, STATUS, is_stage_dir
 from vlm_resampler.runs.metadata import read_metadata
-from vlm_resampler.runs.targets import ALLOWED_TARGET_PREFIXES
+from vlm_resampler.runs.targets import refusal
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 # Widths filled in by PanoramaVLM when it builds the part (never typed in a config).
@@ -29,8 +29,9 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def import_target(path: str, where: str):
-    if not path.startswith(ALLOWED_TARGET_PREFIXES):
-        raise ConfigError(f"{where}._target_={path!r}: only targets under {', '.join(ALLOWED_TARGET_PREFIXES)} are allowed")
+    reason = refusal(path)
+    if reason is not None:
+        raise ConfigError(f"{where}._target_={reason}")
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)

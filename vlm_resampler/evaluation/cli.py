@@ -1,6 +1,8 @@
 """Command-line conveniences of launch/eval.py, checked before anything is loaded."""
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.config.errors import ConfigError
@@ -23,7 +25,8 @@ def translate_argv(argv: list[str]) -> list[str]:
         arg = argv[i]
         if arg == "--checkpoint-dir":
             if i + 1 >= len(argv):
-                raise SystemExit("error: --checkpoint-dir needs a directory")
+                print("error: --checkpoint-dir needs a directory (--checkpoint-dir DIR); nothing was started.", file=sys.stderr)
+                sys.exit(2)
             out.append(f"checkpoint_dir={argv[i + 1]}")
             i += 2
             continue
@@ -43,31 +46,29 @@ def translate_argv(argv: list[str]) -> list[str]:
 
 
 def configure_hub_for_eval(configs: list[DictConfig]) -> None:
-    """The backbones an eval loads are the checkpoint's own."""
+    """The backbones an eval loads are the checkpoint's own. A checkpoint dir that cannot say which
+    is refused here, with check_eval_config's message (which names the key and the problem)."""
     names = []
     for cfg in configs:
-        if OmegaConf.is_missing(cfg, "checkpoint_dir"):
-            continue  # reported by check_eval_config
         try:
-            stage_dir = resolve_checkpoint_dir(cfg.checkpoint_dir)
-        except FileNotFoundError:
-            continue  # reported by check_eval_config
-        chosen = OmegaConf.to_container(cfg.backbone) if cfg.get("backbone") else None
-        if not has_metadata(stage_dir):
-            names += backbone_names(stage_dir, chosen)
-            continue
-        try:
-            guide = read_guide_metadata(stage_dir)
-        except GuideMetadataError:
-            continue  # reported by check_eval_config
-        if guide is None:
-            try:
-                names += [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
-            except (ValueError, KeyError):
-                continue  # damaged metadata: reported by check_eval_config
-        else:
-            names += guide_backbone_names(guide, chosen)
+            names += checkpoint_backbone_names(cfg)
+        except (FileNotFoundError, GuideMetadataError, ValueError, KeyError) as err:
+            check_eval_config(cfg)
+            raise ConfigError(f"checkpoint_dir={cfg.checkpoint_dir}: {type(err).__name__}: {err}") from err
     configure_hub_access(names)
+
+
+def checkpoint_backbone_names(cfg: DictConfig) -> list[str]:
+    if OmegaConf.is_missing(cfg, "checkpoint_dir"):
+        return []  # check_eval_config says what is missing
+    stage_dir = resolve_checkpoint_dir(cfg.checkpoint_dir)
+    chosen = OmegaConf.to_container(cfg.backbone) if cfg.get("backbone") else None
+    if not has_metadata(stage_dir):
+        return backbone_names(stage_dir, chosen)
+    guide = read_guide_metadata(stage_dir)
+    if guide is None:
+        return [b["name_or_path"] for b in read_metadata(stage_dir)["backbones"].values()]
+    return guide_backbone_names(guide, chosen)
 
 
 def guide_backbone_names(guide: GuideMetadata, chosen: dict | None) -> list[str]:

@@ -191,6 +191,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         short = dataclasses.replace(generation, max_new_tokens=min(generation.max_new_tokens, QA_MAX_NEW_TOKENS))
         answers, _ = predict_items(loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa")
         results["qa"] = exact_match(qa, answers)
+        write_predictions(out_dir / "qa_predictions.csv", qa, answers)
     results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["generation"] = throughput
     if skipped_rows:
@@ -201,7 +202,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_predictions(out_dir / "predictions.csv", items, predictions)
     write_json(out_dir / "metrics.json", results)
-    written = "predictions.csv, metrics.json"
+    written = "predictions.csv, " + ("qa_predictions.csv, " if "qa" in results else "") + "metrics.json"
     report = ReportSettings.from_eval_config(cfg)
     if report.enabled:
         write_report(out_dir / "report.html", results, loaded.model, items, predictions, scored.per_item, data_cfg, report)

@@ -1,51 +1,49 @@
-"""`_target_`s read from a run directory are untrusted: only an allow-list is instantiated."""
+"""`_target_`s read from a run directory are untrusted: only the registry below is instantiated.
+
+The registry names, exactly, every class and function that a model tree of ours uses (the
+`_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new resampler,
+view strategy or backbone loader is added here by name, beside its conf/ file."""
 from __future__ import annotations
 
-ALLOWED_TARGET_PREFIXES = (
-    "vlm_resampler.models.",
-    "vlm_resampler.resamplers.",
-    "vlm_resampler.panorama.",
-    "torch.nn.",
-)
-
-
-# Where an allowed target's class or function must be defined: a name under an allowed prefix
-# can still lead elsewhere through a module's imports (vlm_resampler.models.backbones.os.system).
-ALLOWED_DEFINING_MODULES = ("vlm_resampler.", "torch.nn.")
+ALLOWED_TARGETS = frozenset({
+    "vlm_resampler.models.backbones.load_language_model",
+    "vlm_resampler.models.backbones.load_vision_encoder",
+    "vlm_resampler.models.projector.TokenMLP",
+    "vlm_resampler.models.stitching.ViewStitcher",
+    "vlm_resampler.models.vlm.PanoramaVLM",
+    "vlm_resampler.panorama.views.AnyResViews",
+    "vlm_resampler.panorama.views.CubemapViews",
+    "vlm_resampler.panorama.views.HorizonViews",
+    "vlm_resampler.panorama.views.ResizeView",
+    "vlm_resampler.panorama.views.SlidingWindowViews",
+    "vlm_resampler.resamplers.bimamba.BiMambaResampler",
+    "vlm_resampler.resamplers.mlp.MLPResampler",
+    "vlm_resampler.resamplers.perceiver.PerceiverResampler",
+    "vlm_resampler.resamplers.qformer.QFormerResampler",
+})
 
 
 class UntrustedTarget(ValueError):
     pass
 
 
-def _check_defined_in_allowed_module(path: str, value: str) -> None:
-    from hydra.utils import get_object
-
-    try:
-        obj = get_object(value)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UntrustedTarget(f"{path}={value!r} cannot be located: {err}") from err
-    module = getattr(obj, "__module__", None)
-    if not (isinstance(module, str) and module.startswith(ALLOWED_DEFINING_MODULES) and callable(obj)):
-        raise UntrustedTarget(
-            f"{path}={value!r} is not allowed: it names {getattr(obj, '__qualname__', type(obj).__name__)} "
-            f"of module {module!r}, and only classes and functions defined under "
-            f"{', '.join(ALLOWED_DEFINING_MODULES)} are instantiated from a run directory"
-        )
+def refusal(value) -> str | None:
+    """Why `value` may not be a `_target_` (None: it may). Nothing is imported to decide."""
+    if isinstance(value, str) and value in ALLOWED_TARGETS:
+        return None
+    return (f"{value!r} is not allowed: only the {len(ALLOWED_TARGETS)} targets registered in "
+            "vlm_resampler/runs/targets.py (ALLOWED_TARGETS) are instantiated")
 
 
 def check_targets(tree, where: str = "model") -> None:
-    """Refuse any `_target_` outside the allow-list, and any unresolved interpolation."""
+    """Refuse any `_target_` outside the registry, and any unresolved interpolation."""
     if isinstance(tree, dict):
         for key, value in tree.items():
             path = f"{where}.{key}"
             if key == "_target_":
-                if not isinstance(value, str) or not value.startswith(ALLOWED_TARGET_PREFIXES):
-                    raise UntrustedTarget(
-                        f"{path}={value!r} is not allowed: only targets under "
-                        f"{', '.join(ALLOWED_TARGET_PREFIXES)} are instantiated from a run directory"
-                    )
-                _check_defined_in_allowed_module(path, value)
+                reason = refusal(value)
+                if reason is not None:
+                    raise UntrustedTarget(f"{path}={reason}")
             else:
                 check_targets(value, path)
     elif isinstance(tree, list):

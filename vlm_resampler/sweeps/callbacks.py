@@ -14,6 +14,8 @@ the callback in every job process before the job's directory is resolved.
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,22 @@ from vlm_resampler.sweeps import dirs
 NOW = "now"
 
 
+NOW_INTERPOLATION = re.compile(r"\$\{now:[^${}]*\}")
+
+
 def resolve_task_values(config: DictConfig) -> None:
-    """Resolve every value of the task config (not hydra's) that can be, filling the cache."""
-    for key in config.keys():
-        if key == "hydra":
-            continue
-        try:
-            OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key]) else config[key]
-        except Exception:  # noqa: BLE001  (a value that needs the job, e.g. ${hydra:runtime...})
-            continue
+    """Fill the resolver cache with every `${now:...}` of the task config (not hydra's). Only these
+    are resolved (other values may need the job, e.g. ${hydra:runtime...}), by Hydra's own
+    resolver on a probe config that shares the cache."""
+    raw = OmegaConf.to_container(config, resolve=False)
+    raw.pop("hydra", None)
+    found = sorted(set(NOW_INTERPOLATION.findall(json.dumps(raw))))
+    if not found:
+        return
+    probe = OmegaConf.create({f"value_{i}": text for i, text in enumerate(found)})
+    OmegaConf.set_cache(probe, OmegaConf.get_cache(config))
+    OmegaConf.to_container(probe, resolve=True)
+    OmegaConf.set_cache(config, OmegaConf.get_cache(probe))
 
 
 def now_values(config: DictConfig) -> list[list]:

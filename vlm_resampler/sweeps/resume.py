@@ -84,7 +84,7 @@ def resume_sweep(sweep_dir: Path, jobs, extra_hydra_overrides: list[str]) -> tup
     problems = []
     try:
         returns = launch_jobs(sweep_dir, manifest, [j.overrides for j in todo], extra_hydra_overrides)
-    except Exception as err:  # noqa: BLE001  (submitit raises for a job that was cancelled or killed)
+    except Exception as err:  # submitit raises for a job that was cancelled or killed
         return todo, [f"{type(err).__name__}: {err}"]
     for job, ret in zip(todo, returns):
         if ret.status == JobStatus.FAILED:

@@ -183,7 +183,7 @@ def read_model(job: JobSummary, conf_dir: Path | None) -> None:
     except (ConfigError, ValueError, OSError) as err:
         job.notes.append(f"parameter counts unavailable: {err}")
         return
-    except Exception as err:  # noqa: BLE001  (a composition error of an old sweep: noted, not fatal)
+    except Exception as err:  # a composition error of an old sweep: noted, not fatal
         job.notes.append(f"parameter counts unavailable: {type(err).__name__}: {err}")
         return
     job.resampler = report["resampler_type"]
