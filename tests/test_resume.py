@@ -153,6 +153,30 @@ def test_a_run_a_live_process_trains_into_is_not_resumed_beside_it(smoke_config,
     assert "a process is still training into this run" in done.stderr and f"pid {os.getpid()}" in done.stderr
 
 
+def test_the_lock_of_a_killed_process_is_recognised_as_stale_and_the_run_resumes(smoke_config, tmp_path):
+    import platform
+
+    overrides = ["debug=smoke", "experiment.name=stale", "stages=[vision]"]
+    run_dir = tmp_path / "runs" / "stale"
+    write_unfinished_run(run_dir, smoke_config(*overrides[1:]), status=layout.RUNNING)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom vlm_resampler.training.resume import training_lock\n"
+         f"with training_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert resume.lock_holder(run_dir) == f"pid {holder.pid} on {platform.node()}"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # The file still names the dead process; the lock itself died with it.
+    assert f"pid {holder.pid}" in (run_dir / layout.LOCK).read_text() and resume.lock_holder(run_dir) is None
+    done = run_cli("train.py", *overrides, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {run_dir}" in done.stdout
+    assert json.loads((run_dir / layout.STATUS).read_text())["status"] == layout.DONE
+
+
 @pytest.mark.parametrize("status", [layout.DONE, layout.FAILED])
 def test_a_finished_or_failed_run_is_not_resumed(smoke_config, tmp_path, status):
     run_dir = tmp_path / "runs" / "ended"
