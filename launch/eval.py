@@ -25,9 +25,11 @@ def evaluate_model(argv: list[str]) -> None:
 
     @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
     def main(cfg: DictConfig) -> None:
+        from vlm_resampler.errors import short_errors
         from vlm_resampler.evaluation.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(cfg)
+        with short_errors(f"eval of {cfg.checkpoint_dir}"):  # a damaged or foreign checkpoint, bad data
+            evaluate_checkpoint(cfg)
 
     sys.argv[1:] = check_eval_argv(argv)  # bad input: a short message, exit 2, nothing loaded
     main()

@@ -36,6 +36,8 @@ else:  # guard 1
     # Inspect reads configs only: never let transformers reach for the hub (read at its import).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from vlm_resampler.errors import short_errors
     from vlm_resampler.inspection import main
 
-    sys.exit(main())
+    with short_errors("inspect"):
+        sys.exit(main())

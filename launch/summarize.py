@@ -68,4 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vlm_resampler.errors import short_errors
+
+    with short_errors("summarize"):
+        sys.exit(main())

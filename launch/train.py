@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from vlm_resampler.data.datasets import BadImageError
+    from vlm_resampler.errors import UserFacingError, exit_with
     from vlm_resampler.training.interrupt import TrainingInterrupted
     from vlm_resampler.training.run import run_again, run_training
 
@@ -43,6 +44,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: training stopped: {err}\n  {run_dir} is left resumable (traceback in {run_dir}/traceback.txt); "
               f"repair the data, then {run_again(cfg)}", file=sys.stderr)
         sys.exit(1)
+    except UserFacingError as err:  # e.g. a damaged init_from checkpoint: one line, no traceback
+        exit_with(err, f"training {run_dir}")
     if is_main_process():
         print(f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}")
     evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now

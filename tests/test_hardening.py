@@ -136,6 +136,23 @@ def test_no_verify_is_logged_naming_the_files_not_checked(saved_stage, caplog):
     assert str(saved_stage / "finetune" / layout.WEIGHTS) in line and ADAPTER in line and "fingerprints" in line
 
 
+@pytest.mark.parametrize("show_traceback", [False, True], ids=["short", "VLM_RESAMPLER_TRACEBACK=1"])
+def test_eval_of_a_damaged_checkpoint_exits_1_naming_the_file_without_a_traceback_unless_asked(saved_stage, tmp_path, show_traceback, monkeypatch):
+    from conftest import run_cli
+
+    run = copy_run(saved_stage, tmp_path)
+    flip_byte(run / "finetune" / layout.WEIGHTS)
+    monkeypatch.setenv("VLM_RESAMPLER_TRACEBACK", "1" if show_traceback else "0")
+    done = run_cli("eval.py", f"checkpoint_dir={run / 'finetune'}", "debug=smoke")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"{run / 'finetune' / layout.WEIGHTS}: sha256" in done.stderr
+    if show_traceback:
+        assert "Traceback (most recent call last)" in done.stderr and "CheckpointMismatch" in done.stderr
+    else:
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert f"error: eval of {run / 'finetune'}:" in done.stderr and "VLM_RESAMPLER_TRACEBACK=1 shows the traceback" in done.stderr
+
+
 def test_no_verify_on_the_eval_command_line_means_verify_false():
     from vlm_resampler.evaluation.cli import translate_argv
 
@@ -166,7 +183,6 @@ def _kw(call: ast.Call, name: str):
 
 def forbidden_patterns(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
     tree = ast.parse(text, str(path))
     found = []
 

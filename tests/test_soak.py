@@ -26,13 +26,28 @@ WARMUP = 3  # the first iterations fill caches that are built once per process (
 # After the warm-up, resident memory may grow by at most this much over all later iterations.
 # Why 150 MiB: the smoke model alone is 45 MiB of parameters (11.8 M of them trainable, so AdamW's
 # state adds 90 MiB more), so keeping one model per iteration alive adds ~45 MiB x 17 = 765 MiB,
-# and even one model every fourth iteration passes the bound; 150 MiB leaves room for the
-# allocator's fragmentation and Python's caches (measured: +2 MiB over iterations 3..6).
+# and even one model every fourth iteration passes the bound; 150 MiB leaves room for Python's
+# caches. RSS is read after glibc's malloc_trim(0): without it RSS counts heap pages that were freed
+# but kept by the allocator, which jumped by up to 170 MiB between iterations (5 Dec 2026, CI:
+# 856 -> 1029 MiB) while the trimmed RSS rose 2 MiB per iteration (492 -> 507 over 8).
 RSS_BOUND_MIB = 150.0
 FD_BOUND = 3  # open file descriptors: a leaked handle per iteration would add 17
 
 
+def release_freed_heap() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim), so RSS counts what is held."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def rss_mib() -> float:
+    gc.collect()
+    release_freed_heap()
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024

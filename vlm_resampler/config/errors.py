@@ -1,5 +1,6 @@
 """The one error type users see for a bad config: a short message, no traceback."""
+from vlm_resampler.errors import UserFacingError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     pass

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vlm_resampler.data.quic360 import over_pixel_limit
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.models.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-class BadImageError(ValueError):
+class BadImageError(UserFacingError, ValueError):
     """An image that cannot be loaded (gone, unreadable, truncated, too large); names the file."""
 
 

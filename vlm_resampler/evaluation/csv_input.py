@@ -20,12 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlm_resampler.errors import UserFacingError
+
 LIST_COLUMN = "references"
 ONE_PER_ROW = ("reference", "annotation")
 IMAGE_COLUMNS = ("image", "url")
 
 
-class PredictionsFileError(ValueError):
+class PredictionsFileError(UserFacingError, ValueError):
     """A problem in the input file; the message names the file, and the row and column where it can."""
 
 

@@ -50,6 +50,7 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.models.cache import build_atomically, cache_root, is_complete
 from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
 
@@ -61,7 +62,7 @@ OFFLINE_DEFAULT_HINT = (
 )
 
 
-class BackboneUnavailableError(RuntimeError):
+class BackboneUnavailableError(UserFacingError, RuntimeError):
     """A backbone can be neither found locally nor fetched."""
 
 

@@ -17,13 +17,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.resamplers.base import require
 
 Shapes = dict[str, tuple[int, ...]]
 INFERRED = "inferred from weight shapes"
 
 
-class ShapeInferenceError(ValueError):
+class ShapeInferenceError(UserFacingError, ValueError):
     """The weights do not have the shapes of any resampler we can rebuild."""
 
 

@@ -8,11 +8,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import atomic_dir, atomic_path, sha256_file
 
 
-class CheckpointMismatch(RuntimeError):
+class CheckpointMismatch(UserFacingError, RuntimeError):
     """Weights on disk do not fit the model that the metadata describes."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.runs import layout
 
 GUIDE_FORMAT = f"{layout.METADATA} (guide format)"
@@ -45,7 +46,7 @@ VIEW_FIELDS = {"e2p": ("fov_deg", "overlap"), "sliding_window": ("fov_deg", "ove
 FIXED_VIEW_VALUES = {"cubemap": {"overlap": 0.0}}
 
 
-class GuideMetadataError(ValueError):
+class GuideMetadataError(UserFacingError, ValueError):
     """A guide-format checkpoint_metadata.json that cannot be used as it is."""
 
 

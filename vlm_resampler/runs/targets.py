@@ -5,6 +5,8 @@ The registry names, exactly, every class and function that a model tree of ours 
 view strategy or backbone loader is added here by name, beside its conf/ file."""
 from __future__ import annotations
 
+from vlm_resampler.errors import UserFacingError
+
 ALLOWED_TARGETS = frozenset({
     "vlm_resampler.models.backbones.load_language_model",
     "vlm_resampler.models.backbones.load_vision_encoder",
@@ -23,7 +25,7 @@ ALLOWED_TARGETS = frozenset({
 })
 
 
-class UntrustedTarget(ValueError):
+class UntrustedTarget(UserFacingError, ValueError):
     pass
 
 

@@ -1,0 +1,35 @@
+"""Errors whose message says everything a user needs (which file, which key, what was expected).
+
+The command-line scripts print them as one `error:` line and exit 1, without a traceback;
+VLM_RESAMPLER_TRACEBACK=1 shows the traceback too. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+TRACEBACK_VARIABLE = "VLM_RESAMPLER_TRACEBACK"
+
+
+class UserFacingError(Exception):
+    """Base of the data, checkpoint and config errors that name their cause."""
+
+
+def exit_with(err: UserFacingError, doing: str) -> NoReturn:
+    """`error: <doing>: <message>` and exit 1; with VLM_RESAMPLER_TRACEBACK=1, raise it instead."""
+    if os.environ.get(TRACEBACK_VARIABLE) == "1":
+        raise err
+    print(f"error: {doing}: {err}\n  ({type(err).__name__}; {TRACEBACK_VARIABLE}=1 shows the traceback)",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+@contextmanager
+def short_errors(doing: str) -> Iterator[None]:
+    """Within the block, a UserFacingError ends the process through exit_with."""
+    try:
+        yield
+    except UserFacingError as err:
+        exit_with(err, doing)
