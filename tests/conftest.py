@@ -50,12 +50,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_default_backbones():
-    """The default backbone's pretrained tiny Qwen3 (~3 min to build on 2 cores), built once into
-    the suite's cache before any test: commands without debug=smoke (inspect, preflight checks)
-    resolve it, and a subprocess test must not spend its timeout building it."""
+    """The default backbone's pretrained tiny Qwen3 and tower (~3 + ~2 min to build on 2 cores),
+    built once into the suite's cache before any test: commands without debug=smoke (inspect,
+    preflight checks) resolve them, and a subprocess test must not spend its timeout building them."""
     from vlm_resampler.models.backbones import ensure_local_backbone
 
     ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
+    ensure_local_backbone("vlm-resampler/tiny-siglip-pretrained")
 
 
 @pytest.fixture(scope="session")

@@ -118,6 +118,64 @@ def test_the_reader_build_is_deterministic(mini_reader, tmp_path):
     assert (first / "object_codes.safetensors").read_bytes() == (second / "object_codes.safetensors").read_bytes()
 
 
+@pytest.fixture
+def mini_tower(tmp_path, monkeypatch):
+    """The default's pretrained tower built with a few-step recipe into a private cache."""
+    from vlm_resampler.models import pretrained_tower
+
+    monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path / "cache"))
+    recipe = dict(pretrained_tower.RECIPE, steps=3, scenes=4, held_out_scenes=2, batch_size=4, warmup_steps=1)
+    monkeypatch.setattr(pretrained_tower, "RECIPE", recipe)
+    return recipe
+
+
+def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(mini_tower):
+    from vlm_resampler.models.backbones import ensure_local_backbone, load_vision_encoder, tiny_siglip_model
+
+    directory = ensure_local_backbone("vlm-resampler/tiny-siglip-pretrained")
+    record = json.loads((directory / "pretraining.json").read_text())
+    assert record["recipe"]["steps"] == 3 and record["training"]["views"] == 4 * 4
+    assert set(record["held_out"]["accuracy"]) == {"size", "colour", "shape", "nothing"}
+    assert record["held_out"]["views"] == 2 * 4
+    encoder = load_vision_encoder("vlm-resampler/tiny-siglip-pretrained")
+    assert encoder.image_mean == (0.5, 0.5, 0.5) and encoder.hidden_size == 64
+    start = tiny_siglip_model().state_dict()
+    changed = [k for k, v in encoder.model.state_dict().items() if not torch.equal(v, start[k])]
+    assert any("patch_embedding" in k for k in changed) and any("layers.1" in k for k in changed)
+
+
+def test_the_pretrained_tower_build_is_deterministic(mini_tower, tmp_path):
+    from vlm_resampler.models.backbones import _build_tiny_siglip_pretrained
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        d.mkdir()
+        _build_tiny_siglip_pretrained(d)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+
+
+def test_the_tower_is_taught_what_each_view_faces_and_nothing_where_it_faces_nothing():
+    from vlm_resampler.models.pretrained_tower import RECIPE, render_views
+
+    pixels, targets = render_views(RECIPE, 0, 3)
+    assert pixels.shape == (12, 3, 112, 112) and targets.shape == (12, 3)
+    for i in range(3):
+        facts = view_facts(pretext_scene(RECIPE["scene_seed"], i).objects, YAWS)[:, ROLES.index("horizon")]
+        expected = torch.where(facts == NOTHING, 0, facts + 1)
+        assert torch.equal(targets[4 * i : 4 * i + 4], expected)
+    assert (targets == 0).all(-1).any() and (targets > 0).all(-1).any(), "both kinds of view occur"
+
+
+def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
+    """The real build (made once for the suite by conftest): the tower arrives knowing how to see."""
+    from vlm_resampler.models.backbones import local_backbone_dir
+
+    record = json.loads((local_backbone_dir("vlm-resampler/tiny-siglip-pretrained") / "pretraining.json").read_text())
+    accuracy = record["held_out"]["accuracy"]
+    assert accuracy["colour"] >= 0.95 and accuracy["size"] >= 0.95 and accuracy["nothing"] >= 0.95, accuracy
+    assert accuracy["shape"] >= 0.85, accuracy  # 0.936 when built on 5 Dec 2026; chance is 1/3
+
+
 def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp_path):
     from vlm_resampler.training.run import resolved_container, run_stage
 

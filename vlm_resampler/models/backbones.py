@@ -100,10 +100,21 @@ def tiny_siglip_model() -> SiglipVisionModel:
         return SiglipVisionModel(config)
 
 
+def _save_tiny_siglip_preprocessor(out_dir: Path) -> None:
+    SiglipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(out_dir)
+
+
 def _build_tiny_siglip(out_dir: Path) -> None:
     tiny_siglip_model().save_pretrained(out_dir)
-    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    SiglipImageProcessorPil(size=size).save_pretrained(out_dir)
+    _save_tiny_siglip_preprocessor(out_dir)
+
+
+def _build_tiny_siglip_pretrained(out_dir: Path) -> None:
+    """The tiny SigLIP tower pretrained to name what each view faces (models/pretrained_tower.py),
+    from the random tower's seeded init."""
+    from vlm_resampler.models.pretrained_tower import RECIPE, build_pretrained_tower
+
+    build_pretrained_tower(out_dir, tiny_siglip_model, _save_tiny_siglip_preprocessor, RECIPE)
 
 
 def _build_tiny_siglip2(out_dir: Path) -> None:
@@ -223,6 +234,7 @@ def _build_smollm2(out_dir: Path) -> None:
 
 LOCAL_BACKBONES: dict[str, BackboneBuilder] = {
     "vlm-resampler/tiny-siglip": _build_tiny_siglip,
+    "vlm-resampler/tiny-siglip-pretrained": _build_tiny_siglip_pretrained,
     "vlm-resampler/tiny-qwen3": _build_tiny_qwen3,
     "vlm-resampler/tiny-qwen3-reader": _build_tiny_qwen3_reader,
     "vlm-resampler/tiny-siglip2": _build_tiny_siglip2,
