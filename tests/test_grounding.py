@@ -173,7 +173,7 @@ def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
     record = json.loads((local_backbone_dir("vlm-resampler/tiny-siglip-pretrained") / "pretraining.json").read_text())
     accuracy = record["held_out"]["accuracy"]
     assert accuracy["colour"] >= 0.95 and accuracy["size"] >= 0.95 and accuracy["nothing"] >= 0.95, accuracy
-    assert accuracy["shape"] >= 0.85, accuracy  # 0.936 when built on 5 Dec 2026; chance is 1/3
+    assert accuracy["shape"] >= 0.85, accuracy  # 0.946 when built on 5 Dec 2026; chance is 1/3
 
 
 def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp_path):

@@ -42,9 +42,9 @@ RECIPE = {
     "erp_size": [256, 512],  # conf/data/synthpano.yaml's erp_height, erp_width
     "views": {"fov_deg": 120.0, "overlap": 0.25, "size": 112},  # conf/view/e2p.yaml's four views
     "view_yaws_deg": [0.0, 90.0, 180.0, -90.0],
-    "steps": 1500,
-    "batch_size": 128,
-    "lr": 2e-3,
+    "steps": 2000,
+    "batch_size": 64,
+    "lr": 3e-3,
     "warmup_steps": 50,
     "weight_decay": 0.01,
     "normalise": {"mean": 0.5, "std": 0.5},  # SigLIP's image_mean / image_std
