@@ -92,6 +92,29 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_to_the_weights_of_one_process(one_
     assert_close_weights(run_dir / "resampler", one_process / "resampler")
 
 
+PROCESS_GROUP_AT_EXIT = """
+import atexit, os, pathlib, torch
+# Registered first, so it runs last (atexit is last-in first-out): what teardown is left with.
+atexit.register(lambda: pathlib.Path(f"alive_at_exit_{os.environ['RANK']}").write_text(str(torch.distributed.is_initialized())))
+from vlm_resampler.training import distributed
+distributed.init_process_group()
+distributed.barrier()
+"""
+
+
+def test_each_process_leaves_the_process_group_before_interpreter_teardown(tmp_path):
+    # Gloo's threads torn down with the interpreter aborted a finished DDP run once in CI (SIGABRT,
+    # "terminate called without an active exception"); the group is destroyed at exit instead.
+    script = tmp_path / "group_at_exit.py"
+    script.write_text(PROCESS_GROUP_AT_EXIT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alive = {path.name: path.read_text() for path in tmp_path.glob("alive_at_exit_*")}
+    assert alive == {"alive_at_exit_0": "False", "alive_at_exit_1": "False"}
+
+
 def test_torchrun_needs_a_run_name(tmp_path):
     done = torchrun("debug=smoke", cwd=tmp_path, timeout=120)
     assert done.returncode != 0

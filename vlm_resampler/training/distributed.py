@@ -12,6 +12,7 @@ with `tasks_per_node=N` through submitit. The Trainer runs DDP (gloo on CPU, NCC
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 
@@ -80,10 +81,19 @@ def init_process_group() -> None:
         # The same arguments as TrainingArguments(use_cpu=...) uses, which later adopts this group.
         state = PartialState(cpu=not torch.cuda.is_available())
         log.info("process %d of %d (%s, backend %s)", state.process_index, state.num_processes, state.device, state.backend)
+        # Left to interpreter teardown, gloo's worker threads can outlive the objects they hold and
+        # abort the process ("terminate called without an active exception", SIGABRT) after a run
+        # that succeeded (CI saw it on rank 1, pytorch#190489); atexit runs while Python is intact.
+        atexit.register(destroy_process_group)
 
 
 def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def destroy_process_group() -> None:
+    if _initialized():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:
