@@ -144,6 +144,23 @@ def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(
     assert any("patch_embedding" in k for k in changed) and any("layers.1" in k for k in changed)
 
 
+def test_a_build_made_with_another_recipe_is_built_again(mini_tower, monkeypatch, capsys):
+    from vlm_resampler.models import pretrained_tower
+    from vlm_resampler.models.backbones import ensure_local_backbone
+
+    name = "vlm-resampler/tiny-siglip-pretrained"
+    directory = ensure_local_backbone(name)
+    first = (directory / "model.safetensors").read_bytes()
+    assert ensure_local_backbone(name) == directory and "another recipe" not in capsys.readouterr().out
+    monkeypatch.setattr(pretrained_tower, "RECIPE", dict(mini_tower, steps=4))  # an older checkout's build
+    assert ensure_local_backbone(name) == directory
+    out = capsys.readouterr().out
+    assert "was built with another recipe (differs in steps); building vlm-resampler/tiny-siglip-pretrained again" in out
+    assert json.loads((directory / "pretraining.json").read_text())["recipe"]["steps"] == 4
+    assert (directory / "model.safetensors").read_bytes() != first
+    assert ensure_local_backbone(name) == directory and "another recipe" not in capsys.readouterr().out
+
+
 def test_the_pretrained_tower_build_is_deterministic(mini_tower, tmp_path):
     from vlm_resampler.models.backbones import _build_tiny_siglip_pretrained
 

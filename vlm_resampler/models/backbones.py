@@ -51,7 +51,7 @@ from transformers import (
 from transformers.utils import cached_file
 
 from vlm_resampler.errors import UserFacingError
-from vlm_resampler.models.cache import build_atomically, cache_root, is_complete
+from vlm_resampler.models.cache import COMPLETE_MARKER, build_atomically, cache_root, is_complete
 from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
 
 LOCAL_PREFIX = "vlm-resampler/"
@@ -244,17 +244,57 @@ LOCAL_BACKBONES: dict[str, BackboneBuilder] = {
 }
 
 
+def _tower_recipe() -> dict:
+    from vlm_resampler.models.pretrained_tower import RECIPE
+
+    return RECIPE
+
+
+def _reader_recipe() -> dict:
+    from vlm_resampler.models.code_reader import RECIPE
+
+    return RECIPE
+
+
+# The pretrained backbones' recipes, recorded in their pretraining.json: a build made with another
+# recipe (an older checkout's) is stale, and is rebuilt rather than silently trained on.
+BUILD_RECIPES: dict[str, Callable[[], dict]] = {
+    "vlm-resampler/tiny-siglip-pretrained": _tower_recipe,
+    "vlm-resampler/tiny-qwen3-reader": _reader_recipe,
+}
+PRETRAINING_RECORD = "pretraining.json"
+
+
 def local_backbone_dir(name: str) -> Path:
     return cache_root() / "backbones" / name.removeprefix(LOCAL_PREFIX)
 
 
+def stale_recipe_keys(name: str, directory: Path) -> list[str]:
+    """The recipe keys whose value in `directory`'s pretraining.json differs from today's recipe
+    (every key, when the record is missing or unreadable); [] for an up-to-date or recipe-less build."""
+    if name not in BUILD_RECIPES:
+        return []
+    current = json.loads(json.dumps(BUILD_RECIPES[name]()))  # tuples read back as lists
+    try:
+        recorded = json.loads((directory / PRETRAINING_RECORD).read_text(encoding="utf-8"))["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return sorted(current)
+    return sorted(key for key in current.keys() | recorded.keys() if current.get(key) != recorded.get(key))
+
+
 def ensure_local_backbone(name: str) -> Path:
-    """Build a registry backbone once (atomically) and return its directory."""
+    """Build a registry backbone once (atomically) and return its directory; a pretrained one
+    whose recorded recipe is not today's is built again."""
     if name not in LOCAL_BACKBONES:
         raise BackboneUnavailableError(_unknown_local_name_message(name))
     directory = local_backbone_dir(name)
     if is_complete(directory):
-        return directory
+        stale = stale_recipe_keys(name, directory)
+        if not stale:
+            return directory
+        print(f"one-time build: {directory} was built with another recipe (differs in {', '.join(stale)}); "
+              f"building {name} again", flush=True)
+        (directory / COMPLETE_MARKER).unlink(missing_ok=True)  # build_atomically then replaces it
     started = time.perf_counter()
     print(f"one-time build: {name} into {directory} ...", flush=True)
     build_atomically(directory, LOCAL_BACKBONES[name])
