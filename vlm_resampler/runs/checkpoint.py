@@ -2,6 +2,8 @@
 file written last. Loads are strict: every key, shape and dtype must match."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from vlm_resampler.errors import UserFacingError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import atomic_dir, atomic_path, sha256_file
+from vlm_resampler.runs.disk_space import tensor_bytes
 
 
 class CheckpointMismatch(UserFacingError, RuntimeError):
@@ -33,22 +36,35 @@ def adapter_state(language_model) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(language_model, save_embedding_layers=False)
 
 
-def save_weights(model, stage_dir: Path, modules: list[str]) -> dict:
-    """Write model.safetensors (and adapter/ when the LLM carries LoRA); return file -> sha256."""
+def weights_bytes(model, modules: list[str]) -> int:
+    """What save_weights will write, in bytes of tensor data."""
+    total = tensor_bytes(module_state(model, modules).values())
+    if model.lora_config:
+        total += tensor_bytes(adapter_state(model.llm).values())
+    return total
+
+
+def save_weights(model, stage_dir: Path, modules: list[str], before_replace: Callable[[], None] = lambda: None) -> dict:
+    """Write model.safetensors (and adapter/ when the LLM carries LoRA); return file -> sha256.
+
+    Every file is written in full under a temporary name first; `before_replace()` runs once they
+    all are, just before the first rename. A save that fails while writing (a full disk) therefore
+    leaves the files it would have replaced as they were."""
     stage_dir = Path(stage_dir)
     files = {}
-    with atomic_path(stage_dir / layout.WEIGHTS) as tmp:
+    with contextlib.ExitStack() as pending:
+        tmp = pending.enter_context(atomic_path(stage_dir / layout.WEIGHTS))
         save_file(module_state(model, modules), str(tmp), metadata={"format": "pt"})
-    files[layout.WEIGHTS] = sha256_file(stage_dir / layout.WEIGHTS)
-    if model.lora_config:
-        with atomic_dir(stage_dir / layout.ADAPTER_DIR) as tmp:
+        files[layout.WEIGHTS] = sha256_file(tmp)
+        if model.lora_config:
+            tmp_dir = pending.enter_context(atomic_dir(stage_dir / layout.ADAPTER_DIR))
             adapter = {k: v.detach().contiguous().cpu() for k, v in adapter_state(model.llm).items()}
-            save_file(adapter, str(tmp / layout.ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            save_file(adapter, str(tmp_dir / layout.ADAPTER_WEIGHTS), metadata={"format": "pt"})
             # Not read back by load_from_run (the LoRA settings come from the checkpoint metadata);
             # written so that adapter/ is a standard peft adapter directory for other tools.
-            model.llm.peft_config["default"].save_pretrained(str(tmp))
-        rel = f"{layout.ADAPTER_DIR}/{layout.ADAPTER_WEIGHTS}"
-        files[rel] = sha256_file(stage_dir / rel)
+            model.llm.peft_config["default"].save_pretrained(str(tmp_dir))
+            files[f"{layout.ADAPTER_DIR}/{layout.ADAPTER_WEIGHTS}"] = sha256_file(tmp_dir / layout.ADAPTER_WEIGHTS)
+        before_replace()
     return files
 
 

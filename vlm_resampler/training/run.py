@@ -23,7 +23,8 @@ from vlm_resampler.data.datasets import BadImageError, CaptionExamples, Panorama
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import fsync_dir, write_json, write_text
-from vlm_resampler.runs.checkpoint import save_weights
+from vlm_resampler.runs.checkpoint import save_weights, weights_bytes
+from vlm_resampler.runs.disk_space import DiskFullError, is_out_of_space, named_if_out_of_space, require_space
 from vlm_resampler.runs.load import build_model, load_stage
 from vlm_resampler.runs.metadata import build_metadata
 from vlm_resampler.runs.run_meta import run_meta
@@ -115,12 +116,30 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
                               "to resume from the last resumable checkpoint")
             raise
         except BaseException as err:
+            if isinstance(err, DiskFullError) or is_out_of_space(err):  # also a log line or status.json that did not fit
+                raise stopped_for_space(err, run_dir, cfg, stages, done) from err
             if distributed.is_main_process():
                 write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
             set_status(run_dir, layout.FAILED, error=f"{type(err).__name__}: {err}", traceback=layout.TRACEBACK)
             raise
         set_status(run_dir, layout.DONE, stages=stages, completed=done)
     return previous
+
+
+def stopped_for_space(err: BaseException, run_dir: Path, cfg, stages: list[str], done: list[str]) -> DiskFullError:
+    """The run is left resumable (status interrupted): what a save could not fit was removed, and
+    the previous checkpoints are as they were. Returns the error to raise, saying how to go on."""
+    reason = (f"{err if isinstance(err, DiskFullError) else f'no space left on the device under {run_dir}: {err}'}. "
+              f"The run is resumable ({resume.saved_progress(run_dir, stages)}): free space, then {run_again(cfg)}")
+    try:
+        if distributed.is_main_process():
+            write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
+        set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK, reason=reason)
+    except OSError as status_err:
+        if not is_out_of_space(status_err):
+            raise
+        reason += f" ({layout.STATUS} could not be updated either: {status_err})"
+    return DiskFullError(reason)
 
 
 def start_model(cfg: dict, init_from: Path | None):
@@ -135,31 +154,38 @@ def start_model(cfg: dict, init_from: Path | None):
 def save_stage_checkpoint(model, stage_dir: Path, saved_modules: list[str], **fields) -> dict:
     """Write a stage's checkpoint: weights (and adapter) first, checkpoint_metadata.json last, each
     file atomically (temp name, fsync, rename, fsync of the directory). A stage directory that
-    already holds a checkpoint stops being one (its metadata is removed) before any of its weights
-    change, so a kill at any point leaves either a complete, verifiable checkpoint or none. `fields`:
-    the remaining arguments of build_metadata."""
+    already holds a checkpoint stops being one (its metadata is removed) once the new weights are
+    written under temporary names and before any of them replaces the old, so a kill at any point
+    leaves either a complete, verifiable checkpoint or none, and a save that does not fit on the
+    disk leaves the previous one as it was. `fields`: the remaining arguments of build_metadata."""
     stage_dir = Path(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    unmark_checkpoint(stage_dir)
-    weight_files = save_weights(model, stage_dir, saved_modules)
-    metadata = build_metadata(model=model, saved_modules=saved_modules, weight_files=weight_files, **fields)
-    # Written last: a stage directory without it is not a checkpoint.
-    write_json(stage_dir / layout.METADATA, metadata)
+    what = f"saving the {fields['stage']} stage's checkpoint"
+    require_space(stage_dir, weights_bytes(model, saved_modules), what)
+    with named_if_out_of_space(stage_dir, what):
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(stage_dir)
+        weight_files = save_weights(model, stage_dir, saved_modules, before_replace=lambda: unmark_checkpoint(stage_dir))
+        metadata = build_metadata(model=model, saved_modules=saved_modules, weight_files=weight_files, **fields)
+        # Written last: a stage directory without it is not a checkpoint.
+        write_json(stage_dir / layout.METADATA, metadata)
     return metadata
 
 
 def unmark_checkpoint(stage_dir: Path) -> None:
-    """Remove the stage's metadata (it is no checkpoint from here on) and what an earlier, killed
-    save left under temporary names (one process writes a run dir: it holds the run's lock)."""
-    import shutil
-
-    stage_dir = Path(stage_dir)
-    metadata = stage_dir / layout.METADATA
+    """Remove the stage's metadata: the directory is no checkpoint from here on."""
+    metadata = Path(stage_dir) / layout.METADATA
     if metadata.exists():
         metadata.unlink()
-        fsync_dir(stage_dir)
+        fsync_dir(Path(stage_dir))
+
+
+def remove_leftovers(stage_dir: Path) -> None:
+    """What an earlier, killed save left under temporary names (one process writes a run dir: it
+    holds the run's lock)."""
+    import shutil
+
     names = (layout.WEIGHTS, layout.ADAPTER_DIR, layout.METADATA)
-    for path in stage_dir.iterdir():
+    for path in Path(stage_dir).iterdir():
         if any(path.name.startswith((f".{n}.tmp-", f".{n}.old-")) for n in names):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 

@@ -6,6 +6,7 @@ stage), and they load strictly."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from vlm_resampler.runs.atomic import write_text
 from vlm_resampler.runs.checkpoint import _check_state
-from vlm_resampler.training import distributed
+from vlm_resampler.runs.disk_space import DiskFullError, named_if_out_of_space, require_space, tensor_bytes
+from vlm_resampler.training import distributed, resume
 from vlm_resampler.training.losses import next_token_loss, object_code_loss, overlap_vicreg_loss, visual_embeddings_of
 
 
@@ -169,6 +171,21 @@ class StageTrainer(Trainer):
                 logs[name] = round(sum(values) / len(values), 6)
         self._terms = {}
         super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's resumable checkpoint, first checked for room (the trainable weights and
+        AdamW's two moments); one that fails for lack of space is removed, so it frees what it took."""
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        what = f"saving the resumable checkpoint of step {self.state.global_step}"
+        if self.args.should_save:
+            require_space(folder, 3 * tensor_bytes(trainable_parameters(self.model).values()), what)
+        try:
+            with named_if_out_of_space(folder, what):
+                super()._save_checkpoint(model, trial)
+        except DiskFullError:
+            if self.args.should_save and folder.exists() and not resume.is_complete(folder):
+                shutil.rmtree(folder)
+            raise
 
     # A resumable checkpoint's weights: the trainable parameters only, loaded strictly.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
