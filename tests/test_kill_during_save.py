@@ -20,6 +20,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from vlm_resampler import load_from_run
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, verify_files
 from vlm_resampler.runs.metadata import read_metadata
@@ -119,7 +121,8 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
     save_s = time.perf_counter() - t0
     progress = root / "progress.txt"
     progress.write_text("0\n")
-    counts = {"trials": trials, "nothing_lost": 0, "killed_mid_save_with_temp_left": 0, "save_s": round(save_s, 4)}
+    counts = {"trials": trials, "nothing_lost": 0, "killed_mid_save_with_temp_left": 0, "left_behind_and_refused": 0,
+              "save_s": round(save_s, 4)}
     failures = []
     seen_leftovers: set[Path] = set()
     for trial in range(trials):
@@ -146,6 +149,17 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
                 held[k] = check_directory(stage_dir, check_model, modules)
             except (CheckpointMismatch, ValueError, AssertionError, OSError) as err:
                 problems.append(f"stage{k} claims to be a checkpoint but is not: {err}")
+        # Every other directory the kill left (a stage dir it was saving into, a temporary adapter
+        # dir) is refused by the public load, naming it, before any model is built.
+        unfinished = [root / f"stage{k}" for k in range(STAGE_DIRS) if held.get(k) is None and (root / f"stage{k}").exists()]
+        for directory in unfinished + [p for p in root.rglob("*.tmp-*") if p.is_dir()]:
+            try:
+                load_from_run(directory)
+                problems.append(f"{directory} is no checkpoint, yet it loaded")
+            except UserFacingError as err:
+                counts["left_behind_and_refused"] += 1
+                if str(directory) not in str(err):
+                    problems.append(f"{directory} refused without naming it: {err}")
         # The previous complete checkpoints (the last logged iterations) are there, intact.
         for i in range(max(0, last - STAGE_DIRS + 2), last + 1):
             if held.get(i % STAGE_DIRS) != i:
@@ -174,7 +188,8 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
 def report(counts: dict, root: Path) -> None:
     line = (f"kill-during-save: {counts['nothing_lost']}/{counts['trials']} trials with nothing lost "
             f"({counts['iterations_completed']} checkpoints completed, one save {counts['save_s']} s, "
-            f"{counts['killed_mid_save_with_temp_left']} kills left a temporary file behind)")
+            f"{counts['killed_mid_save_with_temp_left']} kills landed between a save's first byte and its rename, "
+            f"{counts['left_behind_and_refused']} unfinished directories refused by load_from_run)")
     print(line)
     (root / "kill_test_counts.json").write_text(json.dumps(counts, indent=2))
 
@@ -184,6 +199,9 @@ def test_sigkill_during_save_never_loses_the_previous_checkpoint(saver, tmp_path
     report(counts, tmp_path)
     assert counts["nothing_lost"] == counts["trials"], counts["failures"]
     assert counts["iterations_completed"] > 5, "the kills must land during saving, after some saves completed"
+    # A new temporary file (its name holds the killed child's pid) proves the kill landed mid-save.
+    assert counts["killed_mid_save_with_temp_left"] >= 10, counts  # 28 of 40 measured
+    assert counts["left_behind_and_refused"] >= 5, counts
 
 
 @pytest.mark.slow
@@ -191,12 +209,26 @@ def test_sigkill_during_save_300_trials(saver, tmp_path):
     counts = run_trials(saver, tmp_path / "run", trials=300, seed=300)
     report(counts, tmp_path)
     assert counts["nothing_lost"] == counts["trials"], counts["failures"]
+    assert counts["killed_mid_save_with_temp_left"] >= 75, counts
+
+
+def test_eval_refuses_a_directory_a_killed_save_left_naming_it(saver, tmp_path):
+    from conftest import run_cli
+
+    root = tmp_path / "run"
+    for seed in range(40):  # kills until one leaves a stage dir that is no checkpoint (most do)
+        run_trials(saver, root, trials=1, seed=seed)
+        unfinished = [d for d in root.glob("stage*") if not layout.is_stage_dir(d)]
+        if unfinished:
+            break
+    assert unfinished, "no kill left an unfinished stage dir in 40 tries"
+    done = run_cli("eval.py", f"checkpoint_dir={unfinished[0]}", cwd=tmp_path, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert str(unfinished[0]) in done.stderr, done.stderr[-3000:]
 
 
 def test_after_the_kills_the_newest_checkpoint_loads_through_load_from_run(saver, tmp_path):
     """The public path too: a run dir left by killed saves loads its newest complete stage."""
-    from vlm_resampler import load_from_run
-
     model, check_model, modules, fields = saver
     run_trials(saver, tmp_path / "run", trials=3, seed=3)
     newest = max(

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlm_resampler.errors import UserFacingError
+
 RESOLVED_CONFIG = "resolved_config.yaml"
 RUN_META = "run_meta.json"
 STATUS = "status.json"
 TRACEBACK = "traceback.txt"
 METADATA = "checkpoint_metadata.json"
 WEIGHTS = "model.safetensors"
+# In a stage directory from the moment a save starts replacing its files until the new checkpoint
+# is complete: a directory holding it was left by a save that did not finish, and is no checkpoint.
+SAVING = ".saving"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's own: adapter/ loads with PeftModel.from_pretrained as well
@@ -33,8 +38,12 @@ STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
 RESUMABLE = (RUNNING, INTERRUPTED)
 
 
+class NoCheckpointError(UserFacingError, FileNotFoundError):
+    """A path given as a checkpoint holds none (named in the message)."""
+
+
 def is_stage_dir(path: Path) -> bool:
-    return (Path(path) / METADATA).is_file()
+    return (Path(path) / METADATA).is_file() and not (Path(path) / SAVING).exists()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -46,7 +55,7 @@ def last_completed_stage(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     done = [run_dir / s for s in STAGE_NAMES if is_stage_dir(run_dir / s)]
     if not done:
-        raise FileNotFoundError(
+        raise NoCheckpointError(
             f"{run_dir}: no completed stage (none of {', '.join(STAGE_NAMES)} holds a {METADATA})"
         )
     return done[-1]
@@ -56,11 +65,11 @@ def resolve_stage_dir(path: Path) -> Path:
     """Accept a stage directory or a run directory (its last completed stage)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise NoCheckpointError(f"checkpoint directory {path} does not exist")
     if is_stage_dir(path):
         return path
     if is_run_dir(path):
         return last_completed_stage(path)
-    raise FileNotFoundError(
+    raise NoCheckpointError(
         f"{path} is neither a stage directory (with {METADATA}) nor a run directory (with {RESOLVED_CONFIG})"
     )

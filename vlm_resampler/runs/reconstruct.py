@@ -89,18 +89,28 @@ class Provenance:
 # ---- where a checkpoint is ----------------------------------------------------------------
 
 def has_metadata(stage_dir: Path) -> bool:
-    return (Path(stage_dir) / layout.METADATA).is_file()
+    return layout.is_stage_dir(stage_dir)
 
 
 def is_weights_only_stage_dir(path: Path) -> bool:
     path = Path(path)
-    return path.is_dir() and not has_metadata(path) and (path / layout.WEIGHTS).is_file()
+    return (path.is_dir() and not (path / layout.METADATA).is_file() and (path / layout.WEIGHTS).is_file()
+            and not save_unfinished(path))
+
+
+def save_unfinished(stage_dir: Path) -> bool:
+    return (Path(stage_dir) / layout.SAVING).exists()
 
 
 def resolve_checkpoint_dir(path: Path | str) -> Path:
     """A stage dir (with metadata, or with weights only), or a run dir's last completed stage,
     where a stage whose metadata is gone counts as completed when the run's status.json says so."""
     path = Path(path)
+    if save_unfinished(path):
+        raise layout.NoCheckpointError(
+            f"{path}: a save into it did not finish (it holds {layout.SAVING}: the process stopped while replacing "
+            "its checkpoint), so it holds no checkpoint; train that stage again"
+        )
     if is_weights_only_stage_dir(path):
         return path
     if layout.is_run_dir(path) and not layout.is_stage_dir(path):

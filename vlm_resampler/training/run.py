@@ -168,11 +168,15 @@ def save_stage_checkpoint(model, stage_dir: Path, saved_modules: list[str], **fi
         metadata = build_metadata(model=model, saved_modules=saved_modules, weight_files=weight_files, **fields)
         # Written last: a stage directory without it is not a checkpoint.
         write_json(stage_dir / layout.METADATA, metadata)
+        (stage_dir / layout.SAVING).unlink()
+        fsync_dir(stage_dir)
     return metadata
 
 
 def unmark_checkpoint(stage_dir: Path) -> None:
-    """Remove the stage's metadata: the directory is no checkpoint from here on."""
+    """The directory is no checkpoint from here on: marked as being saved (so that its weights are
+    not taken for a checkpoint to rebuild from them alone), then its metadata removed."""
+    write_text(Path(stage_dir) / layout.SAVING, "a save is replacing this checkpoint\n")
     metadata = Path(stage_dir) / layout.METADATA
     if metadata.exists():
         metadata.unlink()
