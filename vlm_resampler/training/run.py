@@ -188,7 +188,7 @@ def remove_leftovers(stage_dir: Path) -> None:
     holds the run's lock)."""
     import shutil
 
-    names = (layout.WEIGHTS, layout.ADAPTER_DIR, layout.METADATA)
+    names = (layout.WEIGHTS, layout.ADAPTER_DIR, layout.METADATA, layout.SAVING)
     for path in Path(stage_dir).iterdir():
         if any(path.name.startswith((f".{n}.tmp-", f".{n}.old-")) for n in names):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
