@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-all install clean-venv
+.PHONY: demo test test-all lint install clean-venv
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo: $(STAMP)
 	$(PY) launch/eval.py checkpoint_dir=$(RUN)/finetune
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n auto --dist loadgroup
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

@@ -11,6 +11,7 @@ the tokens counted are those generate_tokens returns, i.e. produced before the e
 token, never padding. Timing covers the whole eval generate call (views, vision encoder,
 resampler, prefill and decoding), as an eval spends it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ import time
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=32, help="panoramas generated for at each batch size")
-    parser.add_argument("--new-tokens", type=int, default=None,
-                        help="tokens generated per item (forced); default: conf/eval.yaml's max_new_tokens, the length an eval allows")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=None,
+        help="tokens generated per item (forced); default: conf/eval.yaml's max_new_tokens, the length an eval allows",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return parser.parse_known_args(argv)
@@ -39,7 +44,7 @@ def main(argv: list[str]) -> None:
         # many tokens each item decodes: measure at the length an eval actually allows.
         from omegaconf import OmegaConf
 
-        from vlm_resampler.config.validate import CONF_DIR
+        from vlm_resampler.catalog import CONF_DIR
 
         args.new_tokens = int(OmegaConf.load(CONF_DIR / "eval.yaml").max_new_tokens)
     cfg = compose("train", overrides)
@@ -64,11 +69,15 @@ def main(argv: list[str]) -> None:
     settings = GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     generator = torch.Generator().manual_seed(0)
     height, width = int(tree["data"]["erp_height"]), int(tree["data"]["erp_width"])
-    examples = [{"panorama": torch.rand(3, height, width, generator=generator), "query": tree["data"]["query"]}
-                for _ in range(args.items)]
-    print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters "
-          f"(untrained, {tree['backbone']['name']} backbones), {model.tokens_per_image} visual tokens per panorama; "
-          f"{args.items} items x {args.new_tokens} new tokens; torch threads {torch.get_num_threads()}")
+    examples = [
+        {"panorama": torch.rand(3, height, width, generator=generator), "query": tree["data"]["query"]}
+        for _ in range(args.items)
+    ]
+    print(
+        f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters "
+        f"(untrained, {tree['backbone']['name']} backbones), {model.tokens_per_image} visual tokens per panorama; "
+        f"{args.items} items x {args.new_tokens} new tokens; torch threads {torch.get_num_threads()}"
+    )
 
     generate_tokens(model, tokenizer, collate(examples[:2]), settings)  # warm-up: first-call allocations
     rates, cpu_rates = {}, {}
@@ -79,15 +88,21 @@ def main(argv: list[str]) -> None:
             generated += sum(len(r) for r in rows)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if generated != len(examples) * args.new_tokens:
-            raise RuntimeError(f"batch {batch_size}: {generated} tokens generated, expected "
-                               f"{len(examples) * args.new_tokens}: min_new_tokens did not hold the length")
+            raise RuntimeError(
+                f"batch {batch_size}: {generated} tokens generated, expected "
+                f"{len(examples) * args.new_tokens}: min_new_tokens did not hold the length"
+            )
         rates[batch_size], cpu_rates[batch_size] = generated / elapsed, generated / cpu
-        print(f"batch {batch_size:>3}: {generated} generated tokens in {elapsed:.2f} s = {rates[batch_size]:.1f} tokens/s "
-              f"({len(examples) / elapsed:.2f} items/s; {cpu:.2f} CPU s, {cpu_rates[batch_size]:.1f} tokens per CPU s)")
+        print(
+            f"batch {batch_size:>3}: {generated} generated tokens in {elapsed:.2f} s = {rates[batch_size]:.1f} tokens/s "
+            f"({len(examples) / elapsed:.2f} items/s; {cpu:.2f} CPU s, {cpu_rates[batch_size]:.1f} tokens per CPU s)"
+        )
     low, high = min(args.batch_sizes), max(args.batch_sizes)
     # On a shared machine wall time also measures the neighbours; CPU time shows the work alone.
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; per CPU second, batch {high} vs {low}: "
-          f"{cpu_rates[high] / cpu_rates[low]:.1f}x")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; per CPU second, batch {high} vs {low}: "
+        f"{cpu_rates[high] / cpu_rates[low]:.1f}x"
+    )
     print(f"batching speedup: {rates[high] / rates[low]:.1f}x")
 
 

@@ -22,6 +22,7 @@ freeing it; fwd is the peak after the no-grad forward runs, f+b the peak after t
 (from /proc/stat minus this process's own CPU time): timings with others > ~0.1 are contended.
 Progress goes to stderr; the table and the summary lines to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SIZES = {"small": dict(b=9, l=196, d=768, n=16), "large": dict(b=9, l=256, d=1792, n=64)}
+SIZES = {"small": dict(b=9, length=196, d=768, n=16), "large": dict(b=9, length=256, d=1792, n=64)}
 VARIANTS = ("reference", "ours", "mambapy", "textbook")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -51,22 +52,22 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------- inputs
 
 
-def make_inputs(b, l, d, n, seed=0):
+def make_inputs(b, length, d, n, seed=0):
     """Mamba-1 statistics: S4D-real A (perturbed), dt in [1e-3, 1e-1] through the softplus bias."""
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
     dt = torch.exp(torch.rand(d, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     inputs = {
-        "u": randn(b, d, l),
-        "delta": 0.5 * randn(b, d, l),
+        "u": randn(b, d, length),
+        "delta": 0.5 * randn(b, d, length),
         "A": -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1) * torch.exp(0.2 * randn(d, n)),
-        "B": randn(b, n, l),
-        "C": randn(b, n, l),
+        "B": randn(b, n, length),
+        "C": randn(b, n, length),
         "D": torch.ones(d),
-        "z": randn(b, d, l),
+        "z": randn(b, d, length),
         "delta_bias": dt + torch.log(-torch.expm1(-dt)),
     }
-    return inputs, randn(b, d, l)  # the upstream gradient of y
+    return inputs, randn(b, d, length)  # the upstream gradient of y
 
 
 # --------------------------------------------------------------------------------------- variants
@@ -94,7 +95,9 @@ def mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
     from mambapy.mamba import MambaBlock
 
     delta = F.softplus(delta + delta_bias[None, :, None])
-    y = MambaBlock.selective_scan(None, u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D)
+    y = MambaBlock.selective_scan(
+        None, u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D
+    )
     return y.transpose(1, 2) * F.silu(z)
 
 
@@ -142,6 +145,7 @@ class OthersMeter:
 def _time(fn, repeats, budget_s):
     """Median wall time. A first call under a second is a discarded warm-up; slower cases are
     not repeated past the time budget (the 7-minute textbook run happens once)."""
+
     def once():
         start = time.perf_counter()
         fn()
@@ -229,7 +233,9 @@ def compare(result_path, reference):
     y_err = (got["y"] - reference["y"]).abs().max().item()
     g_abs = max((got["grads"][k] - reference["grads"][k]).abs().max().item() for k in NAMES)
     g_rel = max(
-        ((got["grads"][k] - reference["grads"][k]).abs().max() / reference["grads"][k].abs().max().clamp_min(1e-30)).item()
+        (
+            (got["grads"][k] - reference["grads"][k]).abs().max() / reference["grads"][k].abs().max().clamp_min(1e-30)
+        ).item()
         for k in NAMES
     )
     return y_err, g_abs, g_rel
@@ -278,8 +284,10 @@ def _cell(rows, size, threads, variant, key):
 
 
 def print_table(rows):
-    print("| size | thr | variant | fwd ms (runs) | f+b ms (runs) | ref/x fwd | ref/x f+b | extra MiB fwd / f+b "
-          "| max abs err y | max abs err grads | max rel err grads | others fwd / f+b |")
+    print(
+        "| size | thr | variant | fwd ms (runs) | f+b ms (runs) | ref/x fwd | ref/x f+b | extra MiB fwd / f+b "
+        "| max abs err y | max abs err grads | max rel err grads | others fwd / f+b |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref_fwd = _cell(rows, r["size"], r["threads"], "reference", "fwd_s")
@@ -338,16 +346,26 @@ def _str_list(text):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small size only, 2 repeats per mode")
-    parser.add_argument("--sizes", type=_str_list, default=list(SIZES), help="comma separated, from small,large (default both)")
-    parser.add_argument("--threads", type=_int_list, default=[1, 2], help="torch thread counts, comma separated (default 1,2)")
     parser.add_argument(
-        "--reference-threads", type=_int_list, default=[2],
+        "--sizes", type=_str_list, default=list(SIZES), help="comma separated, from small,large (default both)"
+    )
+    parser.add_argument(
+        "--threads", type=_int_list, default=[1, 2], help="torch thread counts, comma separated (default 1,2)"
+    )
+    parser.add_argument(
+        "--reference-threads",
+        type=_int_list,
+        default=[2],
         help="thread counts at which the slow textbook reference runs (default 2: its large fwd+bwd takes ~7 min)",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode when a run is under a second (default 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per mode when a run is under a second (default 5)"
+    )
     parser.add_argument("--variants", type=_str_list, default=list(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument(
-        "--wait-idle", type=float, default=0.0,
+        "--wait-idle",
+        type=float,
+        default=0.0,
         help="before each case, wait up to this many seconds for other processes' CPU use to drop below 15%%",
     )
     parser.add_argument("--case", nargs=6, help=argparse.SUPPRESS)  # internal: one case in a subprocess
@@ -356,7 +374,9 @@ def parse_args(argv):
         parser.error(f"--sizes must be from {', '.join(SIZES)}; got {','.join(args.sizes)}")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown or "reference" not in args.variants or "ours" not in args.variants:
-        parser.error(f"--variants must include reference and ours, from {', '.join(VARIANTS)}; got {','.join(args.variants)}")
+        parser.error(
+            f"--variants must include reference and ours, from {', '.join(VARIANTS)}; got {','.join(args.variants)}"
+        )
     return args
 
 

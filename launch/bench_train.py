@@ -12,6 +12,7 @@ layer runs on batch x (longest answer + 1) positions, padding included. "today":
 features, output layer at the answer positions only. Both take real optimizer steps (the stage's
 trainable parameters, AdamW) on the same batches of SynthPano's training examples.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ def logits_before(model, visual, input_ids, attention_mask, labels):
     length = spliced["labels"].shape[1]
     answer_len = int((spliced["labels"] != -100).sum(dim=1).max())
     predicting = torch.arange(length - answer_len - 1, length - 1)
-    out = model.llm(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"],
-                    position_ids=spliced["position_ids"], logits_to_keep=predicting, use_cache=False)
+    out = model.llm(
+        inputs_embeds=spliced["inputs_embeds"],
+        attention_mask=spliced["attention_mask"],
+        position_ids=spliced["position_ids"],
+        logits_to_keep=predicting,
+        use_cache=False,
+    )
     return out.logits.flatten(0, 1), spliced["labels"][:, -answer_len:].flatten()
 
 
@@ -78,10 +84,14 @@ def main(argv: list[str]) -> None:
         model = build_model(tree["model"], seed=0)
         attach_stage_lora(model, stage)
         apply_freeze(model, stage)
-        features = cached_features(model, tower_fingerprint(model.vision), [str(i["image"]) for i in items], width, height)
+        features = cached_features(
+            model, tower_fingerprint(model.vision), [str(i["image"]) for i in items], width, height
+        )
         for path, table in (("before", None), ("today", features)):
             dataset = CaptionExamples(items, width, height, table)
-            batches = [collate([dataset[r] for r in rows[k : k + args.batch_size]]) for k in range(0, needed, args.batch_size)]
+            batches = [
+                collate([dataset[r] for r in rows[k : k + args.batch_size]]) for k in range(0, needed, args.batch_size)
+            ]
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 model.train()

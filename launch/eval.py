@@ -12,6 +12,7 @@ Or score an existing predictions file, without loading any model:
 
     python launch/eval.py --csv-input predictions.csv [--out DIR]
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,7 @@ def evaluate_model(argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from vlm_resampler.config.commands import check_eval_argv
+    from vlm_resampler.cli import check_eval_argv
 
     @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
     def main(cfg: DictConfig) -> None:

@@ -9,11 +9,12 @@ Each key is printed with what it became; a key that is not understood stops the 
 before anything is written. The written preset is checked as train.py checks a config; then
 `python launch/train.py experiment=<name>` runs it. The logic is in vlm_resampler.config.legacy.
 """
+
 from __future__ import annotations
 
 import sys
 
-from vlm_resampler.config.legacy import main
+from vlm_resampler.config.legacy_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

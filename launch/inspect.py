@@ -6,8 +6,9 @@
     python launch/inspect.py --compare "resampler=bimamba resampler.expand=1.75" "resampler=mlp"
     python launch/inspect.py --json resampler=mlp
 
-The logic is in vlm_resampler.inspection.
+The logic is in vlm_resampler.inspection (cli.py).
 """
+
 # This file is named like the standard library's `inspect`, which torch, transformers and Hydra
 # import. Python puts the script's folder (launch/) first on sys.path, so without the two guards
 # below `import inspect` would find this file: when it runs as a script (guard 1: take launch/ off
@@ -37,7 +38,7 @@ else:  # guard 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from vlm_resampler.errors import short_errors
-    from vlm_resampler.inspection import main
+    from vlm_resampler.inspection.cli import main
 
     with short_errors("inspect"):
         sys.exit(main())

@@ -11,6 +11,7 @@ its path.
 The overrides are the same as launch/train.py's (composed from conf/train.yaml, same errors);
 the panorama is item --index of the configured dataset's --split unless --image is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. view=cubemap view.overlap=0.2")
     parser.add_argument("--image", type=Path, help="an ERP image file to use instead of the dataset")
-    parser.add_argument("--split", default="train", choices=("train", "val", "test"), help="dataset split (default train)")
+    parser.add_argument(
+        "--split", default="train", choices=("train", "val", "test"), help="dataset split (default train)"
+    )
     parser.add_argument("--index", type=int, default=0, help="item of the split (default 0)")
     parser.add_argument("--width", type=int, default=1200, help="picture width in pixels (default 1200)")
     parser.add_argument("--out", type=Path, help="PNG path (default outputs/show_views/<view>.png)")
@@ -45,7 +48,7 @@ def view_choice(overrides: list[str]) -> str:
     return chosen[-1] if chosen else "e2p"
 
 
-def load_panorama(cfg, args) -> "torch.Tensor":  # noqa: F821
+def load_panorama(cfg, args) -> torch.Tensor:  # noqa: F821
     from vlm_resampler.data.datasets import load_panorama as load_erp
     from vlm_resampler.data.datasets import prepare_split
 

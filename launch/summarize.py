@@ -11,6 +11,7 @@ listed with the reason.
 Exit status: 0 when every job is done, 1 when some are not (the summary is written either way),
 2 when the directory is not a sweep or cannot be resumed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # counts come from local configs o
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="launch/summarize.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="launch/summarize.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (multirun/<sweep>)")
-    parser.add_argument("overrides", nargs="*", help="with --resume: launcher settings for the resubmitted jobs (hydra.launcher.KEY=VALUE)")
-    parser.add_argument("--resume", action="store_true", help="submit every job that is not done again, into its own directory, then summarize")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="with --resume: launcher settings for the resubmitted jobs (hydra.launcher.KEY=VALUE)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="submit every job that is not done again, into its own directory, then summarize",
+    )
     parser.add_argument("--no-counts", action="store_true", help="skip the parameter counts (no model is built)")
     args = parser.parse_args(argv)
     if args.overrides and not args.resume:
         parser.error("overrides are for --resume only")
     bad = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     if bad:
-        parser.error(f"{' '.join(bad)}: a resumed job runs exactly what was submitted; only launcher settings (hydra.*) may change")
+        parser.error(
+            f"{' '.join(bad)}: a resumed job runs exactly what was submitted; only launcher settings (hydra.*) may change"
+        )
     return args
 
 

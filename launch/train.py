@@ -12,6 +12,7 @@ Running the same command again resumes an unfinished run (killed, SIGUSR2/SIGTER
 The model is built by vlm_resampler.training.run.run_training -> runs.load.build_model ->
 models.vlm.PanoramaVLM (hydra.utils.instantiate of the config's `model` tree).
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vlm_resampler.config.commands import check_train_argv
+from vlm_resampler.cli import check_train_argv
 from vlm_resampler.sweeps.job import evaluate_if_asked
 from vlm_resampler.sweeps.submit import prepare_sweep
 from vlm_resampler.training.distributed import is_main_process, torchrun_overrides
@@ -41,13 +42,18 @@ def main(cfg: DictConfig) -> None:
     except TrainingInterrupted as stop:
         stop.exit()  # resumable checkpoint saved; under submitit the job is requeued
     except BadImageError as err:  # status interrupted, traceback.txt written: the run resumes once the data is fixed
-        print(f"error: training stopped: {err}\n  {run_dir} is left resumable (traceback in {run_dir}/traceback.txt); "
-              f"repair the data, then {run_again(cfg)}", file=sys.stderr)
+        print(
+            f"error: training stopped: {err}\n  {run_dir} is left resumable (traceback in {run_dir}/traceback.txt); "
+            f"repair the data, then {run_again(cfg)}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except UserFacingError as err:  # e.g. a damaged init_from checkpoint: one line, no traceback
         exit_with(err, f"training {run_dir}")
     if is_main_process():
-        print(f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}")
+        print(
+            f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}"
+        )
     evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now
 
 

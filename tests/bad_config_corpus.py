@@ -1,4 +1,5 @@
 """The bad-config corpus (tests/data/bad_configs.yaml) and the folders its entries point to."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,15 @@ def write_stage(stage_dir: Path, resampler: str) -> Path:
     from vlm_resampler.runs.metadata import FORMAT_VERSION
 
     cfg = compose("train", [f"resampler={resampler}"])
-    backbones = {k: {"name_or_path": str(cfg.model[k].name_or_path), "revision": None}
-                 for k in ("vision_encoder", "language_model")}
-    meta = {"format_version": FORMAT_VERSION, "model": OmegaConf.to_container(cfg.model, resolve=True), "backbones": backbones}
+    backbones = {
+        k: {"name_or_path": str(cfg.model[k].name_or_path), "revision": None}
+        for k in ("vision_encoder", "language_model")
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "backbones": backbones,
+    }
     stage_dir.mkdir(parents=True)
     (stage_dir / METADATA).write_text(json.dumps(meta), encoding="utf-8")
     return stage_dir
@@ -70,7 +77,7 @@ def entry_argv(entry: dict, folders: dict[str, str]) -> tuple[str, list[str]]:
 
 def refusal(script: str, argv: list[str], capsys) -> tuple[int, str]:
     """Run the script's own pre-start checks in-process; (exit code, stderr). 0 means accepted."""
-    from vlm_resampler.config.commands import check_eval_argv, check_train_argv
+    from vlm_resampler.cli import check_eval_argv, check_train_argv
 
     check = check_train_argv if script == "train" else check_eval_argv
     capsys.readouterr()

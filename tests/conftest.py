@@ -1,4 +1,5 @@
 """Shared test setup. HF_HUB_OFFLINE must be set before transformers is imported anywhere."""
+
 from __future__ import annotations
 
 import os
@@ -9,13 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One cache for the suite (tiny backbones, tokenizer, SynthPano): built once, reused by the
 # subprocess tests too. Builds are atomic and validated, so reuse across runs is safe.
 os.environ.setdefault("VLM_RESAMPLER_CACHE", str(REPO_ROOT / ".cache" / "vlm_resampler-tests"))
+# Under pytest-xdist (`make test` runs one worker per core) the cores are shared out: two torch
+# threads per process on two busy cores ran a tiny step 30x slower than one. Subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 import pytest  # noqa: E402
 
 # A real local SLURM for the tests marked `slurm` (tests/slurm_cluster.py): the session fixture
 # `slurm`, which every such test gets; skipped without a SLURM, failed when one is required (CI).
 from slurm_cluster import pytest_collection_modifyitems, slurm  # noqa: E402,F401
-
 
 # With VLM_RESAMPLER_ONLY_EXPECTED_SKIPS=1 (CI) a skip for any other reason fails the run: a missing
 # browser, SmolLM2 package or SLURM must not turn CI green by skipping what needs it.
@@ -43,7 +49,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _skips_fail():
         terminalreporter.write_line(
             f"error: {len(_unexpected_skips)} unexpected skip(s); only these reasons may skip here: "
-            f"{', '.join(EXPECTED_SKIP_REASONS)}", red=True)
+            f"{', '.join(EXPECTED_SKIP_REASONS)}",
+            red=True,
+        )
         for line in _unexpected_skips:
             terminalreporter.write_line(f"  {line}", red=True)
 
@@ -53,10 +61,14 @@ def offline_default_backbones():
     """The default backbone's pretrained tiny Qwen3 and tower (~3 + ~2 min to build on 2 cores),
     built once into the suite's cache before any test: commands without debug=smoke (inspect,
     preflight checks) resolve them, and a subprocess test must not spend its timeout building them."""
-    from vlm_resampler.models.backbones import ensure_local_backbone
+    from vlm_resampler.models.local_backbones import ensure_local_backbone
 
-    ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
-    ensure_local_backbone("vlm-resampler/tiny-siglip-pretrained")
+    names = ["vlm-resampler/tiny-qwen3-reader", "vlm-resampler/tiny-siglip-pretrained"]
+    # Workers start on different builds, so a fresh cache builds both at once; a worker that
+    # reaches a build another is making waits for it (the cache's build lock).
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    for name in names[worker % 2 :] + names[: worker % 2]:
+        ensure_local_backbone(name)
 
 
 @pytest.fixture(scope="session")
@@ -88,16 +100,30 @@ def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_RO
 # Small enough to train in seconds; non-default heads and frequency show where values come from.
 FINETUNE_RUN_TYPES = {
     "mlp": ["resampler=mlp", "resampler.hidden_dim=96"],
-    "qformer": ["resampler=qformer", "resampler.hidden_dim=64", "resampler.num_attention_heads=4", "resampler.num_hidden_layers=3",
-                "resampler.cross_attention_frequency=2", "resampler.num_query_tokens=8", "resampler.intermediate_size=128"],
+    "qformer": [
+        "resampler=qformer",
+        "resampler.hidden_dim=64",
+        "resampler.num_attention_heads=4",
+        "resampler.num_hidden_layers=3",
+        "resampler.cross_attention_frequency=2",
+        "resampler.num_query_tokens=8",
+        "resampler.intermediate_size=128",
+    ],
 }
 
 
 def train_smoke_finetune(root: Path, name: str, overrides: list[str]) -> Path:
     """One CLI smoke run, finetune stage only (resampler, projector and LoRA); its run dir."""
     run_dir = root / name
-    done = run_cli("train.py", "debug=smoke", *overrides, "stages=[finetune]", f"experiment.name={name}",
-                   f"hydra.run.dir={run_dir}", cwd=root)
+    done = run_cli(
+        "train.py",
+        "debug=smoke",
+        *overrides,
+        "stages=[finetune]",
+        f"experiment.name={name}",
+        f"hydra.run.dir={run_dir}",
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
@@ -108,3 +134,34 @@ def finetune_runs(tmp_path_factory):
     change only copies of these runs."""
     root = tmp_path_factory.mktemp("runs")
     return {name: train_smoke_finetune(root, name, overrides) for name, overrides in FINETUNE_RUN_TYPES.items()}
+
+
+@pytest.fixture(scope="module")
+def saver(smoke_config):
+    """For the kill-during-save and full-disk tests: a smoke model with the finetune stage's LoRA (so an adapter is saved too), the metadata
+    fields a stage save records, and a second model of the same shape to load into."""
+    from omegaconf import OmegaConf
+
+    from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training.run import ALWAYS_SAVED, backbone_records, resolved_container
+    from vlm_resampler.training.stages import attach_stage_lora
+
+    cfg = resolved_container(smoke_config())
+    models = []
+    for _ in range(2):
+        model = build_model(cfg["model"], seed=int(cfg["seed"]))
+        lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
+        models.append(model)
+    assert models[0].lora_config, "the kill test must cover the adapter file too"
+    fields = dict(
+        stage="finetune",
+        seed=int(cfg["seed"]),
+        model_tree=dict(cfg["model"]) | {"lora": lora},
+        tokenizer=dict(cfg["backbone"]["tokenizer"]),
+        prompt=dict(cfg["prompt"]),
+        data=dict(cfg["data"]),
+        backbones=backbone_records(cfg),
+        init_from=None,
+        trainable=[],
+    )
+    return models[0], models[1], list(ALWAYS_SAVED), fields

@@ -25,6 +25,7 @@ advertises 4 CPUs, so 4 one-CPU jobs run at once). Give every sweep its own hydr
 tmp_path (job ids restart at 1 after `stop.sh --purge`, and a reused .submitit/ folder would hold
 an old result under a new job's id).
 """
+
 from __future__ import annotations
 
 import os
@@ -152,7 +153,11 @@ def slurm() -> SlurmCluster:
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Every test marked `slurm` gets the `slurm` fixture: skipped, or failed when required."""
+    """Every test marked `slurm` gets the `slurm` fixture: skipped, or failed when required; and
+    under pytest-xdist they all run on one worker, one after another (the local cluster has as many
+    CPUs as the machine, so two sweeps at once would queue behind each other and time out)."""
     for item in items:
-        if item.get_closest_marker("slurm") and "slurm" not in getattr(item, "fixturenames", ["slurm"]):
-            item.fixturenames.append("slurm")
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+            if "slurm" not in getattr(item, "fixturenames", ["slurm"]):
+                item.fixturenames.append("slurm")

@@ -1,5 +1,6 @@
 """The pipeline is not tied to one family: every vision tower that yields patch tokens and any
 causal LM go through the same model code."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,12 +8,18 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import run_cli
 from vlm_resampler.runs.load import build_model
 from vlm_resampler.training.losses import overlap_vicreg_loss
 from vlm_resampler.training.run import resolved_container
 
-TOWERS = ["vlm-resampler/tiny-siglip", "vlm-resampler/tiny-siglip2", "vlm-resampler/tiny-clip", "vlm-resampler/tiny-dinov2"]
+from conftest import run_cli
+
+TOWERS = [
+    "vlm-resampler/tiny-siglip",
+    "vlm-resampler/tiny-siglip2",
+    "vlm-resampler/tiny-clip",
+    "vlm-resampler/tiny-dinov2",
+]
 
 
 @pytest.mark.parametrize("tower", TOWERS)
@@ -23,7 +30,9 @@ def test_each_vision_tower_feeds_the_resampler_and_the_overlap_loss(tower, smoke
     tokens = model.encode_views(panoramas)
     assert tokens.shape == (2, model.num_views, model.tokens_per_view, model.resampler.latent_dimension)
     assert model.resampler.input_dim == model.vision.hidden_size
-    loss, _ = overlap_vicreg_loss(model, {"panoramas": panoramas}, {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "gamma": 1.0})
+    loss, _ = overlap_vicreg_loss(
+        model, {"panoramas": panoramas}, {"invariance": 25.0, "variance": 25.0, "covariance": 1.0, "gamma": 1.0}
+    )
     loss.backward()
     assert model.resampler.layers[0].weight.grad is not None
 
@@ -34,8 +43,15 @@ def test_each_vision_tower_feeds_the_resampler_and_the_overlap_loss(tower, smoke
 def test_one_training_step_with_real_pretrained_smollm2(tmp_path):
     run_dir = tmp_path / "smollm2"
     done = run_cli(
-        "train.py", "backbone=smollm2", "debug=smoke", "stages=[resampler]", "stage.resampler.max_steps=1",
-        "stage.resampler.batch_size=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=900,
+        "train.py",
+        "backbone=smollm2",
+        "debug=smoke",
+        "stages=[resampler]",
+        "stage.resampler.max_steps=1",
+        "stage.resampler.batch_size=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "resampler" / "checkpoint_metadata.json").is_file()

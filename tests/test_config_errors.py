@@ -1,5 +1,6 @@
 """Bad input: a short error that names the key and the closest valid names, in seconds,
 before any model is built or any run directory is created."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,6 @@ import pytest
 
 from bad_config_corpus import corpus_folders, entry_argv, entry_id, load_corpus, refusal
 from conftest import run_cli
-
 
 CORPUS = load_corpus()
 
@@ -69,7 +69,12 @@ def test_bad_config_fails_fast_through_the_cli(script, args, expected, folders, 
 
 def test_sweep_lists_every_bad_job_and_starts_none(tmp_path):
     done = run_cli(
-        "train.py", "-m", "resampler=mlp,bimamba", "resampler.expand=1.5,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path
+        "train.py",
+        "-m",
+        "resampler=mlp,bimamba",
+        "resampler.expand=1.5,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
     )
     assert done.returncode == 2
     assert "2 of 4 job(s)" in done.stderr

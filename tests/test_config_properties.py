@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the config validator: what is valid always passes, a
 one-character typo of a key is always refused naming that key, an out-of-range stage value is
 always refused naming its key."""
+
 from __future__ import annotations
 
 import string
@@ -10,9 +11,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.catalog import resampler_options
 from vlm_resampler.config.preflight import check_key_exists, compose
 from vlm_resampler.config.validate import check_resampler_builds, check_stage_values, walk_targets
+from vlm_resampler.errors import ConfigError
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DIMS = st.integers(min_value=1, max_value=64)
@@ -21,7 +23,7 @@ DROPOUT = st.floats(min_value=0.0, max_value=0.99, allow_nan=False)
 
 @pytest.fixture(scope="module")
 def base():
-    return {name: compose("train", [f"resampler={name}"]) for name in ("mlp", "bimamba", "perceiver", "qformer")}
+    return {name: compose("train", [f"resampler={name}"]) for name in resampler_options()}
 
 
 def validate_resampler(cfg, values: dict) -> None:
@@ -33,19 +35,54 @@ def validate_resampler(cfg, values: dict) -> None:
 
 
 VALID = {
-    "mlp": st.fixed_dictionaries({"latent_dimension": DIMS, "hidden_dim": DIMS, "depth": st.integers(1, 4),
-                                  "use_ln": st.booleans(), "dropout": DROPOUT}),
-    "bimamba": st.fixed_dictionaries({"latent_dimension": DIMS, "hidden_dim": DIMS, "depth": st.integers(1, 3),
-                                      "expand": st.floats(1.0, 3.0), "d_state": st.integers(1, 32),
-                                      "d_conv": st.integers(1, 4), "use_ln": st.booleans(), "dropout": DROPOUT,
-                                      "norm_first": st.booleans()}),
-    "perceiver": st.fixed_dictionaries({"latent_dimension": DIMS, "num_latents": st.integers(1, 16), "depth": st.integers(1, 3),
-                                        "heads": st.integers(1, 4), "hidden_dim": DIMS, "dim_head": st.integers(1, 16),
-                                        "ff_mult": st.integers(1, 4), "dropout": DROPOUT}),
-    "qformer": st.integers(1, 4).flatmap(lambda heads: st.fixed_dictionaries({
-        "latent_dimension": DIMS, "num_query_tokens": st.integers(1, 16), "num_hidden_layers": st.integers(1, 3),
-        "num_attention_heads": st.just(heads), "hidden_dim": st.integers(1, 16).map(lambda k: k * heads),
-        "intermediate_size": DIMS, "cross_attention_frequency": st.integers(1, 2), "dropout": DROPOUT})),
+    "mlp": st.fixed_dictionaries(
+        {
+            "latent_dimension": DIMS,
+            "hidden_dim": DIMS,
+            "depth": st.integers(1, 4),
+            "use_ln": st.booleans(),
+            "dropout": DROPOUT,
+        }
+    ),
+    "bimamba": st.fixed_dictionaries(
+        {
+            "latent_dimension": DIMS,
+            "hidden_dim": DIMS,
+            "depth": st.integers(1, 3),
+            "expand": st.floats(1.0, 3.0),
+            "d_state": st.integers(1, 32),
+            "d_conv": st.integers(1, 4),
+            "use_ln": st.booleans(),
+            "dropout": DROPOUT,
+            "norm_first": st.booleans(),
+        }
+    ),
+    "perceiver": st.fixed_dictionaries(
+        {
+            "latent_dimension": DIMS,
+            "num_latents": st.integers(1, 16),
+            "depth": st.integers(1, 3),
+            "heads": st.integers(1, 4),
+            "hidden_dim": DIMS,
+            "dim_head": st.integers(1, 16),
+            "ff_mult": st.integers(1, 4),
+            "dropout": DROPOUT,
+        }
+    ),
+    "qformer": st.integers(1, 4).flatmap(
+        lambda heads: st.fixed_dictionaries(
+            {
+                "latent_dimension": DIMS,
+                "num_query_tokens": st.integers(1, 16),
+                "num_hidden_layers": st.integers(1, 3),
+                "num_attention_heads": st.just(heads),
+                "hidden_dim": st.integers(1, 16).map(lambda k: k * heads),
+                "intermediate_size": DIMS,
+                "cross_attention_frequency": st.integers(1, 2),
+                "dropout": DROPOUT,
+            }
+        )
+    ),
 }
 
 
@@ -64,10 +101,14 @@ def typos(word: str):
     letters = string.ascii_lowercase + "_"
     i = st.integers(0, len(word) - 1)
     return st.one_of(
-        i.map(lambda k: word[:k] + word[k + 1:]),
-        st.tuples(st.integers(0, len(word)), st.sampled_from(letters)).map(lambda t: word[:t[0]] + t[1] + word[t[0]:]),
-        st.tuples(i, st.sampled_from(letters)).map(lambda t: word[:t[0]] + t[1] + word[t[0] + 1:]),
-        st.integers(0, max(len(word) - 2, 0)).map(lambda k: word[:k] + word[k + 1:k + 2] + word[k:k + 1] + word[k + 2:]),
+        i.map(lambda k: word[:k] + word[k + 1 :]),
+        st.tuples(st.integers(0, len(word)), st.sampled_from(letters)).map(
+            lambda t: word[: t[0]] + t[1] + word[t[0] :]
+        ),
+        st.tuples(i, st.sampled_from(letters)).map(lambda t: word[: t[0]] + t[1] + word[t[0] + 1 :]),
+        st.integers(0, max(len(word) - 2, 0)).map(
+            lambda k: word[:k] + word[k + 1 : k + 2] + word[k : k + 1] + word[k + 2 :]
+        ),
     )
 
 

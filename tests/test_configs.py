@@ -1,4 +1,5 @@
 """Every config option composes and validates; every resampler builds and keeps its promises."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
-from vlm_resampler.config.preflight import CONF_DIR, config_groups
+from vlm_resampler.catalog import CONF_DIR
+from vlm_resampler.config.preflight import config_groups
 from vlm_resampler.config.validate import validate_train_config
+from vlm_resampler.errors import ConfigError
 
 GROUPS = config_groups()
 GRID_RESAMPLERS = {"mlp", "bimamba"}
@@ -35,7 +37,9 @@ def test_every_resampler_option_composes_validates_and_runs(resampler, smoke_con
 
 
 # Stage options are always all composed (at stage.<name>); eval_debug belongs to eval.yaml.
-@pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("resampler", "resampler/size", "eval_debug", "stage", "backbone")])
+@pytest.mark.parametrize(
+    "group", [g for g in GROUPS if g not in ("resampler", "resampler/size", "eval_debug", "stage", "backbone")]
+)
 def test_every_option_of_every_group_composes_and_validates(group, smoke_config, tmp_path):
     (tmp_path / "train.csv").write_text("url,query,annotation\n")
     # Options that need more than their own defaults to be a valid training config.
@@ -59,10 +63,14 @@ def test_a_resampler_size_applies_to_its_backbone_and_resampler_only(option, smo
     assert {key: cfg.resampler[key] for key in sizes} == sizes
     # The command line still wins over the size file, and another backbone keeps the guide's sizes.
     key, value = next(iter(sizes.items()))
-    assert smoke_config(f"backbone={backbone}", f"resampler={resampler}", f"resampler.{key}={value + 1}").resampler[key] == value + 1
+    assert (
+        smoke_config(f"backbone={backbone}", f"resampler={resampler}", f"resampler.{key}={value + 1}").resampler[key]
+        == value + 1
+    )
     other = next(b for b in GROUPS["backbone"] if f"{b}_{resampler}" not in GROUPS["resampler/size"])
     assert OmegaConf.to_container(smoke_config(f"backbone={other}", f"resampler={resampler}").resampler) != (
-        OmegaConf.to_container(cfg.resampler))
+        OmegaConf.to_container(cfg.resampler)
+    )
 
 
 def test_quic360_without_its_files_is_refused_at_compose_time(smoke_config, tmp_path):

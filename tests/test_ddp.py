@@ -1,6 +1,7 @@
 """Multi-process training inside one job: `torchrun --nproc_per_node=2 launch/train.py ...` runs DDP
 (gloo on CPU) and ends with the weights of one process at the same global batch; only rank 0
 writes files; a stopped DDP run resumes."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,21 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_resume import logged_step, wait_for
+
+from vlm_resampler.runs import layout
 
 from conftest import REPO_ROOT, run_cli
-from test_resume import logged_step, wait_for
-from vlm_resampler.runs import layout
 
 # Dropout off: each process draws its own dropout masks, so with dropout the runs differ.
 # One thread per process, so that two processes fit the machine.
-ARGS = ["debug=smoke", "stages=[vision,resampler]", "resampler.dropout=0.0", "stage.resampler.max_steps=6", "num_threads=1"]
+ARGS = [
+    "debug=smoke",
+    "stages=[vision,resampler]",
+    "resampler.dropout=0.0",
+    "stage.resampler.max_steps=6",
+    "num_threads=1",
+]
 # VICReg is invariant to a shift of the overlap head's output, so the gradient of its last bias is
 # zero up to float rounding; Adam turns that rounding noise into steps of up to lr each. Its value
 # differs between any two reduction orders, by at most lr per step (vision: 2 steps of lr <= 5e-4).
@@ -27,10 +35,19 @@ ROUNDING_DRIVEN = {"overlap_head.layers.2.bias": 2 * 5e-4}
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: float = 400.0, popen: bool = False):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(REPO_ROOT / "launch" / "train.py"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(REPO_ROOT / "launch" / "train.py"),
+        *args,
+    ]
     if popen:
-        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        return subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+        )
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
@@ -135,13 +152,22 @@ def test_the_global_batch_must_split_evenly_over_the_processes(monkeypatch):
 def test_two_slurm_tasks_train_like_one_process(slurm, one_process, tmp_path):
     """hydra/launcher=slurm with tasks_per_node=2: submitit starts two tasks; they export the
     torch.distributed variables from SLURM's (submitit's TorchDistributedEnvironment) and run DDP."""
-    from slurm_cluster import unique_job_name
     from vlm_resampler.sweeps import dirs
+
+    from slurm_cluster import unique_job_name
 
     name = unique_job_name("ddp")
     sweep = tmp_path / "multirun" / "ddp"
-    done = run_cli("train.py", "-m", *slurm.launcher_overrides(name, tasks_per_node=2), *ARGS, "experiment.name=two",
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=540)
+    done = run_cli(
+        "train.py",
+        "-m",
+        *slurm.launcher_overrides(name, tasks_per_node=2),
+        *ARGS,
+        "experiment.name=two",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=540,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + "\n" + slurm.log_tail()
     (job_dir,) = dirs.job_dirs(sweep)
     for stage in ("vision", "resampler"):

@@ -2,6 +2,7 @@
 elsewhere these tests skip with a reason CI does not accept). The save fails with a message naming
 the path and the lack of space, the previous checkpoint stays intact and loadable, nothing is left
 that a later load takes for a checkpoint, and a training stopped that way resumes once there is room."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from conftest import run_cli
-from test_kill_during_save import holds_iteration, save, saver  # noqa: F401  (saver: a fixture)
+from test_kill_during_save import holds_iteration, save
 from test_resume import ARGS, logged_losses
+
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.disk_space import DiskFullError, named_if_out_of_space
+
+from conftest import run_cli
 
 MIB = 1 << 20
 
@@ -70,14 +72,19 @@ def test_a_stage_checkpoint_that_does_not_fit_leaves_the_previous_one_loadable(s
     from vlm_resampler.training import run as run_module
 
     model, check_model, modules, fields = saver
-    with tmpfs(tmp_path / "small", 24 * MIB) as root:  # one finetune checkpoint of the smoke model (16.3 MB) fits, two do not
+    with tmpfs(
+        tmp_path / "small", 24 * MIB
+    ) as root:  # one finetune checkpoint of the smoke model (16.3 MB) fits, two do not
         save(model, modules, fields, root, 0)  # root/stage0 holds iteration 0
         stage_dir = root / "stage0"
         before = {p.name: p.read_bytes() for p in stage_dir.iterdir() if p.is_file()}
 
         # Checked before anything is written: refused, naming the path and the room it lacks.
-        with pytest.raises(DiskFullError, match=rf"saving the finetune stage's checkpoint: {stage_dir} needs about .* MiB "
-                                                r"and its filesystem has .* MiB free \(no space left on the device\)"):
+        with pytest.raises(
+            DiskFullError,
+            match=rf"saving the finetune stage's checkpoint: {stage_dir} needs about .* MiB "
+            r"and its filesystem has .* MiB free \(no space left on the device\)",
+        ):
             save(model, modules, fields, root, 3)
         assert {p.name: p.read_bytes() for p in stage_dir.iterdir() if p.is_file()} == before
         assert holds_iteration(load_from_run(stage_dir), modules, 0)
@@ -102,8 +109,14 @@ def test_a_stage_checkpoint_that_does_not_fit_leaves_the_previous_one_loadable(s
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
-    done = run_cli("train.py", *ARGS, "stage.resampler.save_steps=2", "experiment.name=run", f"hydra.run.dir={root / 'run'}",
-                   cwd=root)
+    done = run_cli(
+        "train.py",
+        *ARGS,
+        "stage.resampler.save_steps=2",
+        "experiment.name=run",
+        f"hydra.run.dir={root / 'run'}",
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "run"
 
@@ -118,12 +131,16 @@ def test_a_training_that_runs_out_of_space_stops_resumable_and_resumes_once_ther
         assert stopped.returncode == 1, stopped.stderr[-3000:]
         assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
         # The progress bar leaves its last line open: the error line starts after it.
-        last = [line[line.index("error: "):] for line in stopped.stderr.splitlines() if "error: " in line]
+        last = [line[line.index("error: ") :] for line in stopped.stderr.splitlines() if "error: " in line]
         assert len(last) == 1, stopped.stderr[-3000:]
-        assert last[0].startswith(f"error: training {run_dir}: saving the resumable checkpoint of step 4: "
-                                  f"{run_dir}/resampler/resume/checkpoint-4 needs about"), last
-        assert "no space left on the device" in last[0] and "The run is resumable (completed stages vision; " \
-               "stage resampler at step 2)" in last[0], last
+        assert last[0].startswith(
+            f"error: training {run_dir}: saving the resumable checkpoint of step 4: "
+            f"{run_dir}/resampler/resume/checkpoint-4 needs about"
+        ), last
+        assert (
+            "no space left on the device" in last[0]
+            and "The run is resumable (completed stages vision; stage resampler at step 2)" in last[0]
+        ), last
         status = json.loads((run_dir / layout.STATUS).read_text())
         assert status["status"] == layout.INTERRUPTED and "no space left" in status["reason"]
         resume_dir = run_dir / "resampler" / layout.RESUME_DIR

@@ -1,5 +1,6 @@
 """`launch/eval.py --csv-input FILE`: scores a predictions file without any model (and without
 importing torch), in both layouts; bad files stop with exit 2 naming file, row and column."""
+
 from __future__ import annotations
 
 import csv
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, run_cli
 from vlm_resampler.evaluation import metrics
 from vlm_resampler.evaluation.csv_input import PredictionsFileError, read_predictions, score_file
 from vlm_resampler.evaluation.metrics import METRIC_NAMES, CaptionScorer
+
+from conftest import REPO_ROOT, run_cli
 
 PARITY = Path(__file__).parent / "data" / "caption_parity.json"
 
@@ -27,7 +29,9 @@ def write_wide(path: Path, items: list[dict]) -> Path:
         writer = csv.writer(f)
         writer.writerow(["image", "query", "prediction", "references"])
         for item in items:
-            writer.writerow([item["image"], item["query"], item["prediction"], json.dumps(item["references"], ensure_ascii=False)])
+            writer.writerow(
+                [item["image"], item["query"], item["prediction"], json.dumps(item["references"], ensure_ascii=False)]
+            )
     return path
 
 
@@ -59,8 +63,22 @@ def test_cli_scores_a_quic360_style_file_without_importing_torch(tmp_path):
     items = parity_items()
     (tmp_path / "in").mkdir()
     source = write_long(tmp_path / "in" / "predictions.csv", items)
-    done = subprocess.run([sys.executable, "-X", "importtime", str(REPO_ROOT / "launch" / "eval.py"), "--csv-input", str(source),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(REPO_ROOT / "launch" / "eval.py"),
+            "--csv-input",
+            str(source),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "json" in imported, "no -X importtime output to check"
@@ -89,14 +107,27 @@ def test_metrics_json_goes_next_to_the_csv_by_default(tmp_path, monkeypatch):
 BAD_FILES = {
     "empty": ("", r"bad\.csv: the file is empty"),
     "header only": ("image,query,prediction,references\n", r"bad\.csv: a header but no rows"),
-    "missing column": ("image,query,references\na.jpg,q,\"[\"\"x\"\"]\"\n", r"bad\.csv: line 1 \(header\): missing column\(s\) prediction"),
-    "bad json": ('image,query,prediction,references\na.jpg,q,p,"[""x""]"\nb.jpg,q,p,"[""x"", y]"\n',
-                 r"bad\.csv: row 2 \(line 3\), column references: not valid JSON"),
-    "not a list": ('image,query,prediction,references\na.jpg,q,p,"{""a"": 1}"\n', r"row 1 \(line 2\), column references: expected a JSON list of strings"),
-    "empty list": ("image,query,prediction,references\na.jpg,q,p,[]\n", r"row 1 \(line 2\), column references: needs at least one non-empty reference"),
-    "predictions disagree": ("url,query,prediction,annotation\na.jpg,q,p1,r1\na.jpg,q,p2,r2\n",
-                             r"row 2 \(line 3\), column prediction: 'p2' differs from row 1's 'p1'"),
-    "short row": ('image,query,prediction,references\na.jpg,q\n', r"row 1 \(line 2\), column prediction: missing"),
+    "missing column": (
+        'image,query,references\na.jpg,q,"[""x""]"\n',
+        r"bad\.csv: line 1 \(header\): missing column\(s\) prediction",
+    ),
+    "bad json": (
+        'image,query,prediction,references\na.jpg,q,p,"[""x""]"\nb.jpg,q,p,"[""x"", y]"\n',
+        r"bad\.csv: row 2 \(line 3\), column references: not valid JSON",
+    ),
+    "not a list": (
+        'image,query,prediction,references\na.jpg,q,p,"{""a"": 1}"\n',
+        r"row 1 \(line 2\), column references: expected a JSON list of strings",
+    ),
+    "empty list": (
+        "image,query,prediction,references\na.jpg,q,p,[]\n",
+        r"row 1 \(line 2\), column references: needs at least one non-empty reference",
+    ),
+    "predictions disagree": (
+        "url,query,prediction,annotation\na.jpg,q,p1,r1\na.jpg,q,p2,r2\n",
+        r"row 2 \(line 3\), column prediction: 'p2' differs from row 1's 'p1'",
+    ),
+    "short row": ("image,query,prediction,references\na.jpg,q\n", r"row 1 \(line 2\), column prediction: missing"),
 }
 
 

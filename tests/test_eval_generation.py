@@ -1,5 +1,6 @@
 """Eval generation: greedy unless sampling is asked for with a seed; token counts are the
 tokens produced before the end-of-turn token; forced lengths hold."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.preflight import compose
 from vlm_resampler.data.prompts import PromptFormat
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.evaluation.generate import HoldEndOfTurn, generate_tokens, predict_items
 from vlm_resampler.evaluation.settings import GenerationSettings, check_eval_settings
 
@@ -38,14 +39,17 @@ def smoke(smoke_config):
     return model, PromptFormat(**cfg["prompt"]), data, prepare_split(data, "test")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["generation.do_sample=true"], "generation.do_sample=true needs an explicit generation.seed"),
-    (["generation.temperature=0.7"], r"generation.temperature=0.7 only applies with generation.do_sample=true"),
-    (["generation.do_sample=true", "generation.seed=3", "generation.top_p=1.5"], r"generation.top_p=1.5"),
-    (["max_new_tokens=0"], r"max_new_tokens=0"),
-    (["report.view_size=4"], r"report.view_size=4"),
-    (["num_threads=0"], r"num_threads=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["generation.do_sample=true"], "generation.do_sample=true needs an explicit generation.seed"),
+        (["generation.temperature=0.7"], r"generation.temperature=0.7 only applies with generation.do_sample=true"),
+        (["generation.do_sample=true", "generation.seed=3", "generation.top_p=1.5"], r"generation.top_p=1.5"),
+        (["max_new_tokens=0"], r"max_new_tokens=0"),
+        (["report.view_size=4"], r"report.view_size=4"),
+        (["num_threads=0"], r"num_threads=0"),
+    ],
+)
 def test_bad_generation_settings_stop_before_anything_loads(overrides, message):
     cfg = compose("eval", ["checkpoint_dir=/nowhere", *overrides])
     with pytest.raises(ConfigError, match=message):
@@ -56,7 +60,9 @@ def test_the_default_is_greedy():
     cfg = compose("eval", ["checkpoint_dir=/nowhere"])
     check_eval_settings(cfg)
     settings = GenerationSettings.from_eval_config(cfg)
-    assert settings.do_sample is False and settings.decoding == "greedy" and settings.max_new_tokens == cfg.max_new_tokens
+    assert (
+        settings.do_sample is False and settings.decoding == "greedy" and settings.max_new_tokens == cfg.max_new_tokens
+    )
 
 
 def test_counts_stop_at_the_end_of_turn_token_and_ignore_padding(tokenizer, smoke, monkeypatch):
@@ -82,7 +88,9 @@ def test_forced_length_gives_exactly_that_many_tokens(tokenizer, smoke):
 
     model, prompt, _, _ = smoke
     collate = PromptCollator(tokenizer, prompt)
-    batch = collate([{"panorama": torch.rand(3, 64, 128), "query": q} for q in ("Describe.", "What is left of the door?")])
+    batch = collate(
+        [{"panorama": torch.rand(3, 64, 128), "query": q} for q in ("Describe.", "What is left of the door?")]
+    )
     rows = generate_tokens(model, tokenizer, batch, GenerationSettings(max_new_tokens=6, min_new_tokens=6))
     assert [len(r) for r in rows] == [6, 6]
 
@@ -98,9 +106,15 @@ def test_sampling_with_a_seed_is_reproducible_differs_from_greedy_and_leaves_the
     assert torch.rand(1) == before, "the eval's sampling must not move the caller's random state"
     again, _ = predict_items(model, tokenizer, prompt, items, data, 2, sampled, "b")
     assert first == again
-    assert stats["decoding"].startswith("sampled: seed 7") and stats["generated_tokens"] == 8 * len(items) and stats["batch_size"] == 2
+    assert (
+        stats["decoding"].startswith("sampled: seed 7")
+        and stats["generated_tokens"] == 8 * len(items)
+        and stats["batch_size"] == 2
+    )
     other_seed, _ = predict_items(model, tokenizer, prompt, items, data, 2, replace(sampled, seed=8), "d")
-    greedy, greedy_stats = predict_items(model, tokenizer, prompt, items, data, 2, replace(sampled, do_sample=False, seed=None, temperature=1.0), "c")
+    greedy, greedy_stats = predict_items(
+        model, tokenizer, prompt, items, data, 2, replace(sampled, do_sample=False, seed=None, temperature=1.0), "c"
+    )
     assert greedy_stats["decoding"] == "greedy" and greedy_stats["generated_tokens"] == 8 * len(items)
     assert len(greedy) == len(first) == len(items)
     assert first != greedy, "sampling at temperature 1.5 from a random LLM gave the greedy captions"

@@ -1,5 +1,6 @@
 """A model eval through the CLI writes predictions.csv, metrics.json and report.html together;
 and predictions.csv scored again with --csv-input gives the same numbers."""
+
 from __future__ import annotations
 
 import csv
@@ -7,16 +8,23 @@ import json
 import re
 
 import pytest
+from test_eval_report import BROWSER, card_order, dump_dom
 
 from conftest import run_cli
-from test_eval_report import BROWSER, card_order, dump_dom
 
 
 @pytest.mark.slow
 def test_a_model_eval_writes_metrics_and_a_report_and_its_predictions_score_the_same(tmp_path):
     run_dir = tmp_path / "runs" / "one-step"
-    done = run_cli("train.py", "debug=smoke", "stages=[finetune]", "stage.finetune.max_steps=1",
-                   "experiment.name=one-step", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = run_cli(
+        "train.py",
+        "debug=smoke",
+        "stages=[finetune]",
+        "stage.finetune.max_steps=1",
+        "experiment.name=one-step",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     done = run_cli("eval.py", f"checkpoint_dir={run_dir / 'finetune'}", "debug=smoke", "batch_size=3")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -28,12 +36,15 @@ def test_a_model_eval_writes_metrics_and_a_report_and_its_predictions_score_the_
     assert "SPICE" in metrics["unavailable"] or "SPICE" in metrics["model"]
 
     # Every question with its answer, from which the reported exact match can be recomputed.
-    from vlm_resampler.evaluation.synthpano_eval import normalise_answer
+    from vlm_resampler.data.answers import normalise_answer
 
     with open(out / "qa_predictions.csv", newline="", encoding="utf-8") as f:
         answered = list(csv.DictReader(f))
     assert len(answered) == metrics["qa"]["n_items"] > 0
-    hits = [normalise_answer(r["prediction"]) in {normalise_answer(a) for a in json.loads(r["references"])} for r in answered]
+    hits = [
+        normalise_answer(r["prediction"]) in {normalise_answer(a) for a in json.loads(r["references"])}
+        for r in answered
+    ]
     assert round(sum(hits) / len(hits), 4) == metrics["qa"]["exact_match"]
 
     page = (out / "report.html").read_text(encoding="utf-8")

@@ -1,5 +1,6 @@
 """report.html: self-contained, one card per example with the panorama and the model's own
 views, sortable by per-example CIDEr; opened in a real headless browser where one exists."""
+
 from __future__ import annotations
 
 import re
@@ -12,15 +13,33 @@ import torch
 
 from vlm_resampler.evaluation.report import Card, jpeg_data_uri, render_report
 
-BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+BROWSER = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+)
 needs_browser = pytest.mark.skipif(
-    BROWSER is None, reason="no headless browser here (apt-get install -y --no-install-recommends chromium; .ci/run does)")
+    BROWSER is None,
+    reason="no headless browser here (apt-get install -y --no-install-recommends chromium; .ci/run does)",
+)
 
 RESULTS = {
-    "checkpoint_dir": "runs/x/finetune", "stage": "finetune", "dataset": "synthpano", "split": "test", "n_items": 4,
-    "model": {"BLEU-1": 0.5, "BLEU-2": 0.4, "BLEU-3": 0.3, "BLEU-4": 0.2, "METEOR": 0.25, "ROUGE-L": 0.45, "CIDEr": 0.9},
-    "baselines": {"untrained": {"BLEU-4": 0.0, "CIDEr": 0.01},
-                  "constant_caption": {"BLEU-4": 0.1, "CIDEr": 0.3, "caption": "a red circle."}},
+    "checkpoint_dir": "runs/x/finetune",
+    "stage": "finetune",
+    "dataset": "synthpano",
+    "split": "test",
+    "n_items": 4,
+    "model": {
+        "BLEU-1": 0.5,
+        "BLEU-2": 0.4,
+        "BLEU-3": 0.3,
+        "BLEU-4": 0.2,
+        "METEOR": 0.25,
+        "ROUGE-L": 0.45,
+        "CIDEr": 0.9,
+    },
+    "baselines": {
+        "untrained": {"BLEU-4": 0.0, "CIDEr": 0.01},
+        "constant_caption": {"BLEU-4": 0.1, "CIDEr": 0.3, "caption": "a red circle."},
+    },
     "unavailable": {"SPICE": "needs Stanford CoreNLP jars"},
 }
 
@@ -28,9 +47,18 @@ RESULTS = {
 def dump_dom(page: Path, fragment: str, tmp_path: Path) -> str:
     """The DOM after the page's scripts ran, as the browser holds it."""
     done = subprocess.run(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-         "--dump-dom", page.resolve().as_uri() + fragment],
-        capture_output=True, text=True, timeout=120,
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.resolve().as_uri() + fragment,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -45,9 +73,19 @@ def synthetic_cards() -> list[Card]:
 
     thumb = jpeg_data_uri(Image.new("RGB", (32, 16), (200, 30, 30)), 70)
     ciders = [0.5, 2.0, 0.0, 1.25]
-    return [Card(index=i, image=f"p{i}.png", query="Describe the panorama.", prediction=f"caption {i} <b>not bold</b>",
-                 references=[f"ref {i} a", f"ref {i} b"], scores={"CIDEr": c, "BLEU-4": 1 - c / 2},
-                 panorama=thumb, views=[("view 0", thumb), ("view 1", thumb)]) for i, c in enumerate(ciders)]
+    return [
+        Card(
+            index=i,
+            image=f"p{i}.png",
+            query="Describe the panorama.",
+            prediction=f"caption {i} <b>not bold</b>",
+            references=[f"ref {i} a", f"ref {i} b"],
+            scores={"CIDEr": c, "BLEU-4": 1 - c / 2},
+            panorama=thumb,
+            views=[("view 0", thumb), ("view 1", thumb)],
+        )
+        for i, c in enumerate(ciders)
+    ]
 
 
 def test_the_page_is_self_contained_and_escapes_text(tmp_path):
@@ -56,7 +94,16 @@ def test_the_page_is_self_contained_and_escapes_text(tmp_path):
     assert all(src.startswith("data:image/jpeg;base64,") for src in re.findall(r'src="([^"]+)"', page))
     assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "<b>not bold</b>" not in page
     assert page.count('<article class="card"') == 4
-    for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "untrained", "constant_caption", "SPICE not computed"):
+    for name in (
+        "BLEU-1",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+        "untrained",
+        "constant_caption",
+        "SPICE not computed",
+    ):
         assert name in page, name
 
 

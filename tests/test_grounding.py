@@ -1,5 +1,6 @@
 """The pieces that make the offline default read the image: object facts per view, object codes,
 the code-reading LLM's build, the object-code target of a stage, cached tower features, threads."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from vlm_resampler.data.object_facts import NOTHING, ROLES, view_directions, view_facts
-from vlm_resampler.data.synthpano import SceneObject, pretext_scene, sample_scene, _scene_rng
+from vlm_resampler.data.synthpano.objects import SceneObject
+from vlm_resampler.data.synthpano.scene import pretext_scene, sample_scene, scene_rng
 from vlm_resampler.models.object_codes import ObjectCodes, has_object_codes
 
 YAWS = [0.0, 90.0, 180.0, -90.0]
@@ -19,7 +21,10 @@ def obj(direction, yaw, pitch=0.0, colour="red", shape="circle", size="small"):
 
 
 def test_a_horizon_object_belongs_to_the_view_nearest_its_yaw_and_poles_to_every_view():
-    objects = [obj("right", 100.0, colour="blue", shape="square", size="large"), obj("above", -30.0, 70.0, colour="green")]
+    objects = [
+        obj("right", 100.0, colour="blue", shape="square", size="large"),
+        obj("above", -30.0, 70.0, colour="green"),
+    ]
     table = view_facts(objects, YAWS)
     horizon, above, below = (ROLES.index(r) for r in ("horizon", "above", "below"))
     assert table[1, horizon].tolist() == [1, 2, 1]  # large, blue, square
@@ -38,7 +43,7 @@ def test_view_directions_name_the_nearest_horizon_direction():
 
 def test_pretext_scenes_are_never_dataset_scenes():
     pretext = {pretext_scene(0, i).captions for i in range(30)}
-    train = {sample_scene(_scene_rng(0, "train", i)).captions for i in range(30)}
+    train = {sample_scene(scene_rng(0, "train", i)).captions for i in range(30)}
     assert pretext.isdisjoint(train)
     assert pretext_scene(0, 3) == pretext_scene(0, 3)
 
@@ -49,8 +54,14 @@ def test_object_codes_sum_role_tables_and_lay_out_any_number_of_tokens_per_view(
     facts = view_facts([obj("front", 0.0, colour="white", shape="triangle")], YAWS)[None]
     directions = torch.tensor(view_directions(YAWS))
     per_view = codes.view_codes(facts, directions)
-    expected_front = (codes.direction[0] + codes.roles["horizon_size"][0] + codes.roles["horizon_colour"][5]
-                      + codes.roles["horizon_shape"][2] + codes.nothing[1] + codes.nothing[2])
+    expected_front = (
+        codes.direction[0]
+        + codes.roles["horizon_size"][0]
+        + codes.roles["horizon_colour"][5]
+        + codes.roles["horizon_shape"][2]
+        + codes.nothing[1]
+        + codes.nothing[2]
+    )
     torch.testing.assert_close(per_view[0, 0], expected_front)
     torch.testing.assert_close(per_view[0, 1], codes.direction[1] + codes.nothing.sum(0))
     for t in (1, 4, 49):
@@ -89,18 +100,25 @@ def mini_reader(tmp_path, monkeypatch):
 
 
 def test_the_reader_builds_into_a_hub_style_directory_with_its_record(mini_reader):
-    from vlm_resampler.models.backbones import ensure_local_backbone, load_language_model
+    from vlm_resampler.models.backbones import load_language_model
+    from vlm_resampler.models.local_backbones import ensure_local_backbone
 
     directory = ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
     record = json.loads((directory / "pretraining.json").read_text())
     assert record["recipe"]["steps"] == 4 and len(record["training"]["loss_every_100_steps"]) == 1
     assert {c["tokens_per_view"] for c in record["ceiling_with_perfect_codes"]} == {4, 49}
-    assert set(record["ceiling_with_perfect_codes"][0]["qa_exact_match"]) == {"colour", "count", "direction", "pole", "size"}
+    assert set(record["ceiling_with_perfect_codes"][0]["qa_exact_match"]) == {
+        "colour",
+        "count",
+        "direction",
+        "pole",
+        "size",
+    }
     lm = load_language_model("vlm-resampler/tiny-qwen3-reader")
     codes = ObjectCodes.load(directory)
     assert codes.width == lm.get_input_embeddings().embedding_dim
     # Trained: the weights differ from the random tiny Qwen3 it starts from, in the rows it used.
-    from vlm_resampler.models.backbones import tiny_qwen3_model
+    from vlm_resampler.models.local_backbones import tiny_qwen3_model
 
     start = tiny_qwen3_model().state_dict()
     changed = [k for k, v in lm.state_dict().items() if not torch.equal(v, start[k])]
@@ -108,7 +126,7 @@ def test_the_reader_builds_into_a_hub_style_directory_with_its_record(mini_reade
 
 
 def test_the_reader_build_is_deterministic(mini_reader, tmp_path):
-    from vlm_resampler.models.backbones import _build_tiny_qwen3_reader
+    from vlm_resampler.models.local_backbones import _build_tiny_qwen3_reader
 
     first, second = tmp_path / "a", tmp_path / "b"
     for d in (first, second):
@@ -130,7 +148,8 @@ def mini_tower(tmp_path, monkeypatch):
 
 
 def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(mini_tower):
-    from vlm_resampler.models.backbones import ensure_local_backbone, load_vision_encoder, tiny_siglip_model
+    from vlm_resampler.models.backbones import load_vision_encoder
+    from vlm_resampler.models.local_backbones import ensure_local_backbone, tiny_siglip_model
 
     directory = ensure_local_backbone("vlm-resampler/tiny-siglip-pretrained")
     record = json.loads((directory / "pretraining.json").read_text())
@@ -146,7 +165,7 @@ def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(
 
 def test_a_build_made_with_another_recipe_is_built_again(mini_tower, monkeypatch, capsys):
     from vlm_resampler.models import pretrained_tower
-    from vlm_resampler.models.backbones import ensure_local_backbone
+    from vlm_resampler.models.local_backbones import ensure_local_backbone
 
     name = "vlm-resampler/tiny-siglip-pretrained"
     directory = ensure_local_backbone(name)
@@ -155,14 +174,16 @@ def test_a_build_made_with_another_recipe_is_built_again(mini_tower, monkeypatch
     monkeypatch.setattr(pretrained_tower, "RECIPE", dict(mini_tower, steps=4))  # an older checkout's build
     assert ensure_local_backbone(name) == directory
     out = capsys.readouterr().out
-    assert "was built with another recipe (differs in steps); building vlm-resampler/tiny-siglip-pretrained again" in out
+    assert (
+        "was built with another recipe (differs in steps); building vlm-resampler/tiny-siglip-pretrained again" in out
+    )
     assert json.loads((directory / "pretraining.json").read_text())["recipe"]["steps"] == 4
     assert (directory / "model.safetensors").read_bytes() != first
     assert ensure_local_backbone(name) == directory and "another recipe" not in capsys.readouterr().out
 
 
 def test_the_pretrained_tower_build_is_deterministic(mini_tower, tmp_path):
-    from vlm_resampler.models.backbones import _build_tiny_siglip_pretrained
+    from vlm_resampler.models.local_backbones import _build_tiny_siglip_pretrained
 
     first, second = tmp_path / "a", tmp_path / "b"
     for d in (first, second):
@@ -185,7 +206,7 @@ def test_the_tower_is_taught_what_each_view_faces_and_nothing_where_it_faces_not
 
 def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
     """The real build (made once for the suite by conftest): the tower arrives knowing how to see."""
-    from vlm_resampler.models.backbones import local_backbone_dir
+    from vlm_resampler.models.local_backbones import local_backbone_dir
 
     record = json.loads((local_backbone_dir("vlm-resampler/tiny-siglip-pretrained") / "pretraining.json").read_text())
     accuracy = record["held_out"]["accuracy"]
@@ -196,11 +217,22 @@ def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
 def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp_path):
     from vlm_resampler.training.run import resolved_container, run_stage
 
-    cfg = resolved_container(smoke_config(
-        "backbone=tiny_reader", "resampler=perceiver", "resampler.num_latents=2", "resampler.depth=1",
-        "resampler.hidden_dim=32", "resampler.latent_dimension=32", "resampler.heads=2", "resampler.dim_head=16",
-        "stages=[resampler]", "stage.resampler.object_code_weight=1.0", "stage.resampler.object_code_warmup_steps=1",
-        "stage.resampler.max_steps=3"))
+    cfg = resolved_container(
+        smoke_config(
+            "backbone=tiny_reader",
+            "resampler=perceiver",
+            "resampler.num_latents=2",
+            "resampler.depth=1",
+            "resampler.hidden_dim=32",
+            "resampler.latent_dimension=32",
+            "resampler.heads=2",
+            "resampler.dim_head=16",
+            "stages=[resampler]",
+            "stage.resampler.object_code_weight=1.0",
+            "stage.resampler.object_code_warmup_steps=1",
+            "stage.resampler.max_steps=3",
+        )
+    )
     run_stage(cfg, "resampler", tmp_path, None)
     log = [json.loads(line) for line in (tmp_path / "resampler" / "train_log.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in log if "loss" in r}
@@ -214,8 +246,14 @@ def test_the_learning_rate_schedule_restarts_when_the_code_warm_up_ends(tmp_path
 
     from vlm_resampler.training.trainer import phased_schedule
 
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1.0, warmup_steps=0.1, lr_scheduler_type="cosine",
-                             report_to=[], use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=1.0,
+        warmup_steps=0.1,
+        lr_scheduler_type="cosine",
+        report_to=[],
+        use_cpu=True,
+    )
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=1.0)
     schedule = phased_schedule(optimizer, args, phase_steps=100, num_training_steps=120)
@@ -246,8 +284,15 @@ def test_code_target_matches_the_visual_tokens_and_the_loss_is_zero_on_them(smok
     from vlm_resampler.training.run import resolved_container
     from vlm_resampler.training.trainer import CodeTarget
 
-    cfg = resolved_container(smoke_config("resampler=perceiver", "resampler.num_latents=3", "resampler.depth=1",
-                                          "resampler.hidden_dim=32", "resampler.latent_dimension=32"))
+    cfg = resolved_container(
+        smoke_config(
+            "resampler=perceiver",
+            "resampler.num_latents=3",
+            "resampler.depth=1",
+            "resampler.hidden_dim=32",
+            "resampler.latent_dimension=32",
+        )
+    )
     model = build_model(cfg["model"], seed=0)
     codes = ObjectCodes(model.llm.get_input_embeddings().embedding_dim)
     target = CodeTarget(model, codes)

@@ -1,6 +1,7 @@
 """Issue 7, items 2, 3 and 5: damaged weight files are refused by name, the code holds none of the
 forbidden patterns, and an untrusted run directory or data file cannot run code or reach files
 outside the data root."""
+
 from __future__ import annotations
 
 import ast
@@ -36,10 +37,19 @@ def saved_stage(smoke_config, tmp_path_factory):
     model = build_model(cfg["model"], seed=int(cfg["seed"]))
     lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
     save_stage_checkpoint(
-        model, run_dir / "finetune", list(ALWAYS_SAVED), stage="finetune", seed=int(cfg["seed"]),
-        model_tree=dict(cfg["model"]) | {"lora": lora}, tokenizer=dict(cfg["backbone"]["tokenizer"]),
-        prompt=dict(cfg["prompt"]), data=dict(cfg["data"]), backbones=backbone_records(cfg), init_from=None,
-        trainable=[], train_summary={},
+        model,
+        run_dir / "finetune",
+        list(ALWAYS_SAVED),
+        stage="finetune",
+        seed=int(cfg["seed"]),
+        model_tree=dict(cfg["model"]) | {"lora": lora},
+        tokenizer=dict(cfg["backbone"]["tokenizer"]),
+        prompt=dict(cfg["prompt"]),
+        data=dict(cfg["data"]),
+        backbones=backbone_records(cfg),
+        init_from=None,
+        trainable=[],
+        train_summary={},
     )
     return run_dir
 
@@ -82,7 +92,10 @@ def test_a_truncated_weight_file_is_refused_by_name_also_unverified(saved_stage,
 
     run = copy_run(saved_stage, tmp_path)
     truncate(run / "finetune" / rel)
-    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointMismatch, match=rf"{run / 'finetune' / rel}: cannot be read"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(CheckpointMismatch, match=rf"{run / 'finetune' / rel}: cannot be read"),
+    ):
         load_from_run(run, verify=False)
     assert "not verified (--no-verify / verify=false)" in caplog.text
 
@@ -107,7 +120,9 @@ def drop_key(state: dict) -> str:
 
 @pytest.mark.parametrize("change", [change_dtype, add_key, drop_key], ids=["dtype", "extra-key", "missing-key"])
 @pytest.mark.parametrize("rel", [layout.WEIGHTS, ADAPTER])
-def test_a_changed_weight_file_with_its_sha256_re_recorded_is_refused_naming_the_tensor(saved_stage, tmp_path, rel, change):
+def test_a_changed_weight_file_with_its_sha256_re_recorded_is_refused_naming_the_tensor(
+    saved_stage, tmp_path, rel, change
+):
     """The integrity check passes (the digest is recorded again); the strict load is what refuses."""
     from safetensors.torch import load_file, save_file
 
@@ -137,7 +152,9 @@ def test_no_verify_is_logged_naming_the_files_not_checked(saved_stage, caplog):
 
 
 @pytest.mark.parametrize("show_traceback", [False, True], ids=["short", "VLM_RESAMPLER_TRACEBACK=1"])
-def test_eval_of_a_damaged_checkpoint_exits_1_naming_the_file_without_a_traceback_unless_asked(saved_stage, tmp_path, show_traceback, monkeypatch):
+def test_eval_of_a_damaged_checkpoint_exits_1_naming_the_file_without_a_traceback_unless_asked(
+    saved_stage, tmp_path, show_traceback, monkeypatch
+):
     from conftest import run_cli
 
     run = copy_run(saved_stage, tmp_path)
@@ -150,7 +167,10 @@ def test_eval_of_a_damaged_checkpoint_exits_1_naming_the_file_without_a_tracebac
         assert "Traceback (most recent call last)" in done.stderr and "CheckpointMismatch" in done.stderr
     else:
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
-        assert f"error: eval of {run / 'finetune'}:" in done.stderr and "VLM_RESAMPLER_TRACEBACK=1 shows the traceback" in done.stderr
+        assert (
+            f"error: eval of {run / 'finetune'}:" in done.stderr
+            and "VLM_RESAMPLER_TRACEBACK=1 shows the traceback" in done.stderr
+        )
 
 
 def test_no_verify_on_the_eval_command_line_means_verify_false():
@@ -197,8 +217,11 @@ def forbidden_patterns(path: Path) -> list[str]:
             body = list(ast.walk(ast.Module(body=node.body, type_ignores=[])))
             types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
             broad = any(_name(t) in ("Exception", "BaseException") for t in types)
-            raises = any(isinstance(n, ast.Raise) or (isinstance(n, ast.Call) and _name(n.func) in ("sys.exit", "exit", "os._exit"))
-                         for n in body)
+            raises = any(
+                isinstance(n, ast.Raise)
+                or (isinstance(n, ast.Call) and _name(n.func) in ("sys.exit", "exit", "os._exit"))
+                for n in body
+            )
             uses_error = node.name is not None and any(isinstance(n, ast.Name) and n.id == node.name for n in body)
             skips = any(isinstance(n, (ast.Pass, ast.Continue)) for n in body)
             if broad and not raises and not uses_error:
@@ -224,8 +247,18 @@ def forbidden_patterns(path: Path) -> list[str]:
                 loader = _kw(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
                 if _name(loader).split(".")[-1] not in ("SafeLoader", "CSafeLoader"):
                     at(node, f"{func} without a safe loader")
-            if func in ("yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads", "pickle.Unpickler",
-                        "dill.load", "dill.loads", "marshal.load", "marshal.loads", "torch.serialization.load"):
+            if func in (
+                "yaml.unsafe_load",
+                "yaml.full_load",
+                "pickle.load",
+                "pickle.loads",
+                "pickle.Unpickler",
+                "dill.load",
+                "dill.loads",
+                "marshal.load",
+                "marshal.loads",
+                "torch.serialization.load",
+            ):
                 at(node, func)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names]
@@ -276,15 +309,25 @@ def test_the_pattern_search_finds_each_forbidden_pattern(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
     found = forbidden_patterns(bad)
-    assert sorted(f.split(": ", 1)[1] for f in found) == sorted([
-        "imports pickle", "strict=False", "broad `except` that neither re-raises, exits nor uses the error",
-        "bare `except:`", "torch.load without weights_only=True", "torch.load without weights_only=True",
-        "yaml.load without a safe loader", "yaml.load without a safe loader", "pickle.loads",
-        "strict=False (by position)", "strict=False (by position)", "from torch import load (an unchecked torch.load)",
-        "`except` that passes over the error (`pass`/`continue`) without using it",
-        "`except` that passes over the error (`pass`/`continue`) without using it",
-        "broad `except` that neither re-raises, exits nor uses the error",
-    ]), found
+    assert sorted(f.split(": ", 1)[1] for f in found) == sorted(
+        [
+            "imports pickle",
+            "strict=False",
+            "broad `except` that neither re-raises, exits nor uses the error",
+            "bare `except:`",
+            "torch.load without weights_only=True",
+            "torch.load without weights_only=True",
+            "yaml.load without a safe loader",
+            "yaml.load without a safe loader",
+            "pickle.loads",
+            "strict=False (by position)",
+            "strict=False (by position)",
+            "from torch import load (an unchecked torch.load)",
+            "`except` that passes over the error (`pass`/`continue`) without using it",
+            "`except` that passes over the error (`pass`/`continue`) without using it",
+            "broad `except` that neither re-raises, exits nor uses the error",
+        ]
+    ), found
 
 
 # ---- 5. untrusted run directories ---------------------------------------------------------
@@ -297,8 +340,14 @@ MALICIOUS = {
         "hidden_dim": {"deep": [{"deeper": {"_target_": "os.system", "command": f"touch {s}"}}]},
     },
     "_args_": lambda s: {"_target_": "subprocess.call", "_args_": [["touch", str(s)]]},
-    "allowed prefix leading elsewhere": lambda s: {"_target_": "vlm_resampler.models.backbones.os.system", "_args_": [f"touch {s}"]},
-    "torch.nn prefix leading elsewhere": lambda s: {"_target_": "torch.nn.modules.module.torch.load", "_args_": [str(s)]},
+    "allowed prefix leading elsewhere": lambda s: {
+        "_target_": "vlm_resampler.models.backbones.os.system",
+        "_args_": [f"touch {s}"],
+    },
+    "torch.nn prefix leading elsewhere": lambda s: {
+        "_target_": "torch.nn.modules.module.torch.load",
+        "_args_": [str(s)],
+    },
 }
 
 
@@ -328,7 +377,9 @@ def test_a_malicious_run_dir_is_refused_without_calling_it(saved_stage, tmp_path
         loader = lambda: load_from_run(run)  # noqa: E731
     # From resolved_config.yaml the saved target is first compared with the weights' resampler
     # type (reconstruct.py); either refusal comes before anything is instantiated.
-    with pytest.raises((UntrustedTarget, CheckpointMismatch), match="not allowed|cannot be located|but the weights are"):
+    with pytest.raises(
+        (UntrustedTarget, CheckpointMismatch), match="not allowed|cannot be located|but the weights are"
+    ):
         loader()
     assert not sentinel.exists()
 
@@ -341,9 +392,7 @@ def test_a_yaml_tag_that_would_run_code_is_not_executed(saved_stage, tmp_path):
     (run / "finetune" / layout.METADATA).unlink()
     (run / layout.STATUS).write_text(json.dumps({"status": "done", "completed": ["finetune"]}))
     text = (run / layout.RESOLVED_CONFIG).read_text()
-    (run / layout.RESOLVED_CONFIG).write_text(
-        f"evil: !!python/object/apply:os.system ['touch {sentinel}']\n" + text
-    )
+    (run / layout.RESOLVED_CONFIG).write_text(f"evil: !!python/object/apply:os.system ['touch {sentinel}']\n" + text)
     with pytest.raises(Exception):  # noqa: B017  (any refusal; what matters is that nothing ran)
         load_from_run(run)
     assert not sentinel.exists()
@@ -387,10 +436,15 @@ def public_callables() -> set[str]:
     import vlm_resampler
 
     names = set()
-    modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(vlm_resampler.__path__, "vlm_resampler.")
-               if "mamba_cuda" not in m.name]
+    modules = [
+        importlib.import_module(m.name)
+        for m in pkgutil.walk_packages(vlm_resampler.__path__, "vlm_resampler.")
+        if "mamba_cuda" not in m.name
+    ]
     for module in [vlm_resampler, *modules, os, subprocess, shutil, builtins]:
-        names.update(f"{module.__name__}.{n}" for n, obj in vars(module).items() if not n.startswith("_") and callable(obj))
+        names.update(
+            f"{module.__name__}.{n}" for n, obj in vars(module).items() if not n.startswith("_") and callable(obj)
+        )
     return names
 
 

@@ -1,6 +1,7 @@
 """launch/inspect.py: exact parameter counts (checked against a hand count and against a real
 build), per-stage trainable sets from the trainer's own freeze matrix, tokens per view and
 image, run and stage directories, --compare, --json, and the same config errors as train.py."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,10 @@ import sys
 
 import pytest
 
+from vlm_resampler.inspection.counts import inspect_source
+from vlm_resampler.inspection.sources import source_from_args
+
 from conftest import REPO_ROOT, run_cli
-from vlm_resampler.inspection import inspect_source, source_from_args
 
 # The offline default backbones (conf/backbone/tiny.yaml): tiny SigLIP and tiny Qwen3.
 VISION_WIDTH = 64  # the resampler's input_dim
@@ -101,7 +104,9 @@ def overrides_for(resampler: str, settings: dict) -> list[str]:
 def test_mlp_counts_match_a_hand_count(settings):
     overrides = overrides_for("mlp", settings)
     r = report(*overrides)
-    expected = mlp_resampler(VISION_WIDTH, settings["latent_dimension"], settings["hidden_dim"], settings["depth"], settings["use_ln"])
+    expected = mlp_resampler(
+        VISION_WIDTH, settings["latent_dimension"], settings["hidden_dim"], settings["depth"], settings["use_ln"]
+    )
     assert r["parameters"]["resampler"] == expected
     check_the_rest(r, settings["latent_dimension"], overrides)
 
@@ -111,9 +116,20 @@ def test_bimamba_counts_match_a_hand_count(settings):
     overrides = overrides_for("bimamba", settings)
     r = report(*overrides)
     s = settings
-    expected = bimamba_resampler(VISION_WIDTH, s["latent_dimension"], s["hidden_dim"], s["depth"], s["expand"], s["d_state"], s["d_conv"], s["use_ln"])
+    expected = bimamba_resampler(
+        VISION_WIDTH,
+        s["latent_dimension"],
+        s["hidden_dim"],
+        s["depth"],
+        s["expand"],
+        s["d_state"],
+        s["d_conv"],
+        s["use_ln"],
+    )
     assert r["parameters"]["resampler"] == expected
-    each = layer_norm(s["hidden_dim"]) * s["use_ln"] + 2 * mamba_mixer(s["hidden_dim"], s["expand"], s["d_state"], s["d_conv"])
+    each = layer_norm(s["hidden_dim"]) * s["use_ln"] + 2 * mamba_mixer(
+        s["hidden_dim"], s["expand"], s["d_state"], s["d_conv"]
+    )
     assert r["resampler_parts"]["blocks"] == s["depth"] * each
     if s["depth"] > 1:
         assert r["resampler_repeated"]["blocks"] == [s["depth"], each]
@@ -144,7 +160,9 @@ def check_the_rest(r: dict, latent: int, overrides: list[str]) -> None:
 
 
 def test_the_guides_rule_of_thumb_is_far_off():
-    r = report("resampler=bimamba", "backbone=tiny")  # the guide's balanced default: 1024 / 1.75 / 4 blocks / d_state 64 (backbone=tiny_reader has its own size)
+    r = report(
+        "resampler=bimamba", "backbone=tiny"
+    )  # the guide's balanced default: 1024 / 1.75 / 4 blocks / d_state 64 (backbone=tiny_reader has its own size)
     exact = bimamba_resampler(VISION_WIDTH, 768, 1024, 4, 1.75, 64, 4, True)
     assert r["parameters"]["resampler"] == exact == 49_592_064
     assert 1024 * 1.75 * 4 * 3 < exact / 1000  # "hidden_dim x expand x depth x 3"
@@ -163,12 +181,19 @@ def test_meta_counts_equal_those_of_the_real_model(stitch, smoke_config):
     """The meta-device build counts exactly what training builds and trains (tiny weights loaded here)."""
     from omegaconf import OmegaConf
 
-    from vlm_resampler.inspection import count, module_counts
+    from vlm_resampler.inspection.counts import count, module_counts
     from vlm_resampler.runs.load import build_model
     from vlm_resampler.training.stages import apply_freeze, attach_stage_lora
 
-    overrides = ["backbone=tiny", "resampler=bimamba", "resampler.hidden_dim=32", "resampler.depth=1", "resampler.d_state=4",
-                 "stage.vision.vision_trainable_blocks=1", stitch]  # backbone=tiny: what smoke_config uses
+    overrides = [
+        "backbone=tiny",
+        "resampler=bimamba",
+        "resampler.hidden_dim=32",
+        "resampler.depth=1",
+        "resampler.d_state=4",
+        "stage.vision.vision_trainable_blocks=1",
+        stitch,
+    ]  # backbone=tiny: what smoke_config uses
     r = report(*overrides)
     cfg = smoke_config(*overrides)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), seed=0)
@@ -179,7 +204,10 @@ def test_meta_counts_equal_those_of_the_real_model(stitch, smoke_config):
         assert r["stages"][name]["total"] == count(model.parameters())
     assert "vision_blocks" in r["stages"]["vision"]["trainable"]
     assert r["parameters"] == module_counts(model)
-    assert (r["tokens"]["tokens_per_view"], r["tokens"]["tokens_per_image"]) == (model.tokens_per_view, model.tokens_per_image)
+    assert (r["tokens"]["tokens_per_view"], r["tokens"]["tokens_per_image"]) == (
+        model.tokens_per_view,
+        model.tokens_per_image,
+    )
     assert not any(p.is_meta for p in model.parameters())
 
 
@@ -190,15 +218,28 @@ def test_cli_prints_the_resolved_resampler_counts_and_tokens():
     done = run_cli("inspect.py", "resampler=bimamba", "resampler.hidden_dim=512")
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for text in ("resampler (resolved)", "hidden_dim", "512", "input_dim", "parameters", "lora", "tokens per image", "stage finetune", "meta device"):
+    for text in (
+        "resampler (resolved)",
+        "hidden_dim",
+        "512",
+        "input_dim",
+        "parameters",
+        "lora",
+        "tokens per image",
+        "stage finetune",
+        "meta device",
+    ):
         assert text in out, text
     assert "Traceback" not in done.stderr
 
 
 def test_compare_puts_configs_side_by_side_and_json_is_machine_readable():
     # backbone=tiny: the guide's resampler sizes (backbone=tiny_reader has sizes of its own, conf/resampler/size/)
-    configs = ["backbone=tiny resampler=bimamba resampler.expand=1.75", "backbone=tiny resampler=bimamba resampler.expand=2.0",
-               "backbone=tiny resampler=mlp"]
+    configs = [
+        "backbone=tiny resampler=bimamba resampler.expand=1.75",
+        "backbone=tiny resampler=bimamba resampler.expand=2.0",
+        "backbone=tiny resampler=mlp",
+    ]
     done = run_cli("inspect.py", "--compare", *configs)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -223,7 +264,10 @@ def test_compare_puts_configs_side_by_side_and_json_is_machine_readable():
         (["resampler.hiden_dim=512"], ["resampler.hiden_dim", "Did you mean 'hidden_dim'"]),
         (["resampler=mlpp"], ["resampler=mlpp", "Did you mean 'mlp'"]),
         (["resampler=bimamba", "resampler.expand=-1"], ["resampler.expand=-1", "> 0"]),
-        (["--compare", "resampler=mlp", "resampler.expand=2"], ["1 of 2", "[resampler.expand=2]", "is a parameter of resampler=bimamba"]),
+        (
+            ["--compare", "resampler=mlp", "resampler.expand=2"],
+            ["1 of 2", "[resampler.expand=2]", "is a parameter of resampler=bimamba"],
+        ),
         (["no/such/dir"], ["no/such/dir", "not an existing run or stage directory"]),
     ],
 )
@@ -294,10 +338,23 @@ def smoke_run(tmp_path_factory):
 
 
 def test_a_run_dir_inspects_like_its_overrides(smoke_run):
-    done = run_cli("inspect.py", "--json", "--compare", str(smoke_run), "debug=smoke", str(smoke_run / "finetune"), str(smoke_run / "vision"))
+    done = run_cli(
+        "inspect.py",
+        "--json",
+        "--compare",
+        str(smoke_run),
+        "debug=smoke",
+        str(smoke_run / "finetune"),
+        str(smoke_run / "vision"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     from_run, from_overrides, finetune, vision = json.loads(done.stdout)
-    assert [r["source"]["kind"] for r in (from_run, from_overrides, finetune, vision)] == ["run_dir", "overrides", "stage_dir", "stage_dir"]
+    assert [r["source"]["kind"] for r in (from_run, from_overrides, finetune, vision)] == [
+        "run_dir",
+        "overrides",
+        "stage_dir",
+        "stage_dir",
+    ]
     for r in (from_run, from_overrides, finetune, vision):
         r.pop("source")
     assert from_run == from_overrides

@@ -7,6 +7,7 @@ save_stage_checkpoint: model.safetensors, adapter/adapter_model.safetensors, the
 checkpoint_metadata.json, each atomically. It saves iteration after iteration into three stage
 directories in turn (so it also overwrites complete checkpoints) and logs each finished iteration;
 the parent kills it after a random delay and then checks every directory on disk."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from vlm_resampler import load_from_run
 from vlm_resampler.errors import UserFacingError
@@ -27,35 +27,6 @@ from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, veri
 from vlm_resampler.runs.metadata import read_metadata
 
 STAGE_DIRS = 3  # iteration i goes to stage dir i % 3
-
-
-@pytest.fixture(scope="module")
-def saver(smoke_config):
-    """A smoke model with the finetune stage's LoRA (so an adapter is saved too), the metadata
-    fields a stage save records, and a second model of the same shape to load into."""
-    from vlm_resampler.runs.load import build_model
-    from vlm_resampler.training.run import ALWAYS_SAVED, backbone_records, resolved_container
-    from vlm_resampler.training.stages import attach_stage_lora
-
-    cfg = resolved_container(smoke_config())
-    models = []
-    for _ in range(2):
-        model = build_model(cfg["model"], seed=int(cfg["seed"]))
-        lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
-        models.append(model)
-    assert models[0].lora_config, "the kill test must cover the adapter file too"
-    fields = dict(
-        stage="finetune",
-        seed=int(cfg["seed"]),
-        model_tree=dict(cfg["model"]) | {"lora": lora},
-        tokenizer=dict(cfg["backbone"]["tokenizer"]),
-        prompt=dict(cfg["prompt"]),
-        data=dict(cfg["data"]),
-        backbones=backbone_records(cfg),
-        init_from=None,
-        trainable=[],
-    )
-    return models[0], models[1], list(ALWAYS_SAVED), fields
 
 
 def marked_parameters(model, modules):
@@ -121,8 +92,13 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
     save_s = time.perf_counter() - t0
     progress = root / "progress.txt"
     progress.write_text("0\n")
-    counts = {"trials": trials, "nothing_lost": 0, "killed_mid_save_with_temp_left": 0, "left_behind_and_refused": 0,
-              "save_s": round(save_s, 4)}
+    counts = {
+        "trials": trials,
+        "nothing_lost": 0,
+        "killed_mid_save_with_temp_left": 0,
+        "left_behind_and_refused": 0,
+        "save_s": round(save_s, 4),
+    }
     failures = []
     seen_leftovers: set[Path] = set()
     for trial in range(trials):
@@ -137,7 +113,9 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
         time.sleep(rng.uniform(0, 4 * save_s))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"trial {trial}: child ended early ({status})"
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"trial {trial}: child ended early ({status})"
+        )
 
         done = logged(progress)
         last = done[-1]
@@ -151,7 +129,9 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
                 problems.append(f"stage{k} claims to be a checkpoint but is not: {err}")
         # Every other directory the kill left (a stage dir it was saving into, a temporary adapter
         # dir) is refused by the public load, naming it, before any model is built.
-        unfinished = [root / f"stage{k}" for k in range(STAGE_DIRS) if held.get(k) is None and (root / f"stage{k}").exists()]
+        unfinished = [
+            root / f"stage{k}" for k in range(STAGE_DIRS) if held.get(k) is None and (root / f"stage{k}").exists()
+        ]
         for directory in unfinished + [p for p in root.rglob("*.tmp-*") if p.is_dir()]:
             try:
                 load_from_run(directory)
@@ -163,7 +143,9 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
         # The previous complete checkpoints (the last logged iterations) are there, intact.
         for i in range(max(0, last - STAGE_DIRS + 2), last + 1):
             if held.get(i % STAGE_DIRS) != i:
-                problems.append(f"iteration {i} (logged complete) lost: stage{i % STAGE_DIRS} holds {held.get(i % STAGE_DIRS)}")
+                problems.append(
+                    f"iteration {i} (logged complete) lost: stage{i % STAGE_DIRS} holds {held.get(i % STAGE_DIRS)}"
+                )
         # Whatever the kill left behind under a temporary name is never what a load reads.
         leftovers = {p for p in root.rglob("*") if ".tmp-" in p.name or ".old-" in p.name}
         if leftovers - seen_leftovers:
@@ -191,10 +173,12 @@ def run_trials(saver, root: Path, trials: int, seed: int) -> dict:
 
 
 def report(counts: dict, root: Path) -> None:
-    line = (f"kill-during-save: {counts['nothing_lost']}/{counts['trials']} trials with nothing lost "
-            f"({counts['iterations_completed']} checkpoints completed, one save {counts['save_s']} s, "
-            f"{counts['killed_mid_save_with_temp_left']} kills landed between a save's first byte and its rename, "
-            f"{counts['left_behind_and_refused']} unfinished directories refused by load_from_run)")
+    line = (
+        f"kill-during-save: {counts['nothing_lost']}/{counts['trials']} trials with nothing lost "
+        f"({counts['iterations_completed']} checkpoints completed, one save {counts['save_s']} s, "
+        f"{counts['killed_mid_save_with_temp_left']} kills landed between a save's first byte and its rename, "
+        f"{counts['left_behind_and_refused']} unfinished directories refused by load_from_run)"
+    )
     print(line)
     (root / "kill_test_counts.json").write_text(json.dumps(counts, indent=2))
 
@@ -239,8 +223,12 @@ def test_a_save_clears_every_temporary_name_a_killed_save_can_leave(saver, tmp_p
     model, check_model, modules, fields = saver
     stage_dir = tmp_path / "run" / "stage0"
     save(model, modules, fields, tmp_path / "run", 0)
-    killed = [f".{name}.{kind}-{pid}" for name in (layout.WEIGHTS, layout.METADATA, layout.SAVING)
-              for kind in ("tmp", "old") for pid in (101, 102)]
+    killed = [
+        f".{name}.{kind}-{pid}"
+        for name in (layout.WEIGHTS, layout.METADATA, layout.SAVING)
+        for kind in ("tmp", "old")
+        for pid in (101, 102)
+    ]
     for name in killed:
         (stage_dir / name).write_text("torn")
     (stage_dir / f".{layout.ADAPTER_DIR}.tmp-103").mkdir()
@@ -255,7 +243,9 @@ def test_after_the_kills_the_newest_checkpoint_loads_through_load_from_run(saver
     model, check_model, modules, fields = saver
     run_trials(saver, tmp_path / "run", trials=3, seed=3)
     newest = max(
-        (check_directory(d, check_model, modules), d) for d in (tmp_path / "run").glob("stage*") if layout.is_stage_dir(d)
+        (check_directory(d, check_model, modules), d)
+        for d in (tmp_path / "run").glob("stage*")
+        if layout.is_stage_dir(d)
     )[1]
     loaded = load_from_run(newest)
     assert holds_iteration(loaded, modules, read_metadata(newest)["train"]["iteration"])

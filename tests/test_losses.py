@@ -1,5 +1,6 @@
 """The overlap VICReg terms behave as their definitions say; the overlap loss pairs what neighbouring
 views see of the same directions, for query resamplers too."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
 from vlm_resampler.runs import layout
 from vlm_resampler.training.losses import overlap_pairs, overlap_vicreg_loss, vicreg_terms
+
+from conftest import run_cli
 
 
 def test_identical_pairs_have_zero_invariance():
@@ -29,7 +31,10 @@ def test_correlated_dimensions_pay_the_covariance_term():
     base = torch.randn(256, 1)
     correlated = base.repeat(1, 4)
     independent = torch.randn(256, 4)
-    assert vicreg_terms(correlated, correlated, 1.0)["covariance"] > vicreg_terms(independent, independent, 1.0)["covariance"] * 10
+    assert (
+        vicreg_terms(correlated, correlated, 1.0)["covariance"]
+        > vicreg_terms(independent, independent, 1.0)["covariance"] * 10
+    )
 
 
 # ---- the overlap loss for query resamplers (perceiver, qformer) -----------------------------
@@ -103,16 +108,26 @@ def test_the_overlap_loss_trains_every_parameter_of_a_query_resampler(resampler,
 # 768) took 50 s of the suite here.
 SMALL_QUERY_RESAMPLER = {
     "perceiver": ["resampler.depth=1", "resampler.hidden_dim=128", "resampler.num_latents=8"],
-    "qformer": ["resampler.num_hidden_layers=1", "resampler.hidden_dim=128", "resampler.intermediate_size=256",
-                "resampler.num_query_tokens=8"],
+    "qformer": [
+        "resampler.num_hidden_layers=1",
+        "resampler.hidden_dim=128",
+        "resampler.intermediate_size=256",
+        "resampler.num_query_tokens=8",
+    ],
 }
 
 
 @pytest.mark.parametrize("resampler", sorted(QUERY_RESAMPLERS))
 def test_smoke_trains_all_three_stages_with_a_query_resampler(resampler, tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cli("train.py", "debug=smoke", f"resampler={resampler}", *SMALL_QUERY_RESAMPLER[resampler],
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = run_cli(
+        "train.py",
+        "debug=smoke",
+        f"resampler={resampler}",
+        *SMALL_QUERY_RESAMPLER[resampler],
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("vision", "resampler", "finetune"):
         assert (run_dir / stage / layout.METADATA).is_file(), stage

@@ -1,5 +1,6 @@
 """Caption metrics through the COCO toolkit: equal to pycocoevalcap's own scorers on a fixed,
 hand-written caption set, and sanity that could fail if the wiring were wrong."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from vlm_resampler.evaluation.metrics import METRIC_NAMES, CaptionScorer
 PARITY = Path(__file__).parent / "data" / "caption_parity.json"
 REFERENCES = [
     ["a red circle in front.", "in front there is a red circle."],
-    ["a blue square on the left and a white triangle behind.", "on the left there is a blue square; behind, a white triangle."],
+    [
+        "a blue square on the left and a white triangle behind.",
+        "on the left there is a blue square; behind, a white triangle.",
+    ],
 ]
 
 
@@ -61,7 +65,7 @@ def test_the_parity_set_is_varied_enough_to_mean_something():
     assert len(items) >= 30 and all(2 <= len(i["references"]) <= 5 for i in items)
     text = " ".join(i["prediction"] + " ".join(i["references"]) for i in items)
     assert any(i["prediction"] == "" for i in items), "an empty prediction"
-    assert any(c.isdigit() for c in text) and any(ord(c) > 127 for c in text) and any(c in text for c in ";:!?\"()")
+    assert any(c.isdigit() for c in text) and any(ord(c) > 127 for c in text) and any(c in text for c in ';:!?"()')
     assert any(i["prediction"].isupper() for i in items), "a prediction in capitals"
 
 

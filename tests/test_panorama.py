@@ -131,7 +131,9 @@ def test_e2p_is_public_at_package_level() -> None:
 
 def test_e2p_parity_over_random_views_including_the_seam() -> None:
     # A [0, 1] image with detail at several scales, 2:1 like a real ERP; float64 on both sides.
-    erp = 0.8 * smooth_erp(128, 256, seed=3) + 0.2 * torch.rand(3, 128, 256, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    erp = 0.8 * smooth_erp(128, 256, seed=3) + 0.2 * torch.rand(
+        3, 128, 256, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
     rng = np.random.default_rng(0)
     yaws = np.concatenate([rng.uniform(-180.0, 180.0, 12), [-180.0, 180.0, 179.9, -179.9]])
     pitches = np.concatenate([rng.uniform(-80.0, 80.0, 12), [-80.0, 80.0, 0.0, 45.0]])
@@ -142,7 +144,10 @@ def test_e2p_parity_over_random_views_including_the_seam() -> None:
         assert (ours - ref).abs().max() <= PY360_BOUND, (yaw, pitch, fov, (ours - ref).abs().max())
     # float32 input: the float32 arithmetic adds its own rounding on top.
     ours32 = e2p(erp.float(), 75.0, 170.0, 20.0, (40, 56))
-    assert ours32.dtype == torch.float32 and (ours32.double() - py360_view(erp, 75.0, 170.0, 20.0, (40, 56))).abs().max() <= 2e-4
+    assert (
+        ours32.dtype == torch.float32
+        and (ours32.double() - py360_view(erp, 75.0, 170.0, 20.0, (40, 56))).abs().max() <= 2e-4
+    )
 
 
 def test_e2p_on_a_batch_equals_one_by_one() -> None:

@@ -1,22 +1,23 @@
 """debug=smoke through all three stages, the run directory layout, exact reload, evaluation."""
+
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import run_cli
 from vlm_resampler import load_from_run
 from vlm_resampler.data.collate import CaptionCollator
 from vlm_resampler.data.datasets import CaptionExamples, prepare_split
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.training.run import resolved_container, run_stage
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,9 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(scores)
     assert metrics["baselines"]["constant_caption"]["CIDEr"] > 0
     dependence = metrics["image_dependence"]
-    assert dependence["gap"] == pytest.approx(dependence["answer_loss_images_rotated"] - dependence["answer_loss"], abs=1e-3)
+    assert dependence["gap"] == pytest.approx(
+        dependence["answer_loss_images_rotated"] - dependence["answer_loss"], abs=1e-3
+    )
     assert "image dependence: answer loss" in done.stdout
     # SynthPano extras: the seam subset apart, and exact match on the question/answer pairs.
     subsets = metrics["subsets"]
@@ -137,7 +140,9 @@ def test_freeze_matrix_and_lora_training(smoke_config, tmp_path):
     assert any(".lora_" in n for n in trainable)
     trained_whole = {n for n in trainable if ".modules_to_save." in n}
     assert {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in trained_whole} == {"q_norm", "k_norm"}
-    assert all(n.startswith(("resampler.", "projector.", "stitch.")) or ".lora_" in n or n in trained_whole for n in trainable)
+    assert all(
+        n.startswith(("resampler.", "projector.", "stitch.")) or ".lora_" in n or n in trained_whole for n in trainable
+    )
     assert any(n.startswith("stitch.") for n in trainable)  # view position encoding and separators
     # LoRA B starts at zero: after training it must have moved, so gradients reached it.
     adapter = load_file(str(finetune.stage_dir / layout.ADAPTER_DIR / layout.ADAPTER_WEIGHTS))

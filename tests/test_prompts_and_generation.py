@@ -1,4 +1,5 @@
 """One prompt format for training and generation; left padding; batching changes nothing."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,10 +38,12 @@ def test_answer_ends_with_the_end_of_turn_token(tokenizer):
 def test_training_batch_is_left_padded_with_labels_on_the_answer_only(tokenizer):
     collate = CaptionCollator(tokenizer, FMT, 48)
     pano = torch.zeros(3, 8, 16)
-    batch = collate([
-        {"panorama": pano, "query": "q", "answer": "a red square in front."},
-        {"panorama": pano, "query": "a much longer question here", "answer": "a blue circle."},
-    ])
+    batch = collate(
+        [
+            {"panorama": pano, "query": "q", "answer": "a red square in front."},
+            {"panorama": pano, "query": "a much longer question here", "answer": "a blue circle."},
+        ]
+    )
     assert batch["attention_mask"][:, -1].all(), "left padding: the last position is real in every row"
     assert (batch["attention_mask"][0, 0] == 0) or (batch["attention_mask"][1, 0] == 0)
     for row in range(2):
@@ -80,15 +83,25 @@ def test_answer_logits_are_the_full_forward_logits_at_the_answer_positions(smoke
     model = build_model(cfg["model"], seed=0).eval()
     collate = CaptionCollator(tokenizer, FMT, 48)
     torch.manual_seed(3)
-    batch = collate([
-        {"panorama": torch.rand(3, 64, 128), "query": "q", "answer": "a red square in front."},
-        {"panorama": torch.rand(3, 64, 128), "query": "a longer question", "answer": "a blue circle on the left and more."},
-    ])
+    batch = collate(
+        [
+            {"panorama": torch.rand(3, 64, 128), "query": "q", "answer": "a red square in front."},
+            {
+                "panorama": torch.rand(3, 64, 128),
+                "query": "a longer question",
+                "answer": "a blue circle on the left and more.",
+            },
+        ]
+    )
     with torch.no_grad():
         visual = model.visual_embeddings(batch["panoramas"])
         logits, targets = model.answer_logits(visual, batch["input_ids"], batch["attention_mask"], batch["labels"])
         spliced = model.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
-        full = model.llm(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"], position_ids=spliced["position_ids"]).logits
+        full = model.llm(
+            inputs_embeds=spliced["inputs_embeds"],
+            attention_mask=spliced["attention_mask"],
+            position_ids=spliced["position_ids"],
+        ).logits
     # Only the positions whose next token is an answer token, row by row (no padding rows).
     labels = spliced["labels"]
     rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)

@@ -1,4 +1,5 @@
 """Real-data layout: QuIC-360 CSVs. Bad rows are named, or skipped and counted."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,9 @@ def test_an_empty_caption_is_a_bad_row_named_or_counted(quic360):
 
 
 def test_non_utf8_text_names_the_file_and_line(quic360):
-    write_csv(quic360, ["a.jpg,Describe the panorama.,a room.", "b.jpg,Describe the panorama.,un café"], encoding="latin-1")
+    write_csv(
+        quic360, ["a.jpg,Describe the panorama.,a room.", "b.jpg,Describe the panorama.,un café"], encoding="latin-1"
+    )
     with pytest.raises(ValueError, match=r"test.csv line 3: not UTF-8 text .*save the CSV as UTF-8"):
         load_split(config(quic360, skip_bad_rows=True), "test")
 
@@ -93,14 +96,18 @@ def huge_png(path, width=60000, height=60000):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
     return path
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_naming_the_file(quic360):
     huge_png(quic360 / "images" / "bomb.png")
     write_csv(quic360, ["a.jpg,Describe the panorama.,a room.", "bomb.png,Describe the panorama.,a field."])
-    with pytest.raises(ValueError, match=r"row 2 \(line 3\): image .*bomb.png is over the pixel limit, refused before decoding"):
+    with pytest.raises(
+        ValueError, match=r"row 2 \(line 3\): image .*bomb.png is over the pixel limit, refused before decoding"
+    ):
         load_split(config(quic360), "test")
     items, skipped = load_split(config(quic360, skip_bad_rows=True), "test")
     assert len(items) == 1 and "bomb.png" in skipped[0]
@@ -124,7 +131,9 @@ def test_load_panorama_names_the_file_for_a_gone_unreadable_or_huge_image(quic36
     tracemalloc.stop()
     # Between the limit and twice it PIL only warns (and would allocate): refused all the same.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 32 - 1)
-    with pytest.raises(ValueError, match=r"row 1 \(line 2\): image .*a.jpg is 64x32 pixels, over the pixel limit of 2047"):
+    with pytest.raises(
+        ValueError, match=r"row 1 \(line 2\): image .*a.jpg is 64x32 pixels, over the pixel limit of 2047"
+    ):
         load_split(config(quic360), "test")
     with pytest.raises(BadImageError, match=r"a.jpg: 64x32 pixels, over the pixel limit of 2047"):
         load_panorama(images / "a.jpg", 64, 32)

@@ -1,6 +1,7 @@
 """Resuming a run: after SIGKILL from its last resumable checkpoint, after SIGUSR2/SIGTERM from the
 checkpoint saved at the next step boundary; completed stages are skipped, and the final weights
 equal those of an uninterrupted run with the same seed. Resuming with another config is refused."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, run_cli
 from vlm_resampler.runs import layout
 from vlm_resampler.training import resume
 from vlm_resampler.training.run import resolved_container
+
+from conftest import REPO_ROOT, run_cli
 
 # Two stages, so that a resumed run also skips a completed one; the resampler stage is long
 # enough to be interrupted in the middle.
@@ -30,7 +32,11 @@ ARGS = ["debug=smoke", "stages=[vision,resampler]", "stage.resampler.max_steps=6
 def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "launch" / "train.py"), *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
     )
 
 
@@ -69,7 +75,9 @@ def assert_same_weights(found_dir: Path, expected_dir: Path) -> None:
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     run_dir = root / "run"
-    done = run_cli("train.py", *ARGS, "stage.resampler.save_steps=2", "experiment.name=run", f"hydra.run.dir={run_dir}", cwd=root)
+    done = run_cli(
+        "train.py", *ARGS, "stage.resampler.save_steps=2", "experiment.name=run", f"hydra.run.dir={run_dir}", cwd=root
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
@@ -115,7 +123,10 @@ def test_a_stop_signal_saves_at_the_next_step_and_exits_then_the_rerun_resumes(u
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + sig, err[-3000:]
     assert f"received {sig.name}: training stops at the next step boundary" in err
-    assert f"{sig.name}: stage resampler stopped at step" in err and "run the same command again with experiment.name=run to resume" in err
+    assert (
+        f"{sig.name}: stage resampler stopped at step" in err
+        and "run the same command again with experiment.name=run to resume" in err
+    )
     status = json.loads((run_dir / layout.STATUS).read_text())
     assert status["status"] == layout.INTERRUPTED and status["completed"] == ["vision"]
     checkpoint = resume.latest_checkpoint(run_dir / "resampler")
@@ -162,9 +173,16 @@ def test_the_lock_of_a_killed_process_is_recognised_as_stale_and_the_run_resumes
     run_dir = tmp_path / "runs" / "stale"
     write_unfinished_run(run_dir, smoke_config(*overrides[1:]), status=layout.RUNNING)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom vlm_resampler.training.resume import training_lock\n"
-         f"with training_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom vlm_resampler.training.resume import training_lock\n"
+            f"with training_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True)\n    time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert resume.lock_holder(run_dir) == f"pid {holder.pid} on {platform.node()}"
@@ -244,21 +262,34 @@ def test_a_resumable_checkpoint_holds_the_trainable_weights_and_loads_strictly(t
 
 @pytest.mark.slurm
 def test_a_slurm_job_signalled_with_usr2_is_requeued_and_ends_like_an_uninterrupted_one(slurm, tmp_path):
-    from slurm_cluster import unique_job_name
     from vlm_resampler.sweeps import dirs
+
+    from slurm_cluster import unique_job_name
 
     name = unique_job_name("requeue")
     sweep = tmp_path / "multirun" / "requeue"
     # Two jobs of one array that differ only in their name: job 1 is signalled, job 0 is not.
     # No periodic save: what job 1 resumes from is the checkpoint its signal asked for.
-    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", *slurm.launcher_overrides(name, array_parallelism=2),
-               "debug=smoke", "stages=[resampler]", "num_threads=1", "stage.resampler.max_steps=8",
-               "stage.resampler.save_steps=100", "experiment.name=uninterrupted,signalled", f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "launch" / "train.py"),
+        "-m",
+        *slurm.launcher_overrides(name, array_parallelism=2),
+        "debug=smoke",
+        "stages=[resampler]",
+        "num_threads=1",
+        "stage.resampler.max_steps=8",
+        "stage.resampler.save_steps=100",
+        "experiment.name=uninterrupted,signalled",
+        f"hydra.sweep.dir={sweep}",
+    ]
     with open(tmp_path / "sweep.log", "w") as log:
         launcher = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
             array = slurm.wait_for(lambda: slurm.array_id(name), timeout=180, what=f"the array of {name} in squeue")
-            jobs = slurm.wait_for(lambda: len(dirs.job_dirs(sweep)) == 2 and dirs.job_dirs(sweep), timeout=60, what="job dirs")
+            jobs = slurm.wait_for(
+                lambda: len(dirs.job_dirs(sweep)) == 2 and dirs.job_dirs(sweep), timeout=60, what="job dirs"
+            )
             uninterrupted, signalled = jobs
             slurm.wait_for(lambda: logged_step(signalled / "resampler", 2), timeout=300, what="step 2 of job 1")
             done = subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], capture_output=True, text=True)

@@ -1,4 +1,5 @@
 """The chunked CPU selective scan equals the per-step reference: outputs and every gradient."""
+
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ from vlm_resampler.ops.scan_cpu import selective_scan_cpu
 from vlm_resampler.ops.selective_scan import selective_scan, selective_scan_reference
 from vlm_resampler.resamplers import bimamba
 from vlm_resampler.resamplers.bimamba import BiMambaResampler
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -50,9 +52,16 @@ def positive_delta(inputs):
 
 def call(fn, inputs, use_z, use_bias, softplus, **kw):
     return fn(
-        inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"],
-        z=inputs["z"] if use_z else None, delta_bias=inputs["delta_bias"] if use_bias else None,
-        delta_softplus=softplus, **kw,
+        inputs["u"],
+        inputs["delta"],
+        inputs["A"],
+        inputs["B"],
+        inputs["C"],
+        inputs["D"],
+        z=inputs["z"] if use_z else None,
+        delta_bias=inputs["delta_bias"] if use_bias else None,
+        delta_softplus=softplus,
+        **kw,
     )
 
 
@@ -117,7 +126,9 @@ def test_inference_forward_matches_training_forward():
 
 def test_dispatcher_uses_fast_path_on_cpu(monkeypatch):
     calls = []
-    monkeypatch.setattr(scan_module, "selective_scan_cpu", lambda *a, **k: calls.append(1) or selective_scan_cpu(*a, **k))
+    monkeypatch.setattr(
+        scan_module, "selective_scan_cpu", lambda *a, **k: calls.append(1) or selective_scan_cpu(*a, **k)
+    )
     inputs = make_inputs(1, 4, 5, 2)
     selective_scan(*(inputs[k] for k in NAMES[:6]), z=inputs["z"])
     assert calls == [1]
@@ -135,14 +146,24 @@ def test_low_precision_input_returns_input_dtype():
 def test_shape_mismatch_is_reported():
     inputs = make_inputs(2, 8, 9, 4)
     with pytest.raises(ValueError, match="expected u, delta"):
-        selective_scan_cpu(inputs["u"], inputs["delta"], inputs["A"], inputs["C"].transpose(1, 2), inputs["C"], inputs["D"])
+        selective_scan_cpu(
+            inputs["u"], inputs["delta"], inputs["A"], inputs["C"].transpose(1, 2), inputs["C"], inputs["D"]
+        )
 
 
 def test_bimamba_output_unchanged_by_scan_implementation(monkeypatch):
     torch.manual_seed(0)
     model = BiMambaResampler(
-        input_dim=12, latent_dimension=10, hidden_dim=16, depth=2, expand=1.5, d_state=4, d_conv=3,
-        use_ln=True, dropout=0.0, norm_first=True,
+        input_dim=12,
+        latent_dimension=10,
+        hidden_dim=16,
+        depth=2,
+        expand=1.5,
+        d_state=4,
+        d_conv=3,
+        use_ln=True,
+        dropout=0.0,
+        norm_first=True,
     )
     tokens = torch.randn(3, 11, 12)
 

@@ -11,6 +11,7 @@ in the test's tmp dir, whose path is printed):
 
 SOAK_ITERATIONS=N changes the number of iterations (the bound checks need at least 6).
 """
+
 from __future__ import annotations
 
 import gc
@@ -84,11 +85,11 @@ def as_hydra_main(config_name: str, argv: list[str]):
 def train_then_eval(run_dir: Path) -> None:
     """What `launch/train.py debug=smoke hydra.run.dir=RUN` and then
     `launch/eval.py --checkpoint-dir RUN debug=smoke` do, minus the @hydra.main wrapper."""
-    from vlm_resampler.config.commands import check_eval_argv, check_train_argv
+    import sys
+
+    from vlm_resampler.cli import check_eval_argv, check_train_argv
     from vlm_resampler.evaluation.evaluate import evaluate_checkpoint
     from vlm_resampler.training.run import run_training
-
-    import sys
 
     # The hub decision is made once per process, before transformers is imported (conftest.py
     # sets HF_HUB_OFFLINE=1); a CLI process makes it in its first check, as the first iteration here.
@@ -137,10 +138,18 @@ def test_twenty_smoke_runs_and_evals_do_not_grow_memory_or_fds(tmp_path):
         started = time.perf_counter()
         train_then_eval(tmp_path / f"run{i:02d}")
         gc.collect()
-        point = {"iteration": i, "rss_mib": round(rss_mib(), 1), "fds": open_fds(), "modules": live_modules(),
-                 "seconds": round(time.perf_counter() - started, 1)}
+        point = {
+            "iteration": i,
+            "rss_mib": round(rss_mib(), 1),
+            "fds": open_fds(),
+            "modules": live_modules(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         points.append(point)
-        print(f"soak: iteration {i:2d}  RSS {point['rss_mib']:8.1f} MiB  fds {point['fds']:3d}  modules {point['modules']:3d}  {point['seconds']:6.1f} s", flush=True)
+        print(
+            f"soak: iteration {i:2d}  RSS {point['rss_mib']:8.1f} MiB  fds {point['fds']:3d}  modules {point['modules']:3d}  {point['seconds']:6.1f} s",
+            flush=True,
+        )
         write_curve(points, tmp_path)  # after each iteration: a killed soak still leaves its curve
 
     after = [p for p in points if p["iteration"] >= WARMUP]
@@ -149,8 +158,12 @@ def test_twenty_smoke_runs_and_evals_do_not_grow_memory_or_fds(tmp_path):
     fd_growth = after[-1]["fds"] - after[0]["fds"]
     module_growth = after[-1]["modules"] - after[0]["modules"]
     total = sum(p["seconds"] for p in points)
-    print(f"soak: after iteration {WARMUP}: RSS {rss_growth:+.1f} MiB (peak {rss_peak_growth:+.1f}, bound {RSS_BOUND_MIB}), "
-          f"fds {fd_growth:+d} (bound {FD_BOUND}), live nn.Modules {module_growth:+d}; {total:.0f} s in all")
-    assert rss_peak_growth < RSS_BOUND_MIB, f"resident memory grew {rss_peak_growth:.1f} MiB after the warm-up: {points}"
+    print(
+        f"soak: after iteration {WARMUP}: RSS {rss_growth:+.1f} MiB (peak {rss_peak_growth:+.1f}, bound {RSS_BOUND_MIB}), "
+        f"fds {fd_growth:+d} (bound {FD_BOUND}), live nn.Modules {module_growth:+d}; {total:.0f} s in all"
+    )
+    assert rss_peak_growth < RSS_BOUND_MIB, (
+        f"resident memory grew {rss_peak_growth:.1f} MiB after the warm-up: {points}"
+    )
     assert module_growth <= 0, f"torch.nn.Module objects outlive their iteration: {points}"
     assert fd_growth <= FD_BOUND, f"open file descriptors grew by {fd_growth} after the warm-up: {points}"

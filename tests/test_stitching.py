@@ -1,13 +1,15 @@
 """Views become one LLM token sequence: concat (with separators), dedupe_overlap, and the view
 position encoding, periodic in yaw."""
+
 from __future__ import annotations
 
 import torch
 
-from conftest import run_cli
 from vlm_resampler.models.stitching import view_features
 from vlm_resampler.runs.load import build_model
 from vlm_resampler.training.run import resolved_container
+
+from conftest import run_cli
 
 
 def _model(smoke_config, *overrides):
@@ -15,7 +17,9 @@ def _model(smoke_config, *overrides):
 
 
 def test_yaw_features_are_periodic():
-    f = view_features(torch.tensor([359.0, -1.0, 1.0, 90.0]), torch.zeros(4), torch.zeros(4, dtype=torch.bool), harmonics=3)
+    f = view_features(
+        torch.tensor([359.0, -1.0, 1.0, 90.0]), torch.zeros(4), torch.zeros(4, dtype=torch.bool), harmonics=3
+    )
     assert torch.allclose(f[0], f[1], atol=1e-5)  # 359 degrees is -1 degree
     assert (f[0] - f[2]).norm() < 0.2 < (f[0] - f[3]).norm()  # 359 and 1 are neighbours, 90 is not
 
@@ -64,7 +68,9 @@ def test_dedupe_overlap_keeps_each_direction_once(smoke_config):
 
 
 def test_dedupe_overlap_refuses_query_tokens_before_anything_is_built(tmp_path):
-    done = run_cli("train.py", "debug=smoke", "stitch=dedupe_overlap", "resampler=perceiver", f"hydra.run.dir={tmp_path / 'run'}")
+    done = run_cli(
+        "train.py", "debug=smoke", "stitch=dedupe_overlap", "resampler=perceiver", f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert done.returncode == 2
     assert "resampler=perceiver outputs query tokens" in done.stderr and "use stitch=concat" in done.stderr
     assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Sweeps without SLURM: job directory names, the whole sweep checked before anything is submitted,
 the launcher configs, and a hydra/launcher=basic sweep end to end (conf/ snapshot, sweep.json,
 summarize, summarize --resume). The same sweeps on a real SLURM: test_sweeps_slurm.py."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run_cli
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
+
+from conftest import REPO_ROOT, run_cli
 
 # Small and quick: one stage, tiny resampler widths (bimamba's CPU scan is slow at default sizes).
 SMALL = ["debug=smoke", "stages=[resampler]", "num_threads=1", "resampler.latent_dimension=32", "resampler.depth=1"]
@@ -62,8 +64,16 @@ def test_train_yaml_names_sweep_jobs_through_the_resolver(smoke_config):
 
 def test_bad_sweep_is_refused_before_submission_with_every_bad_job(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli("train.py", "-m", "hydra/launcher=slurm", "resampler=mlp,bimamba", "resampler.expand=1.5,2", *SMALL,
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "resampler=mlp,bimamba",
+        "resampler.expand=1.5,2",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "2 of 4 job(s) have an invalid config; nothing was started" in done.stderr
     for value in ("1.5", "2"):
@@ -76,7 +86,15 @@ def test_bad_sweep_is_refused_before_submission_with_every_bad_job(tmp_path):
 def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
     """projector.depth=0 passes the config checks; the meta-device build of the model refuses it."""
     sweep = tmp_path / "sweep"
-    done = run_cli("train.py", "-m", "hydra/launcher=slurm", "projector.depth=0,2", *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "projector.depth=0,2",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "1 of 2 job(s) have an invalid config" in done.stderr
     assert "[projector.depth=0 " in done.stderr and "cannot be built" in done.stderr and "depth=0" in done.stderr
@@ -85,12 +103,14 @@ def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
 
 def test_type_specific_keys_are_swept_through_per_type_presets():
     """-m 'experiment=glob(compare_*)' resampler.hidden_dim=16,32: every job is valid, each type with its own keys."""
+    from vlm_resampler.catalog import CONF_DIR
     from vlm_resampler.config.preflight import compose
-    from vlm_resampler.config.validate import CONF_DIR
     from vlm_resampler.sweeps.check import validate_sweep_job
     from vlm_resampler.sweeps.submit import expand_like_hydra
 
-    jobs, hydra_overrides = expand_like_hydra(["experiment=glob(compare_*)", "resampler.hidden_dim=16,32", "hydra/launcher=slurm"], CONF_DIR)
+    jobs, hydra_overrides = expand_like_hydra(
+        ["experiment=glob(compare_*)", "resampler.hidden_dim=16,32", "hydra/launcher=slurm"], CONF_DIR
+    )
     assert hydra_overrides == ["hydra/launcher=slurm"]
     assert [job[0] for job in jobs] == ["experiment=compare_bimamba"] * 2 + ["experiment=compare_mlp"] * 2
     for job in jobs:
@@ -150,8 +170,16 @@ def test_local_launcher_is_submitit_local():
 def basic_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("basic-sweep")
     sweep = root / "multirun" / "two"
-    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp,bimamba", "resampler.hidden_dim=16", *SMALL,
-                   f"hydra.sweep.dir={sweep}", cwd=root)
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=basic",
+        "resampler=mlp,bimamba",
+        "resampler.hidden_dim=16",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep
 
@@ -174,7 +202,10 @@ def test_sweep_layout_snapshot_and_manifest(basic_sweep):
         main = [s for s in hydra_cfg["runtime"]["config_sources"] if s["provider"] == "main"]
         assert main == [{"path": str(sweep / dirs.CONF_SNAPSHOT), "schema": "file", "provider": "main"}]
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in record["jobs"]), "no other job dirs"
-    names = {yaml.safe_load((sweep / j["dir"] / layout.RESOLVED_CONFIG).read_text())["experiment"]["name"] for j in record["jobs"]}
+    names = {
+        yaml.safe_load((sweep / j["dir"] / layout.RESOLVED_CONFIG).read_text())["experiment"]["name"]
+        for j in record["jobs"]
+    }
     assert len(names) == 1 and ["%Y-%m-%d_%H-%M-%S"] in [args for args, _ in record["now"]], "one ${now:} for the sweep"
     snapshot = sweep / dirs.CONF_SNAPSHOT
     assert (snapshot / "train.yaml").is_file() and (snapshot / "hydra" / "launcher" / "slurm.yaml").is_file()
@@ -183,8 +214,16 @@ def test_sweep_layout_snapshot_and_manifest(basic_sweep):
 
 
 def test_the_same_sweep_dir_is_not_reused(basic_sweep):
-    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp", "resampler.hidden_dim=16", *SMALL,
-                   f"hydra.sweep.dir={basic_sweep}", cwd=basic_sweep.parent)
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=basic",
+        "resampler=mlp",
+        "resampler.hidden_dim=16",
+        *SMALL,
+        f"hydra.sweep.dir={basic_sweep}",
+        cwd=basic_sweep.parent,
+    )
     assert done.returncode == 2 and "already holds a sweep" in done.stderr and "--resume" in done.stderr
 
 
@@ -256,7 +295,9 @@ def test_local_launcher_runs_the_job_in_a_fresh_process_into_its_named_dir(tmp_p
     """hydra/launcher=local: submitit's code path (the pickled launcher, the job composed again in
     its own process) without a cluster."""
     sweep = tmp_path / "sweep"
-    done = run_cli("train.py", "-m", "hydra/launcher=local", "resampler=mlp", *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = run_cli(
+        "train.py", "-m", "hydra/launcher=local", "resampler=mlp", *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (job,) = manifest(sweep)["jobs"]
     assert [p.name for p in dirs.job_dirs(sweep)] == [job["dir"]] and status(sweep / job["dir"])["status"] == "done"
@@ -266,8 +307,18 @@ def test_local_launcher_runs_the_job_in_a_fresh_process_into_its_named_dir(tmp_p
 @pytest.mark.slow
 def test_eval_after_training_puts_metrics_in_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_cli("train.py", "-m", "hydra/launcher=basic", "resampler=mlp", *SMALL, "eval_after=true",
-                   'eval_args=["baselines=false"]', f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=basic",
+        "resampler=mlp",
+        *SMALL,
+        "eval_after=true",
+        'eval_args=["baselines=false"]',
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     job_dir = dirs.job_dirs(sweep)[0]
     assert status(job_dir) | {"eval": "resampler/eval"} == status(job_dir) and status(job_dir)["status"] == "done"
@@ -280,8 +331,9 @@ def test_eval_after_training_puts_metrics_in_the_summary(tmp_path):
     metrics = json.loads((job_dir / "resampler" / "eval" / "synthpano-test" / "metrics.json").read_text())
     assert float(row["eval_image_gap"]) == metrics["image_dependence"]["gap"]
     assert float(row["eval_QA"]) == metrics["qa"]["exact_match"]
-    assert metrics["qa"]["by_kind"] and all(float(row[f"eval_QA_{kind}"]) == numbers["exact_match"]
-                                            for kind, numbers in metrics["qa"]["by_kind"].items())
+    assert metrics["qa"]["by_kind"] and all(
+        float(row[f"eval_QA_{kind}"]) == numbers["exact_match"] for kind, numbers in metrics["qa"]["by_kind"].items()
+    )
     assert "eval image_gap" in (sweep / dirs.SUMMARY_MD).read_text()
 
 
@@ -295,5 +347,7 @@ def test_eval_after_builds_its_command_with_the_default_and_with_extra_eval_args
     stage_dir = tmp_path / "resampler"
     base = eval_command(OmegaConf.create({"eval_after": True, "eval_args": []}), stage_dir)
     assert base[-1] == f"checkpoint_dir={stage_dir}" and base[1].endswith("launch/eval.py")
-    extra = eval_command(OmegaConf.create({"eval_after": True, "eval_args": ["max_items=5", "baselines=false"]}), stage_dir)
+    extra = eval_command(
+        OmegaConf.create({"eval_after": True, "eval_args": ["max_items=5", "baselines=false"]}), stage_dir
+    )
     assert extra == base + ["max_items=5", "baselines=false"]

@@ -1,6 +1,7 @@
 """Sweeps on a real SLURM (tests/slurm_cluster.py; `.ci/run` starts one): a 4-job sweep as one job
 array that completes and summarises, and a job cancelled while queued that `summarize --resume`
 submits again into its own directory, composed from the sweep's conf/ snapshot."""
+
 from __future__ import annotations
 
 import csv
@@ -11,13 +12,14 @@ import sys
 
 import pytest
 import yaml
-
-from conftest import REPO_ROOT, run_cli
-from slurm_cluster import unique_job_name
 from test_sweeps import SMALL, manifest, status
+
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
 from vlm_resampler.sweeps.slurm import job_id_of, submitted_ids
+
+from conftest import REPO_ROOT, run_cli
+from slurm_cluster import unique_job_name
 
 pytestmark = pytest.mark.slurm
 
@@ -25,8 +27,17 @@ pytestmark = pytest.mark.slurm
 def test_four_job_sweep_runs_as_one_array_and_summarises(slurm, tmp_path):
     name = unique_job_name("four")
     sweep = tmp_path / "multirun" / "four"
-    done = run_cli("train.py", "-m", *slurm.launcher_overrides(name), "resampler=mlp,bimamba", "resampler.hidden_dim=16,32",
-                   *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=540)
+    done = run_cli(
+        "train.py",
+        "-m",
+        *slurm.launcher_overrides(name),
+        "resampler=mlp,bimamba",
+        "resampler.hidden_dim=16,32",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=540,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + "\n" + slurm.log_tail()
 
     jobs = manifest(sweep)["jobs"]
@@ -49,8 +60,15 @@ def test_four_job_sweep_runs_as_one_array_and_summarises(slurm, tmp_path):
     assert summary.returncode == 0, summary.stderr[-3000:]
     with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["resampler"], r["resampler.hidden_dim"]) for r in rows] == [("mlp", "16"), ("mlp", "32"), ("bimamba", "16"), ("bimamba", "32")]
-    assert all(r["status"] == "done" and int(r["params_total"]) > 0 and float(r["resampler_final_loss"]) > 0 for r in rows)
+    assert [(r["resampler"], r["resampler.hidden_dim"]) for r in rows] == [
+        ("mlp", "16"),
+        ("mlp", "32"),
+        ("bimamba", "16"),
+        ("bimamba", "32"),
+    ]
+    assert all(
+        r["status"] == "done" and int(r["params_total"]) > 0 and float(r["resampler_final_loss"]) > 0 for r in rows
+    )
     bimamba = [int(r["params_resampler"]) for r in rows if r["resampler"] == "bimamba"]
     assert bimamba[0] < bimamba[1], "hidden_dim 32 has more parameters than 16"
     assert (sweep / dirs.SUMMARY_PNG).is_file() and "4 of 4 job(s) done" in (sweep / dirs.SUMMARY_MD).read_text()
@@ -60,8 +78,16 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
     name = unique_job_name("resume")
     sweep = tmp_path / "multirun" / "cancel"
     # One task at a time: the second stays PENDING while the first runs, and is cancelled there.
-    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", *slurm.launcher_overrides(name, array_parallelism=1),
-               "resampler=mlp", "resampler.hidden_dim=16,32", *SMALL, f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "launch" / "train.py"),
+        "-m",
+        *slurm.launcher_overrides(name, array_parallelism=1),
+        "resampler=mlp",
+        "resampler.hidden_dim=16,32",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+    ]
     with open(tmp_path / "sweep.log", "w") as log:
         launcher = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
@@ -69,7 +95,9 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
             # Only once task 0 runs: a task cancelled while the whole array is still pending leaves no
             # accounting record of its own, and submitit (which asks sacct only) would wait for it forever.
             states = lambda: {state for _, state in slurm.jobs(name)}  # noqa: E731
-            slurm.wait_for(lambda: {"RUNNING", "PENDING"} <= states(), timeout=120, what="task 0 running, task 1 pending")
+            slurm.wait_for(
+                lambda: {"RUNNING", "PENDING"} <= states(), timeout=120, what="task 0 running, task 1 pending"
+            )
             slurm.cancel(f"{array}_1")
             returncode = launcher.wait(timeout=300)
         finally:
@@ -113,8 +141,16 @@ def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slur
     started = time.monotonic()
     name = unique_job_name("eight")
     sweep = tmp_path / "multirun" / "eight"
-    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", *slurm.launcher_overrides(name, array_parallelism=4),
-               "resampler=mlp,bimamba", "resampler.hidden_dim=8,16,24,32", *SMALL, f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "launch" / "train.py"),
+        "-m",
+        *slurm.launcher_overrides(name, array_parallelism=4),
+        "resampler=mlp,bimamba",
+        "resampler.hidden_dim=8,16,24,32",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+    ]
     running_task, pending_task = 2, 7
     with open(tmp_path / "sweep.log", "w") as log:
         launcher = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -130,12 +166,23 @@ def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slur
                 # installed) while task 7 still waits: the array has started, so a cancelled pending
                 # task gets an accounting record of its own and submitit does not wait for it forever.
                 states = dict(slurm.jobs(name))
-                pending = any(state == "PENDING" and (job == f"{array}_{pending_task}" or job.startswith(f"{array}_["))
-                              for job, state in states.items())
-                return (states.get(f"{array}_{running_task}") == "RUNNING" and pending
-                        and (running_dir / layout.STATUS).is_file() and status(running_dir)["status"] == "running")
+                pending = any(
+                    state == "PENDING" and (job == f"{array}_{pending_task}" or job.startswith(f"{array}_["))
+                    for job, state in states.items()
+                )
+                return (
+                    states.get(f"{array}_{running_task}") == "RUNNING"
+                    and pending
+                    and (running_dir / layout.STATUS).is_file()
+                    and status(running_dir)["status"] == "running"
+                )
 
-            slurm.wait_for(training_and_queued, timeout=300, interval=0.2, what=f"task {running_task} training, task {pending_task} pending")
+            slurm.wait_for(
+                training_and_queued,
+                timeout=300,
+                interval=0.2,
+                what=f"task {running_task} training, task {pending_task} pending",
+            )
             slurm.cancel(f"{array}_{running_task}")
             slurm.cancel(f"{array}_{pending_task}")
             cancelled_at = time.monotonic() - started
@@ -162,12 +209,16 @@ def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slur
 
     done = run_cli("summarize.py", "--resume", str(sweep), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:] + "\n" + slurm.log_tail()
-    assert f"resubmitting 2 job(s) of {sweep}" in done.stdout and "8 of 8 job(s) done" in done.stdout, done.stdout[-2000:]
+    assert f"resubmitting 2 job(s) of {sweep}" in done.stdout and "8 of 8 job(s) done" in done.stdout, done.stdout[
+        -2000:
+    ]
     for job in jobs:
         assert status(sweep / job["dir"])["status"] == "done", job["dir"]
     with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(r["status"] == "done" for r in rows), rows
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted(j["dir"] for j in jobs)
-    print(f"\neight-job sweep: cancelled at {cancelled_at:.0f} s, first round ended at {first_round:.0f} s, "
-          f"all 8 done after resume at {time.monotonic() - started:.0f} s; statuses before resume: {before}")
+    print(
+        f"\neight-job sweep: cancelled at {cancelled_at:.0f} s, first round ended at {first_round:.0f} s, "
+        f"all 8 done after resume at {time.monotonic() - started:.0f} s; statuses before resume: {before}"
+    )

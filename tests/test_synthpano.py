@@ -12,30 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_resampler.data.synthpano import (
+from vlm_resampler.data.synthpano.files import ensure_synthpano, generate_synthpano, load_objects, load_quic360_csv
+from vlm_resampler.data.synthpano.objects import (
     COLOURS,
     DIRECTION_YAW_DEG,
     DIRECTIONS,
-    OBJECT_GAP_DEG,
     PITCH_JITTER_DEG,
     POLE_DIRECTIONS,
     POLE_PITCH_DEG,
     SHAPES,
     SIZE_SCALE,
     SIZES,
-    SPLITS,
     YAW_JITTER_DEG,
     SceneObject,
-    angular_distance_deg,
-    ensure_synthpano,
-    generate_synthpano,
-    load_objects,
-    load_quic360_csv,
     object_extent_deg,
-    object_mask,
-    objects_keep_apart,
-    question_answers,
 )
+from vlm_resampler.data.synthpano.render import object_mask
+from vlm_resampler.data.synthpano.scene import SPLITS, objects_keep_apart
+from vlm_resampler.data.synthpano.text import question_answers
 from vlm_resampler.panorama.views import HorizonViews
 
 SMALL = {"num_train": 24, "num_val": 6, "num_test": 6}
@@ -47,8 +41,14 @@ DIRECTION_PHRASES = {
     "above": ("above", "overhead"),
     "below": ("below", "underfoot"),
 }
-AT_PHRASE = {"front": "in front", "right": "on the right", "behind": "behind", "left": "on the left",
-             "above": "above", "below": "below"}
+AT_PHRASE = {
+    "front": "in front",
+    "right": "on the right",
+    "behind": "behind",
+    "left": "on the left",
+    "above": "above",
+    "below": "below",
+}
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -170,7 +170,7 @@ def test_captions_state_every_object(dataset: Path) -> None:
 def test_object_annotations_are_in_range(dataset: Path) -> None:
     poles = 0
     for split in SPLITS:
-        for url, objects in load_objects(dataset / f"{split}_objects.jsonl").items():
+        for objects in load_objects(dataset / f"{split}_objects.jsonl").values():
             assert 1 <= len(objects) <= 3
             assert len({o.direction for o in objects}) == len(objects)
             assert [o.direction for o in objects] == sorted((o.direction for o in objects), key=DIRECTIONS.index)
@@ -196,9 +196,9 @@ def test_objects_record_their_size_in_the_jsonl(dataset: Path) -> None:
 
 
 def sampled_scenes(count: int, seed: int = 0) -> list:
-    from vlm_resampler.data.synthpano import _scene_rng, sample_scene
+    from vlm_resampler.data.synthpano.scene import sample_scene, scene_rng
 
-    return [sample_scene(_scene_rng(seed, split, i)) for split in SPLITS for i in range(count)]
+    return [sample_scene(scene_rng(seed, split, i)) for split in SPLITS for i in range(count)]
 
 
 def test_sizes_and_poles_are_drawn_as_documented() -> None:
@@ -228,7 +228,7 @@ def test_objects_never_touch() -> None:
         assert objects_keep_apart(scene.objects)
         masks = [dilate(object_mask(o, (256, 512)), 1) for o in scene.objects]
         for i, a in enumerate(masks):
-            for b in masks[i + 1:]:
+            for b in masks[i + 1 :]:
                 assert not (a & b).any(), scene.objects
 
 
@@ -236,13 +236,15 @@ def test_objects_never_touch() -> None:
 def test_fallback_layout_keeps_even_the_largest_objects_apart(num_poles: int) -> None:
     from itertools import combinations
 
-    from vlm_resampler.data.synthpano import _fallback_positions
+    from vlm_resampler.data.synthpano.scene import _fallback_positions
 
     for poles in combinations(POLE_DIRECTIONS, num_poles):
         for horizon in combinations(DIRECTION_YAW_DEG, 3 - num_poles):
             directions = list(horizon) + list(poles)
             positions = _fallback_positions(directions)
-            objects = [SceneObject("triangle", "red", d, yaw, pitch, "large") for d, (yaw, pitch) in zip(directions, positions)]
+            objects = [
+                SceneObject("triangle", "red", d, yaw, pitch, "large") for d, (yaw, pitch) in zip(directions, positions)
+            ]
             assert objects_keep_apart(objects), objects
     horizon = [SceneObject("triangle", "red", d, yaw, 0.0, "large") for d, yaw in DIRECTION_YAW_DEG.items()]
     assert objects_keep_apart(horizon)  # four large triangles on the horizon, nominal yaws
@@ -305,13 +307,19 @@ def erp_pixel_directions(height: int, width: int) -> tuple[np.ndarray, np.ndarra
 def test_circle_near_a_pole_covers_exactly_its_spherical_cap(size: str, yaw: float, pitch: float) -> None:
     height, width = 512, 1024
     dirs, solid_angle = erp_pixel_directions(height, width)
-    centre = np.array([
-        np.cos(np.radians(pitch)) * np.sin(np.radians(yaw)), np.sin(np.radians(pitch)), np.cos(np.radians(pitch)) * np.cos(np.radians(yaw)),
-    ])
+    centre = np.array(
+        [
+            np.cos(np.radians(pitch)) * np.sin(np.radians(yaw)),
+            np.sin(np.radians(pitch)),
+            np.cos(np.radians(pitch)) * np.cos(np.radians(yaw)),
+        ]
+    )
     angle = np.degrees(np.arccos(np.clip(dirs @ centre, -1.0, 1.0)))
     radius = 20.0 * SIZE_SCALE[size]
     assert object_extent_deg("circle", size) == radius
-    mask = object_mask(SceneObject("circle", "red", "above" if pitch > 0 else "below", yaw, pitch, size), (height, width))
+    mask = object_mask(
+        SceneObject("circle", "red", "above" if pitch > 0 else "below", yaw, pitch, size), (height, width)
+    )
     # Inside the cap: every pixel; outside: none (a gnomonic circle of radius tan r is that cap).
     assert mask[angle < radius - 1e-6].all() and not mask[angle > radius + 1e-6].any()
     assert angle[mask].max() == pytest.approx(radius, abs=0.5)
@@ -399,9 +407,13 @@ def test_question_answers_match_the_objects(dataset: Path) -> None:
 
 
 def test_eval_scores_every_question_kind_apart() -> None:
-    from vlm_resampler.evaluation.synthpano_eval import exact_match, question_kind
+    from vlm_resampler.data.answers import question_kind
+    from vlm_resampler.evaluation.synthpano_eval import exact_match
 
-    objects = [SceneObject("circle", "red", "front", 0.0, 0.0, "large"), SceneObject("square", "blue", "above", 40.0, 70.0)]
+    objects = [
+        SceneObject("circle", "red", "front", 0.0, 0.0, "large"),
+        SceneObject("square", "blue", "above", 40.0, 70.0),
+    ]
     pairs = question_answers(objects)
     kinds = [question_kind(question) for question, _ in pairs]
     assert kinds == ["direction"] * 4 + ["pole"] * 2 + ["count"] + ["colour"] * 2 + ["size"] * 2
@@ -410,7 +422,13 @@ def test_eval_scores_every_question_kind_apart() -> None:
     items = [{"query": question, "references": [answer]} for question, answer in pairs]
     scores = exact_match(items, [answer.upper() for _, answer in pairs])
     assert scores["exact_match"] == 1.0
-    assert {kind: v["n_items"] for kind, v in scores["by_kind"].items()} == {"colour": 2, "count": 1, "direction": 4, "pole": 2, "size": 2}
+    assert {kind: v["n_items"] for kind, v in scores["by_kind"].items()} == {
+        "colour": 2,
+        "count": 1,
+        "direction": 4,
+        "pole": 2,
+        "size": 2,
+    }
 
 
 def test_conversations_hold_the_caption_and_every_question(dataset: Path) -> None:
@@ -425,14 +443,15 @@ def test_conversations_hold_the_caption_and_every_question(dataset: Path) -> Non
 
 
 def test_seam_flag_marks_exactly_the_images_whose_object_crosses_the_seam(dataset: Path) -> None:
-    from vlm_resampler.data.synthpano import seam_urls
+    from vlm_resampler.data.synthpano.files import seam_urls
 
     seam = seam_urls(dataset / "train_objects.jsonl")
     for url, objs in load_objects(dataset / "train_objects.jsonl").items():
         image = read_image(dataset, url).astype(int)
         # An object colour in both the first and the last pixel column means it crosses 0/360.
         wraps = any(
-            (np.abs(image[:, 0] - COLOURS[o.colour]).sum(-1) < 30).any() and (np.abs(image[:, -1] - COLOURS[o.colour]).sum(-1) < 30).any()
+            (np.abs(image[:, 0] - COLOURS[o.colour]).sum(-1) < 30).any()
+            and (np.abs(image[:, -1] - COLOURS[o.colour]).sum(-1) < 30).any()
             for o in objs
         )
         assert (url in seam) == wraps, url
@@ -442,12 +461,22 @@ def test_seam_flag_marks_exactly_the_images_whose_object_crosses_the_seam(datase
 def test_a_new_generator_version_gets_its_own_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    import vlm_resampler.data.synthpano as synthpano
+    import vlm_resampler.data.synthpano.files as synthpano
     from vlm_resampler.data.datasets import synthpano_root
 
     monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path))
-    cfg = OmegaConf.create({"root": None, "seed": 0, "num_train": 2, "num_val": 1, "num_test": 1,
-                            "erp_width": 128, "erp_height": 64, "query": "Describe the panorama."})
+    cfg = OmegaConf.create(
+        {
+            "root": None,
+            "seed": 0,
+            "num_train": 2,
+            "num_val": 1,
+            "num_test": 1,
+            "erp_width": 128,
+            "erp_height": 64,
+            "query": "Describe the panorama.",
+        }
+    )
     current = synthpano_root(cfg)
     monkeypatch.setattr(synthpano, "GENERATOR_VERSION", synthpano.GENERATOR_VERSION - 1)
     assert synthpano_root(cfg) != current and synthpano_root(cfg).parent == current.parent

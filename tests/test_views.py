@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import REPO_ROOT
 from vlm_resampler.config.validate import walk_targets
 from vlm_resampler.panorama.geometry import e2p
 from vlm_resampler.panorama.overview import footprint_polylines, layout, render_overview
@@ -29,6 +28,8 @@ from vlm_resampler.panorama.views import (
     view_token_directions,
 )
 from vlm_resampler.runs.targets import check_targets
+
+from conftest import REPO_ROOT
 
 STRATEGIES = ("e2p", "cubemap", "sliding_window", "anyres_e2p", "resize")
 
@@ -188,7 +189,12 @@ def test_token_correspondence_neighbour_structure() -> None:
 
 @pytest.mark.parametrize(
     "strategy",
-    [HorizonViews(fov_deg=90.0, overlap=0.0), CubemapViews(overlap=0.0), SlidingWindowViews(fov_deg=90.0, overlap=0.0), ResizeView()],
+    [
+        HorizonViews(fov_deg=90.0, overlap=0.0),
+        CubemapViews(overlap=0.0),
+        SlidingWindowViews(fov_deg=90.0, overlap=0.0),
+        ResizeView(),
+    ],
     ids=repr,
 )
 def test_token_correspondence_empty_without_overlap(strategy) -> None:
@@ -211,7 +217,9 @@ def test_cubemap_faces_cover_the_sphere() -> None:
     faces = CubemapViews(size=16, overlap=0.0).metadata()
     rng = torch.Generator().manual_seed(0)
     dirs = torch.randn(20000, 3, generator=rng, dtype=torch.float64)
-    dirs = torch.cat([dirs / dirs.norm(dim=-1, keepdim=True), torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    dirs = torch.cat(
+        [dirs / dirs.norm(dim=-1, keepdim=True), torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)]
+    )
     seen = [view_pixels(face, dirs) for face in faces]
     hits = torch.stack([inside for _, inside in seen]).sum(0)
     assert bool((hits >= 1).all())
@@ -226,7 +234,9 @@ def test_cubemap_faces_cover_the_sphere() -> None:
 def test_cubemap_faces_match_py360convert_e2c() -> None:
     erp = smooth_erp(128, 256, seed=5)
     ours = CubemapViews(size=32, overlap=0.0).views(erp)
-    ref = py360convert.e2c(erp.permute(1, 2, 0).numpy().astype(np.float64), face_w=32, mode="bilinear", cube_format="dict")
+    ref = py360convert.e2c(
+        erp.permute(1, 2, 0).numpy().astype(np.float64), face_w=32, mode="bilinear", cube_format="dict"
+    )
     for face, key in enumerate("FRBLUD"):
         expected = torch.from_numpy(np.ascontiguousarray(ref[key])).permute(2, 0, 1).float()
         diff = (ours[face] - expected).abs()
@@ -259,7 +269,9 @@ def test_sliding_window_wraps_at_the_seam() -> None:
     strategy = SlidingWindowViews(fov_deg=90.0, overlap=0.0, size=16)
     behind = strategy.views(erp)[2]
     assert strategy.metadata()[2].yaw_deg == 180.0
-    assert torch.allclose(behind[..., :8], torch.ones(3, 16, 8)) and torch.allclose(behind[..., 8:], torch.zeros(3, 16, 8))
+    assert torch.allclose(behind[..., :8], torch.ones(3, 16, 8)) and torch.allclose(
+        behind[..., 8:], torch.zeros(3, 16, 8)
+    )
     # Same content as the tile in front after turning the panorama half a turn (box filter included).
     noise = torch.rand(3, 64, 256, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(strategy.views(noise)[2], strategy.views(torch.roll(noise, 128, dims=-1))[0], atol=1e-5)
@@ -312,7 +324,11 @@ def test_every_view_config_builds_with_the_encoder_size(smoke_config, name: str)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("strategy", [HorizonViews(size=32), CubemapViews(size=32), SlidingWindowViews(size=32), AnyResViews(size=32)], ids=repr)
+@pytest.mark.parametrize(
+    "strategy",
+    [HorizonViews(size=32), CubemapViews(size=32), SlidingWindowViews(size=32), AnyResViews(size=32)],
+    ids=repr,
+)
 def test_views_on_cuda_match_cpu(strategy) -> None:
     erp = torch.stack([smooth_erp(seed=0), smooth_erp(seed=1)])
     gpu = strategy.views(erp.cuda())
@@ -371,7 +387,9 @@ def test_show_views_writes_a_png_of_the_expected_size(show_views, tmp_path, caps
         (["view=cubemap", "view.overlap=0.7"], "error: view.overlap=0.7: expected a float in [0, 0.5)"),
     ],
 )
-def test_show_views_reports_bad_overrides_like_train(show_views, tmp_path, capsys, overrides: list[str], message: str) -> None:
+def test_show_views_reports_bad_overrides_like_train(
+    show_views, tmp_path, capsys, overrides: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         show_views([*overrides, "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2

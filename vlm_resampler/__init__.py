@@ -1,7 +1,8 @@
 """vlm_resampler: train and compare vision-to-language resamplers on 360° panoramas."""
+
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from vlm_resampler.version import __version__
 
 __all__ = ["__version__", "load_from_run", "load_stage"]
 

@@ -3,12 +3,14 @@
 The command-line scripts print them as one `error:` line and exit 1, without a traceback;
 VLM_RESAMPLER_TRACEBACK=1 shows the traceback too. Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 TRACEBACK_VARIABLE = "VLM_RESAMPLER_TRACEBACK"
 
@@ -17,12 +19,19 @@ class UserFacingError(Exception):
     """Base of the data, checkpoint and config errors that name their cause."""
 
 
+class ConfigError(UserFacingError, ValueError):
+    """A bad config or command line: a short message, no traceback (exit 2)."""
+
+
 def exit_with(err: UserFacingError, doing: str) -> NoReturn:
     """`error: <doing>: <message>` and exit 1; with VLM_RESAMPLER_TRACEBACK=1, raise it instead."""
     if os.environ.get(TRACEBACK_VARIABLE) == "1":
         raise err
-    print(f"error: {doing}: {err}\n  ({type(err).__name__}; {TRACEBACK_VARIABLE}=1 shows the traceback)",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: {doing}: {err}\n  ({type(err).__name__}; {TRACEBACK_VARIABLE}=1 shows the traceback)",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(1)
 
 

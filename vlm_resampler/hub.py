@@ -4,6 +4,7 @@ transformers reads HF_HUB_OFFLINE at import time; set later, a hub name spends m
 minute in retries. Locally built backbones never need the hub; for hub names we look the hub's
 name up once and go offline when it does not resolve, so a hub name then fails in seconds.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """One config, composed from overrides and checked the way train.py checks it before starting."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig

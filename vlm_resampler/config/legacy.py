@@ -10,66 +10,35 @@ into the preset from conf/resampler/<type>.yaml, so the preset names every value
 
     python launch/import_config.py old.yaml [--name NAME] [--force]
 """
+
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from vlm_resampler.config.checked import compose_checked
-from vlm_resampler.config.errors import ConfigError
-from vlm_resampler.config.suggest import did_you_mean
-from vlm_resampler.config.validate import CONF_DIR
-
-SECTIONS = ("experiment", "models", "training", "lora", "image_processing")
-RESAMPLER_TYPES = {  # the guide's names and the original code's aliases -> conf/resampler option
-    "bimamba": "bimamba", "bidirectional_mamba": "bimamba", "bi_mamba": "bimamba",
-    "mlp": "mlp", "perceiver": "perceiver", "qformer": "qformer",
-}  # fmt: skip
-STAGES = {  # the original's stage names and aliases -> our stage
-    "vision": "vision", "vision_pretraining": "vision", "vision_pretrain": "vision",
-    "joint_vision_resampler": "vision", "joint_resampler": "vision",
-    "resampler": "resampler", "resampler_training": "resampler",
-    "finetune": "finetune", "instruction_tuning": "finetune", "instruction_tune": "finetune", "final_finetune": "finetune",
-}  # fmt: skip
-# models.<flat field> -> resampler parameter (the guide's "simple fields" and their siblings)
-FLAT_RESAMPLER_FIELDS = {
-    "latent_dimension": "latent_dimension",
-    "resampler_hidden_dim": "hidden_dim",
-    "resampler_depth": "depth",
-    "resampler_use_ln": "use_ln",
-    "resampler_dropout": "dropout",
-    "resampler_num_query_tokens": "num_query_tokens",
-    "resampler_num_hidden_layers": "num_hidden_layers",
-    "resampler_attention_heads": "num_attention_heads",
-}
-VISION_NAME_KEYS = ("vision_name", "vision_model_name")
-LLM_NAME_KEYS = ("language_model_name", "lm_model", "lm_name")
-MODEL_KEYS = ("resampler_type", "resampler_config", *FLAT_RESAMPLER_FIELDS, *VISION_NAME_KEYS, *LLM_NAME_KEYS, "overlap_ratio")
-# training.stage_configs.<stage>.<field> -> stage.<stage>.<setting>
-STAGE_FIELDS = {
-    "epochs": ("epochs", int),
-    "lr": ("lr", float),
-    "batch_size": ("batch_size", int),
-    "accumulate_grad_batches": ("grad_accum", int),
-    "vision_trainable_blocks": ("vision_trainable_blocks", int),
-    "vicreg_similarity_weight": ("vicreg.invariance", float),
-    "vicreg_variance_weight": ("vicreg.variance", float),
-    "vicreg_covariance_weight": ("vicreg.covariance", float),
-}
-LORA_FIELDS = {"rank": ("r", int), "alpha": ("alpha", float), "dropout": ("dropout", float), "target_modules": ("target_modules", list)}
-IMAGE_FIELDS = {"fov_deg": ("view.fov_deg", float), "overlap_ratio": ("view.overlap", float), "image_size": ("backbone.image_size", int)}
-QWEN3_SIZES = ("0.6B", "1.7B", "4B", "8B", "14B", "32B")
-PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-DEFAULT = "(default)"
-PLAIN_STRING = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")  # written without quotes
-YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "none", "~"}
+from vlm_resampler.catalog import CONF_DIR
+from vlm_resampler.config.legacy_fields import (
+    DEFAULT,
+    FLAT_RESAMPLER_FIELDS,
+    IMAGE_FIELDS,
+    LLM_NAME_KEYS,
+    LORA_FIELDS,
+    MODEL_KEYS,
+    PRESET_NAME,
+    QWEN3_SIZES,
+    SECTIONS,
+    STAGE_FIELDS,
+    VISION_NAME_KEYS,
+    override_value,
+    type_name,
+    yaml_value,
+)
+from vlm_resampler.errors import ConfigError
+from vlm_resampler.guide_names import RESAMPLER_TYPES, STAGES
+from vlm_resampler.suggest import did_you_mean
 
 
 @dataclass
@@ -92,15 +61,13 @@ class Preset:
 
     def overrides(self) -> list[str]:
         """The same settings as command-line overrides (to check them before anything is written)."""
-        return [f"{g}={o}" for g, o in self.groups.items()] + [f"{k}={override_value(v)}" for k, v in self.values.items()]
+        return [f"{g}={o}" for g, o in self.groups.items()] + [
+            f"{k}={override_value(v)}" for k, v in self.values.items()
+        ]
 
 
-def _yaml_options(group: str) -> dict[str, dict]:
+def yaml_options(group: str) -> dict[str, dict]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / group).glob("*.yaml"))}
-
-
-def _type_name(value) -> str:
-    return type(value).__name__
 
 
 KIND_NAMES = {int: "an integer", float: "a number", list: "a list of names"}
@@ -136,10 +103,12 @@ class _Converter:
 
     def set(self, key: str, value, old_key: str, note: str = "", kind: type | None = None) -> None:
         if kind is not None and not _is_kind(value, kind):
-            self.refuse(f"{old_key}={value!r}: expected {KIND_NAMES[kind]}, found {_type_name(value)}")
+            self.refuse(f"{old_key}={value!r}: expected {KIND_NAMES[kind]}, found {type_name(value)}")
             return
         if key in self.values and self.values[key] != value:
-            self.refuse(f"{old_key}={value!r} and {self.origins[key]}={self.values[key]!r} both set {key}; keep one of them")
+            self.refuse(
+                f"{old_key}={value!r} and {self.origins[key]}={self.values[key]!r} both set {key}; keep one of them"
+            )
             return
         self.values[key] = value
         self.origins.setdefault(key, old_key)
@@ -150,7 +119,7 @@ class _Converter:
         if node is None:
             return {}
         if not isinstance(node, dict):
-            self.refuse(f"{name}: expected a mapping of keys, found {_type_name(node)} {node!r}")
+            self.refuse(f"{name}: expected a mapping of keys, found {type_name(node)} {node!r}")
             return {}
         return node
 
@@ -183,9 +152,11 @@ class _Converter:
 
     def models(self, node: dict) -> None:
         raw = node.get("resampler_type")
-        options = _yaml_options("resampler")
+        options = yaml_options("resampler")
         if raw is None:
-            self.refuse(f"models.resampler_type is missing: name the resampler ({', '.join(options)}); nothing is assumed")
+            self.refuse(
+                f"models.resampler_type is missing: name the resampler ({', '.join(options)}); nothing is assumed"
+            )
         elif str(raw) not in RESAMPLER_TYPES:
             self.refuse(
                 f"models.resampler_type={raw!r}: not understood.{did_you_mean(str(raw), RESAMPLER_TYPES)} "
@@ -195,10 +166,12 @@ class _Converter:
             self.resampler = RESAMPLER_TYPES[str(raw)]
             self.resampler_defaults = {k: v for k, v in options[self.resampler].items() if not k.startswith("_")}
             self.groups["resampler"] = self.resampler
-            self.mapped.append(("models.resampler_type", f"resampler={self.resampler} (the preset's `override /resampler`)"))
+            self.mapped.append(
+                ("models.resampler_type", f"resampler={self.resampler} (the preset's `override /resampler`)")
+            )
         block = node.get("resampler_config")
         if block is not None and not isinstance(block, dict):
-            self.refuse(f"models.resampler_config: expected a mapping of parameters, found {_type_name(block)}")
+            self.refuse(f"models.resampler_config: expected a mapping of parameters, found {type_name(block)}")
         for key, value in (block or {}).items():
             self.resampler_param(f"models.resampler_config.{key}", str(key), value)
         for key, value in node.items():
@@ -207,7 +180,13 @@ class _Converter:
             if key in FLAT_RESAMPLER_FIELDS:
                 self.resampler_param(f"models.{key}", FLAT_RESAMPLER_FIELDS[key], value)
             elif key == "overlap_ratio":
-                self.set("view.overlap", value, "models.overlap_ratio", "one overlap ratio cuts the views and drives the overlap loss", float)
+                self.set(
+                    "view.overlap",
+                    value,
+                    "models.overlap_ratio",
+                    "one overlap ratio cuts the views and drives the overlap loss",
+                    float,
+                )
             else:
                 self.unknown(f"models.{key}", str(key), MODEL_KEYS)
         self.backbone(node)
@@ -216,7 +195,7 @@ class _Converter:
         if self.resampler is None:
             return  # the missing or unknown type is already reported
         if param not in self.resampler_defaults:
-            from vlm_resampler.config.validate import resampler_options_with
+            from vlm_resampler.catalog import resampler_options_with
 
             message = f"{old_key}: not a parameter of resampler={self.resampler}.{did_you_mean(param, self.resampler_defaults)}"
             elsewhere = resampler_options_with(param)
@@ -240,16 +219,18 @@ class _Converter:
             return
         options = {
             name: (str(o["vision_encoder"]["name_or_path"]), str(o["language_model"]["name_or_path"]))
-            for name, o in _yaml_options("backbone").items()
+            for name, o in yaml_options("backbone").items()
         }
         vision_key = f"models.{vision_keys[0]}" if vision_keys else None
         llm_key = f"models.{llm_keys[0]}" if llm_keys else None
         if llm is not None:
             match = re.fullmatch(r"Qwen/Qwen3-([0-9.]+B)(-Base)?", llm)
             if match and match.group(1) not in QWEN3_SIZES:
-                self.refuse(f"{llm_key}={llm!r}: there is no Qwen3 of that size; Qwen3 comes in {', '.join(QWEN3_SIZES)}")
+                self.refuse(
+                    f"{llm_key}={llm!r}: there is no Qwen3 of that size; Qwen3 comes in {', '.join(QWEN3_SIZES)}"
+                )
                 return
-        exact = [n for n, (v, l) in options.items() if vision in (None, v) and llm in (None, l)]
+        exact = [n for n, (v, lm) in options.items() if vision in (None, v) and llm in (None, lm)]
         same_vision = [n for n, (v, _) in options.items() if v == vision]
         if exact:
             self.groups["backbone"] = exact[0]
@@ -261,7 +242,7 @@ class _Converter:
             self.mapped.append((vision_key, f"backbone={same_vision[0]} (the preset's `override /backbone`)"))
             self.set("backbone.language_model.name_or_path", llm, llm_key, "its tokenizer follows")
         else:
-            known = sorted({v for v, _ in options.values()}) if vision else sorted({l for _, l in options.values()})
+            known = sorted({v for v, _ in options.values()}) if vision else sorted({lm for _, lm in options.values()})
             key, name = (vision_key, vision) if vision else (llm_key, llm)
             self.refuse(
                 f"{key}={name!r}: no conf/backbone option has this model.{did_you_mean(name, known)} "
@@ -274,7 +255,7 @@ class _Converter:
                 self.stages(value)
             elif key == "stage_configs":
                 if not isinstance(value, dict):
-                    self.refuse(f"training.stage_configs: expected a mapping of stages, found {_type_name(value)}")
+                    self.refuse(f"training.stage_configs: expected a mapping of stages, found {type_name(value)}")
                     continue
                 for stage, settings in value.items():
                     self.stage(str(stage), settings)
@@ -292,7 +273,9 @@ class _Converter:
                 self.refuse(f"training.stages: {name!r} is not a stage name")
                 return
             if str(name) not in STAGES:
-                self.refuse(f"training.stages: stage {name!r} not understood.{did_you_mean(str(name), STAGES)} Understood: {', '.join(STAGES)}")
+                self.refuse(
+                    f"training.stages: stage {name!r} not understood.{did_you_mean(str(name), STAGES)} Understood: {', '.join(STAGES)}"
+                )
                 return
             ours.append(STAGES[str(name)])
         self.set("stages", ours, "training.stages")
@@ -300,10 +283,12 @@ class _Converter:
     def stage(self, name: str, settings) -> None:
         where = f"training.stage_configs.{name}"
         if name not in STAGES:
-            self.refuse(f"{where}: stage {name!r} not understood.{did_you_mean(name, STAGES)} Understood: {', '.join(STAGES)}")
+            self.refuse(
+                f"{where}: stage {name!r} not understood.{did_you_mean(name, STAGES)} Understood: {', '.join(STAGES)}"
+            )
             return
         if not isinstance(settings, dict):
-            self.refuse(f"{where}: expected a mapping of settings, found {_type_name(settings)}")
+            self.refuse(f"{where}: expected a mapping of settings, found {type_name(settings)}")
             return
         stage = STAGES[name]
         for key, value in settings.items():
@@ -315,7 +300,12 @@ class _Converter:
                 setting, kind = STAGE_FIELDS[key]
                 self.set(f"stage.{stage}.{setting}", value, f"{where}.{key}", kind=kind)
                 if key == "epochs":
-                    self.set(f"stage.{stage}.max_steps", -1, f"{where}.{key}", "run whole epochs; a stage otherwise stops at max_steps")
+                    self.set(
+                        f"stage.{stage}.max_steps",
+                        -1,
+                        f"{where}.{key}",
+                        "run whole epochs; a stage otherwise stops at max_steps",
+                    )
 
     def lora(self, node: dict) -> None:
         use = node.get("use_lora", True)
@@ -333,16 +323,24 @@ class _Converter:
                 self.refuse(f"lora.{key}: has no effect with lora.use_lora: false; remove one of them")
             else:
                 setting, kind = LORA_FIELDS[key]
-                self.set(f"stage.finetune.lora.{setting}", value, f"lora.{key}", "LoRA is trained in the finetune stage", kind)
+                self.set(
+                    f"stage.finetune.lora.{setting}",
+                    value,
+                    f"lora.{key}",
+                    "LoRA is trained in the finetune stage",
+                    kind,
+                )
 
     def image_processing(self, node: dict) -> None:
-        views = _yaml_options("view")
+        views = yaml_options("view")
         for key, value in node.items():
             if key == "crop_strategy":
                 strategies = {o.get("_target_", "").rsplit(".", 1)[-1]: n for n, o in views.items()}
                 if str(value) in views:
                     self.groups["view"] = str(value)
-                    self.mapped.append(("image_processing.crop_strategy", f"view={value} (the preset's `override /view`)"))
+                    self.mapped.append(
+                        ("image_processing.crop_strategy", f"view={value} (the preset's `override /view`)")
+                    )
                 else:
                     self.refuse(
                         f"image_processing.crop_strategy={value!r}: not available here.{did_you_mean(str(value), views)} "
@@ -358,7 +356,11 @@ class _Converter:
     # -- completing ------------------------------------------------------------------------
     def fill_resampler_defaults(self, source_name: str) -> None:
         """Every resampler parameter, in conf/resampler/<type>.yaml's order; missing ones from there."""
-        given = {k: self.values.pop(f"resampler.{k}") for k in list(self.resampler_defaults) if f"resampler.{k}" in self.values}
+        given = {
+            k: self.values.pop(f"resampler.{k}")
+            for k in list(self.resampler_defaults)
+            if f"resampler.{k}" in self.values
+        }
         ordered = {}
         for key, default in self.resampler_defaults.items():
             if key in given:
@@ -366,7 +368,12 @@ class _Converter:
             else:
                 ordered[f"resampler.{key}"] = default
                 self.origins[f"resampler.{key}"] = DEFAULT
-                self.mapped.append((f"(not in {source_name})", f"resampler.{key}: {yaml_value(default)}  (the default of conf/resampler/{self.resampler}.yaml)"))
+                self.mapped.append(
+                    (
+                        f"(not in {source_name})",
+                        f"resampler.{key}: {yaml_value(default)}  (the default of conf/resampler/{self.resampler}.yaml)",
+                    )
+                )
         self.values = ordered | self.values
 
 
@@ -374,7 +381,9 @@ def convert(old, source: str, name: str | None = None) -> Preset:
     """Map a guide-format config (already parsed) to a Preset; every key it does not understand is
     reported in one ConfigError, and nothing is written."""
     if not isinstance(old, dict):
-        raise ConfigError(f"{source}: expected a YAML mapping with sections {', '.join(SECTIONS)}, found {_type_name(old)}")
+        raise ConfigError(
+            f"{source}: expected a YAML mapping with sections {', '.join(SECTIONS)}, found {type_name(old)}"
+        )
     converter = _Converter(old, source)
     converter.convert()
     if converter.problems:
@@ -394,227 +403,23 @@ def convert(old, source: str, name: str | None = None) -> Preset:
     origins = {"experiment.name": "experiment.name" if converter.experiment_name else DEFAULT} | converter.origins
     mapped = converter.mapped
     if converter.experiment_name:
-        mapped.insert(0, ("experiment.name", f"experiment.name: {yaml_value(converter.experiment_name)}  (names the run directory)"))
-    else:
-        mapped.insert(0, ("(experiment.name not given)", f"experiment.name: {yaml_value(preset_name)}  (the preset's name)"))
-    groups = dict(sorted(converter.groups.items(), key=lambda kv: kv[0] != "resampler"))
-    return Preset(preset_name, source, converter.resampler, groups, values, origins, mapped, converter.notes, converter.description)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing the preset.
-# ---------------------------------------------------------------------------------------------
-
-
-def yaml_value(value) -> str:
-    """A scalar or flat list as YAML that OmegaConf reads back as the same value."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        mantissa, e, exponent = text.partition("e")
-        # YAML 1.1 (OmegaConf) reads 5e-05 as a string; 5.0e-05 is a float.
-        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
-    if isinstance(value, str):
-        plain = PLAIN_STRING.match(value) and value.lower() not in YAML_WORDS
-        return value if plain else json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
-    raise ConfigError(f"value {value!r} ({_type_name(value)}): expected a number, string, boolean, null or a list of them")
-
-
-def override_value(value) -> str:
-    """The same value in Hydra's override grammar."""
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, list):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    return yaml_value(value)
-
-
-def _nest(values: dict[str, object]) -> dict:
-    tree: dict = {}
-    for key, value in values.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = (key, value)
-    return tree
-
-
-def render_preset(preset: Preset) -> str:
-    source_name = Path(preset.source).name
-    lines = [
-        "# @package _global_",
-        f"# Imported from {source_name} (the guide's config format) by launch/import_config.py.",
-    ]
-    if preset.description:
-        lines += [f"# {line}".rstrip() for line in preset.description.splitlines()]
-    lines.append("defaults:")
-    lines += [f"  - override /{group}: {option}" for group, option in preset.groups.items()]
-
-    def emit(node: dict, indent: int) -> None:
-        for key, item in node.items():
-            if isinstance(item, dict):
-                lines.append(" " * indent + f"{key}:")
-                emit(item, indent + 2)
-            else:
-                dotted, value = item
-                origin = preset.origins.get(dotted, "")
-                comment = origin
-                if origin == DEFAULT:
-                    comment = f"not in {source_name}: the default of conf/resampler/{preset.resampler}.yaml" if dotted.startswith("resampler.") else ""
-                lines.append(" " * indent + f"{key}: {yaml_value(value)}" + (f"  # {comment}" if comment else ""))
-
-    tree = _nest(preset.values)
-    for key, item in tree.items():
-        lines.append("")
-        emit({key: item}, 0)
-    return "\n".join(lines) + "\n"
-
-
-def write_preset(path: Path, text: str, force: bool) -> None:
-    """All or nothing; an existing preset is replaced only with `force` (and never raced into)."""
-    from vlm_resampler.runs.atomic import write_text
-
-    if force:
-        write_text(path, text)
-        return
-    if path.exists():
-        raise ConfigError(f"{path} exists already; pass --force to replace it, or choose another name with --name")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write_text(tmp, text)
-        os.link(tmp, path)  # fails if the file appeared meanwhile: no overwrite
-    except FileExistsError as err:
-        raise ConfigError(f"{path} exists already; pass --force to replace it, or choose another name with --name") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking: the validation train.py runs, before writing and on the written preset.
-# ---------------------------------------------------------------------------------------------
-
-
-def check_like_train(cfg: DictConfig) -> list[str]:
-    """validate_train_config's checks. A backbone this machine cannot load (no hub here) does not
-    make the preset wrong: it is reported as a warning."""
-    from vlm_resampler.config.preflight import backbone_names
-    from vlm_resampler.config.validate import check_backbones_available, check_init_from, check_resampler_builds, check_stages, walk_targets
-
-    if "transformers" not in sys.modules:  # as train.py: decide on the hub before transformers loads
-        from vlm_resampler.hub import configure_hub_access
-
-        configure_hub_access(backbone_names([cfg]))
-    walk_targets(cfg.model, "model")
-    check_resampler_builds(cfg)
-    check_stages(cfg)
-    check_init_from(cfg)
-    try:
-        check_backbones_available(cfg)
-    except ConfigError as err:
-        return [f"the backbones cannot be loaded on this machine (train.py will need them): {err}"]
-    return []
-
-
-def _with_origin(message: str, preset: Preset) -> str:
-    """Name the old key a failing setting came from."""
-    for key, origin in preset.origins.items():
-        if origin != DEFAULT and re.search(rf"(?<![\w.]){re.escape(key)}\b", message):
-            return f"{message}\n  (from {origin} in {Path(preset.source).name})"
-    return message
-
-
-def verify_written(preset: Preset) -> list[str]:
-    """Compose `experiment=<name>` as train.py would, and check that every value arrived."""
-    cfg, warnings = compose_checked([f"experiment={preset.name}"], check_like_train)
-    wrong = []
-    for key, value in preset.values.items():
-        found = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if OmegaConf.is_config(found):
-            found = OmegaConf.to_container(found)
-        if found != value:
-            wrong.append(f"{key}: {found!r} in the composed config, {value!r} in the preset")
-    target = _yaml_options("resampler")[preset.resampler]["_target_"]
-    if cfg.model.resampler._target_ != target:
-        wrong.append(f"model.resampler._target_={cfg.model.resampler._target_!r}: expected {target!r} (resampler={preset.resampler})")
-    if wrong:
-        raise ConfigError("the composed config does not hold the preset's values:\n  " + "\n  ".join(wrong))
-    return warnings
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line.
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="launch/import_config.py",
-        description="Turn a config in the guide's format (models.resampler_type, models.resampler_config, "
-        "training.stage_configs, ...) into a Hydra experiment preset conf/experiment/<name>.yaml, "
-        "checked the way train.py checks a config.",
-    )
-    parser.add_argument("old_config", help="the guide-format YAML file")
-    parser.add_argument("--name", help="preset name (default: its experiment.name, else the file name)")
-    parser.add_argument("--force", action="store_true", help="replace an existing preset of that name")
-    return parser.parse_args(argv)
-
-
-def load_old(path: Path):
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    # OmegaConf's YAML reading, as for every config here: `lr: 1e-4` is a number (plain YAML 1.1
-    # would make it the string "1e-4"). Interpolations are left as they are written.
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as err:
-        raise ConfigError(f"{path}: not a valid YAML config ({err})") from err
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    source = Path(args.old_config)
-    try:
-        preset = convert(load_old(source), str(source), args.name)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if preset.path.exists() and not args.force:
-        print(f"error: {preset.path} exists already; pass --force to replace it, or choose another name with --name", file=sys.stderr)
-        return 2
-    print(f"{source} (guide format) -> {preset.path}")
-    width = max(len(old) for old, _ in preset.mapped)
-    for old, new in preset.mapped:
-        print(f"  {old:<{width}} -> {new}")
-    for note in preset.notes:
-        print(f"note: {note}")
-    try:
-        # Before anything is written: the same settings as overrides, through train.py's checks.
-        compose_checked(preset.overrides(), check_like_train)
-    except ConfigError as err:
-        print(f"error: {source} gives a config that train.py refuses; nothing was written.\n  {_with_origin(str(err), preset)}", file=sys.stderr)
-        return 2
-    try:
-        write_preset(preset.path, render_preset(preset), args.force)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {preset.path}")
-    try:
-        warnings = verify_written(preset)
-    except ConfigError as err:
-        print(
-            f"error: {preset.path} was written but does not pass train.py's checks (the file is kept; "
-            f"fix it, or fix {source.name} and rerun with --force):\n  {err}",
-            file=sys.stderr,
+        mapped.insert(
+            0,
+            ("experiment.name", f"experiment.name: {yaml_value(converter.experiment_name)}  (names the run directory)"),
         )
-        return 2
-    for warning in warnings:
-        print(f"warning: {warning}")
-    print(f"checked: it composes and validates. Train with: python launch/train.py experiment={preset.name}")
-    return 0
+    else:
+        mapped.insert(
+            0, ("(experiment.name not given)", f"experiment.name: {yaml_value(preset_name)}  (the preset's name)")
+        )
+    groups = dict(sorted(converter.groups.items(), key=lambda kv: kv[0] != "resampler"))
+    return Preset(
+        preset_name,
+        source,
+        converter.resampler,
+        groups,
+        values,
+        origins,
+        mapped,
+        converter.notes,
+        converter.description,
+    )

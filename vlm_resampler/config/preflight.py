@@ -1,5 +1,6 @@
 """Before Hydra runs anything: parse the command line, expand sweeps into jobs, compose and
 validate each job, and stop with a short message (exit 2) at the first bad one."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,13 +9,26 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
-from vlm_resampler.config.suggest import did_you_mean
-from vlm_resampler.config.validate import CONF_DIR
+from vlm_resampler.catalog import CONF_DIR
+from vlm_resampler.errors import ConfigError
+from vlm_resampler.suggest import did_you_mean
 
 # Hydra flags that take a value in the next argument.
-FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                    "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], bool]:
@@ -106,7 +120,7 @@ def check_key_exists(cfg: DictConfig, key: str) -> None:
             siblings = [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
             message = f"{key}: unknown key {part!r} in {where}.{did_you_mean(part, siblings)}"
             if parts[0] == "resampler" and depth == 1:
-                from vlm_resampler.config.validate import unknown_resampler_key
+                from vlm_resampler.catalog import unknown_resampler_key
 
                 message = unknown_resampler_key(part, siblings)
             if siblings:
@@ -130,7 +144,9 @@ def compose(config_name: str, overrides: list[str], with_hydra: bool = False) ->
         raise ConfigError(str(err).strip()) from err
 
 
-def preflight(config_name: str, argv: list[str], validate, before_validate=None, single_run_check=None) -> list[DictConfig]:
+def preflight(
+    config_name: str, argv: list[str], validate, before_validate=None, single_run_check=None
+) -> list[DictConfig]:
     """Compose every job of the command line, then validate each; on error print and exit 2.
 
     `before_validate(configs)` runs once between the two phases (validation imports
@@ -142,7 +158,10 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
     try:
         jobs = expand_jobs(overrides, groups) if multirun else [overrides]
     except Exception as err:  # the override grammar (OverrideParseException): say what, no traceback
-        print(f"error: the sweep cannot be expanded into jobs; nothing was started.\n  {str(err).strip()}", file=sys.stderr)
+        print(
+            f"error: the sweep cannot be expanded into jobs; nothing was started.\n  {str(err).strip()}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     composed, failures = [], []
     for job in jobs:
@@ -164,7 +183,10 @@ def preflight(config_name: str, argv: list[str], validate, before_validate=None,
         except ConfigError as err:
             failures.append((job, str(err)))
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} job(s) have an invalid config; nothing was started.", file=sys.stderr)
+        print(
+            f"error: {len(failures)} of {len(jobs)} job(s) have an invalid config; nothing was started.",
+            file=sys.stderr,
+        )
         for job, message in failures[:20]:
             label = " ".join(o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))) or "(no overrides)"
             prefix = f"[{label}] " if len(jobs) > 1 else ""

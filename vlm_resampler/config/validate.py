@@ -1,6 +1,7 @@
 """Checks on a composed config that Hydra does not make: `_target_` arguments against the
 class signature (unknown names, missing values, types, ranges via a meta-device build), the
 stage list, and paths that must exist. Runs in seconds, before any backbone is loaded."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,11 +12,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
-from vlm_resampler.config.suggest import did_you_mean
+from vlm_resampler.catalog import CONF_DIR, unknown_resampler_key
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.runs.layout import METADATA, RESUMABLE, STAGE_NAMES, STATUS, is_stage_dir
 from vlm_resampler.runs.metadata import read_metadata
 from vlm_resampler.runs.targets import refusal
+from vlm_resampler.runs.tree_diff import tree_differences
+from vlm_resampler.suggest import did_you_mean
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 # Widths filled in by PanoramaVLM when it builds the part (never typed in a config).
@@ -25,7 +28,6 @@ INJECTED = {
     "model.overlap_head": {"input_dim"},
     "model.stitch": {"latent_dimension", "llm_width", "views", "keeps_token_grid", "grid_hw", "tokens_per_view"},
 }
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def import_target(path: str, where: str):
@@ -40,24 +42,6 @@ def import_target(path: str, where: str):
     if not hasattr(module, attr):
         raise ConfigError(f"{where}._target_={path!r}: {module_name} has no {attr!r}")
     return getattr(module, attr)
-
-
-def resampler_options_with(key: str) -> list[str]:
-    options = []
-    for path in sorted((CONF_DIR / "resampler").glob("*.yaml")):
-        if key in OmegaConf.load(path):
-            options.append(path.stem)
-    return options
-
-
-def unknown_resampler_key(key: str, valid: list[str], class_name: str | None = None) -> str:
-    """The one message for a key the chosen resampler does not take (with the types that do)."""
-    owner = f" ({class_name})" if class_name else ""
-    message = f"resampler.{key} is not a parameter of this resampler{owner}.{did_you_mean(key, valid)}"
-    elsewhere = resampler_options_with(key)
-    if elsewhere:
-        message += f" `{key}` is a parameter of resampler={', '.join(elsewhere)}."
-    return message
 
 
 def _type_ok(value, annotation) -> bool:
@@ -173,6 +157,7 @@ STAGE_VALUE_CHECKS = {
 
 def check_stage_values(name: str, stage: DictConfig) -> None:
     from transformers.trainer_utils import SchedulerType
+
     from vlm_resampler.training.stages import TRAINABLE_MODULES
 
     for key, (ok, expected) in STAGE_VALUE_CHECKS.items():
@@ -240,7 +225,9 @@ def check_stages(cfg: DictConfig) -> None:
         raise ConfigError("stages=[]: expected at least one of " + ", ".join(STAGE_NAMES))
     for name in stages:
         if name not in STAGE_NAMES:
-            raise ConfigError(f"stages: unknown stage {name!r}.{did_you_mean(name, STAGE_NAMES)} Valid: {list(STAGE_NAMES)}")
+            raise ConfigError(
+                f"stages: unknown stage {name!r}.{did_you_mean(name, STAGE_NAMES)} Valid: {list(STAGE_NAMES)}"
+            )
     if len(set(stages)) != len(stages):
         raise ConfigError(f"stages={stages}: a stage appears twice")
     order = [STAGE_NAMES.index(s) for s in stages]
@@ -255,16 +242,6 @@ def check_stages(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
 
 
-def tree_differences(a, b, where: str = "") -> list[str]:
-    """Paths where two plain config trees differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += tree_differences(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{where}.{key}" if where else str(key))
-        return out
-    return [] if a == b else [f"{where}: {a!r} here, {b!r} in the checkpoint"]
-
-
 def check_init_from(cfg: DictConfig) -> None:
     """A run that continues from a checkpoint must describe the same model: a setting that
     disagrees would otherwise be silently replaced by the checkpoint's."""
@@ -272,7 +249,9 @@ def check_init_from(cfg: DictConfig) -> None:
         return
     path = Path(cfg.init_from)
     if not is_stage_dir(path):
-        raise ConfigError(f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a {METADATA})")
+        raise ConfigError(
+            f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a {METADATA})"
+        )
     try:
         saved = read_metadata(path)["model"]
     except ValueError as err:
@@ -306,7 +285,8 @@ def resampler_option(node) -> str:
 
 def check_backbones_available(cfg: DictConfig) -> None:
     """Locally built backbones are built now (seconds); a hub name without a hub fails now."""
-    from vlm_resampler.models.backbones import BackboneUnavailableError, resolve_backbone
+    from vlm_resampler.models.backbones import resolve_backbone
+    from vlm_resampler.models.local_backbones import BackboneUnavailableError
 
     for key in ("vision_encoder", "language_model"):
         node = cfg.model[key]
@@ -334,7 +314,9 @@ def check_run_dir_free(cfg: DictConfig) -> None:
         )
     holder = resume.lock_holder(run_dir)
     if holder:
-        raise ConfigError(f"{run_dir}: a process is still training into this run ({holder}); wait for it or stop it first")
+        raise ConfigError(
+            f"{run_dir}: a process is still training into this run ({holder}); wait for it or stop it first"
+        )
     task = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     differences = resume.config_differences(run_dir, OmegaConf.to_container(task, resolve=True))
     if differences:

@@ -1,9 +1,10 @@
 """Caption datasets over panoramas: items from a QuIC-360 style CSV, images as [3, H, W] floats."""
+
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vlm_resampler.cache import cache_root
 from vlm_resampler.data.quic360 import over_pixel_limit
 from vlm_resampler.errors import UserFacingError
-from vlm_resampler.models.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ def load_panorama(path: Path, width: int, height: int) -> torch.Tensor:
         with Image.open(path) as img:
             too_large = over_pixel_limit(img)  # from the header, before the pixels are allocated
             if too_large:
-                raise BadImageError(f"{path}: {too_large}; refused before decoding (a decompression bomb, "
-                                    "or a panorama to downscale first)")
+                raise BadImageError(
+                    f"{path}: {too_large}; refused before decoding (a decompression bomb, "
+                    "or a panorama to downscale first)"
+                )
             img = img.convert("RGB")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)
@@ -51,9 +54,11 @@ def synthpano_root(data_cfg) -> Path:
     generator writes a new folder instead of regenerating one that other processes may read."""
     if data_cfg.root:
         return Path(data_cfg.root)
-    from vlm_resampler.data.synthpano import GENERATOR_VERSION
+    from vlm_resampler.data.synthpano.files import GENERATOR_VERSION
 
-    settings = {k: data_cfg[k] for k in ("seed", "num_train", "num_val", "num_test", "erp_width", "erp_height", "query")}
+    settings = {
+        k: data_cfg[k] for k in ("seed", "num_train", "num_val", "num_test", "erp_width", "erp_height", "query")
+    }
     settings["generator_version"] = GENERATOR_VERSION
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return cache_root() / "data" / f"synthpano-{digest}"
@@ -82,7 +87,7 @@ def load_split(data_cfg, split: str, task: str = "caption") -> tuple[list[dict],
 
 
 def synthpano_split(data_cfg, split: str, task: str) -> list[dict]:
-    from vlm_resampler.data.synthpano import ensure_synthpano, load_quic360_csv
+    from vlm_resampler.data.synthpano.files import ensure_synthpano, load_quic360_csv
 
     csvs = ensure_synthpano(
         synthpano_root(data_cfg),
@@ -115,7 +120,9 @@ def quic360_split(data_cfg, split: str, task: str) -> tuple[list[dict], list[str
         csv_path, image_root, bool(data_cfg.skip_bad_rows), check_readable=True, allow_outside_root=allow
     )
     if skipped:
-        log.warning("%s: skipped %d bad row(s) (data.skip_bad_rows=true), first: %s", csv_path, len(skipped), skipped[0])
+        log.warning(
+            "%s: skipped %d bad row(s) (data.skip_bad_rows=true), first: %s", csv_path, len(skipped), skipped[0]
+        )
     return items, skipped
 
 

@@ -10,22 +10,23 @@ named horizon direction (front, right, behind, left) nearest to its yaw.
 These are SynthPano's true object attributes: privileged supervision that only synthetic data
 has. Data without object annotations (QuIC-360) has no facts.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from vlm_resampler.data.synthpano import (
+from vlm_resampler.data.synthpano.files import load_objects
+from vlm_resampler.data.synthpano.objects import (
     COLOURS,
     DIRECTION_YAW_DEG,
     HORIZON_DIRECTIONS,
     SHAPES,
     SIZES,
     SceneObject,
-    load_objects,
 )
 
 ROLES = ("horizon", "above", "below")

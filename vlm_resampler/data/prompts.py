@@ -1,5 +1,6 @@
 """One prompt format for training and generation: the LLM's own chat template, with the
 panorama's visual tokens spliced in where the user message says `<image>`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[in
             f"the chat template of {tokenizer.name_or_path!r} renders a conversation that does not "
             "start with its own generation prompt; cannot separate the answer from the prompt"
         )
-    ids = _tokenize(tokenizer, full[len(prompt):])
+    ids = _tokenize(tokenizer, full[len(prompt) :])
     eot = end_of_turn_id(tokenizer)
     # Anything the template adds after the end-of-turn token (a newline) is not the model's to say.
     return ids[: ids.index(eot) + 1] if eot in ids else ids + [eot]

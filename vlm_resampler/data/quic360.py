@@ -4,6 +4,7 @@ are several references), for the real dataset and for SynthPano alike.
 A bad row (empty url or caption, missing, unreadable, truncated or oversized image) is an error naming the file and the row, or,
 with `skip_bad_rows`, is left out and reported: nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,7 +56,7 @@ def _read_text(csv_path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         raise ValueError(
             f"{csv_path} line {line}: not UTF-8 text ({err.reason}, byte {data[err.start]:#04x} at offset {err.start}); "
             "save the CSV as UTF-8"
@@ -71,7 +72,10 @@ def _escapes(image: Path, image_root: Path) -> bool:
 
 
 def read_quic360_csv(
-    csv_path: Path, image_root: Path | None = None, skip_bad_rows: bool = False, check_readable: bool = False,
+    csv_path: Path,
+    image_root: Path | None = None,
+    skip_bad_rows: bool = False,
+    check_readable: bool = False,
     allow_outside_root: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """One record {image, query, references} per (url, query), in first-appearance order, and the

@@ -1,18 +1,19 @@
 """Command-line conveniences of launch/eval.py, checked before anything is loaded."""
+
 from __future__ import annotations
 
 import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.evaluation.settings import check_eval_settings
 from vlm_resampler.hub import configure_hub_access
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.guide_metadata import GuideMetadata, GuideMetadataError, read_guide_metadata
+from vlm_resampler.runs.locate import backbone_names, has_metadata, read_saved_config, resolve_checkpoint_dir
 from vlm_resampler.runs.metadata import read_metadata
-from vlm_resampler.runs.reconstruct import backbone_names, has_metadata, read_saved_config, required_groups, resolve_checkpoint_dir
-
+from vlm_resampler.runs.reconstruct_parts import required_groups
 
 MODEL_ROOTS = ("resampler", "backbone", "view", "projector", "model", "prompt")
 
@@ -25,7 +26,10 @@ def translate_argv(argv: list[str]) -> list[str]:
         arg = argv[i]
         if arg == "--checkpoint-dir":
             if i + 1 >= len(argv):
-                print("error: --checkpoint-dir needs a directory (--checkpoint-dir DIR); nothing was started.", file=sys.stderr)
+                print(
+                    "error: --checkpoint-dir needs a directory (--checkpoint-dir DIR); nothing was started.",
+                    file=sys.stderr,
+                )
                 sys.exit(2)
             out.append(f"checkpoint_dir={argv[i + 1]}")
             i += 2
@@ -77,7 +81,9 @@ def guide_backbone_names(guide: GuideMetadata, chosen: dict | None) -> list[str]
     from vlm_resampler.runs.guide_metadata import backbone_option
 
     if backbone_option(guide) is None and chosen and isinstance(chosen.get("vision_encoder"), dict):
-        return [chosen[k]["name_or_path"] for k in ("vision_encoder", "language_model") if isinstance(chosen.get(k), dict)]
+        return [
+            chosen[k]["name_or_path"] for k in ("vision_encoder", "language_model") if isinstance(chosen.get(k), dict)
+        ]
     return [n for n in (guide.vision_name, guide.language_model_name) if n]
 
 
@@ -119,7 +125,8 @@ def check_weights_only_eval(stage_dir, cfg: DictConfig) -> None:
         raise ConfigError(
             f"checkpoint_dir={cfg.checkpoint_dir}: there is no {layout.METADATA} and no {layout.RESOLVED_CONFIG} in "
             f"its run dir, and no weight says which {', '.join(missing)} it was trained with; choose "
-            + " ".join(f"{g}=<option>" for g in missing) + " (the resampler is inferred from the weights)"
+            + " ".join(f"{g}=<option>" for g in missing)
+            + " (the resampler is inferred from the weights)"
         )
 
 
@@ -134,12 +141,21 @@ def check_guide_eval(guide: GuideMetadata, cfg: DictConfig, missing: list[str]) 
     """A guide-format file names the backbone (by its two model names) and the views (by its
     crop_strategy) when we have matching options; the command line must choose the other groups."""
     from vlm_resampler.runs.guide_metadata import (
-        backbone_choices, backbone_option, check_resampler_keys, conf_options, resampler_arguments, view_option,
+        backbone_choices,
+        backbone_option,
+        check_resampler_keys,
+        conf_options,
+        resampler_arguments,
+        view_option,
     )
 
-    if guide.resampler_type is not None:  # its keys are checked before anything loads (the type against the weights later)
+    if (
+        guide.resampler_type is not None
+    ):  # its keys are checked before anything loads (the type against the weights later)
         try:
-            check_resampler_keys(guide, *resampler_arguments(conf_options("resampler")[guide.resampler_type]["_target_"]))
+            check_resampler_keys(
+                guide, *resampler_arguments(conf_options("resampler")[guide.resampler_type]["_target_"])
+            )
         except ValueError as err:
             raise ConfigError(str(err)) from err
     problems = []
@@ -149,8 +165,11 @@ def check_guide_eval(guide: GuideMetadata, cfg: DictConfig, missing: list[str]) 
             f"and no conf/backbone option has these two ({backbone_choices()}): choose backbone=<option>"
         )
     if "view" in missing and view_option(guide) is None:
-        said = (f"training_config.crop_strategy={guide.crop_strategy!r} is none of our view options"
-                if guide.crop_strategy else "no training_config.crop_strategy")
+        said = (
+            f"training_config.crop_strategy={guide.crop_strategy!r} is none of our view options"
+            if guide.crop_strategy
+            else "no training_config.crop_strategy"
+        )
         problems.append(f"{guide.path}: {said} ({', '.join(conf_options('view'))}): choose view=<option>")
     others = [g for g in missing if g not in ("backbone", "view")]
     if others:

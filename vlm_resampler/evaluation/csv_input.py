@@ -9,6 +9,7 @@ Two layouts are read:
 Kept free of torch and transformers (checked by a test): scoring a file takes seconds, not
 the import time of a deep learning stack.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,21 +51,26 @@ def read_predictions(path: Path) -> tuple[list[Item], str]:
     except UnicodeDecodeError as err:
         raise PredictionsFileError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not text.strip():
-        raise PredictionsFileError(f"{path}: the file is empty; expected a header line "
-                                   f"image,query,prediction,references and one row per item")
+        raise PredictionsFileError(
+            f"{path}: the file is empty; expected a header line image,query,prediction,references and one row per item"
+        )
     # newline="": line breaks inside quoted fields stay part of the field, as csv expects.
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [name.strip() for name in reader.fieldnames or []]
     reader.fieldnames = header
     image_col = next((c for c in IMAGE_COLUMNS if c in header), None)
     ref_col = next((c for c in (LIST_COLUMN, *ONE_PER_ROW) if c in header), None)
-    missing = [name for name, found in (("image", image_col), ("query", "query" in header),
-                                        ("prediction", "prediction" in header)) if not found]
+    missing = [
+        name
+        for name, found in (("image", image_col), ("query", "query" in header), ("prediction", "prediction" in header))
+        if not found
+    ]
     if ref_col is None:
         missing.append("references (or reference / annotation, one per row)")
     if missing:
-        raise PredictionsFileError(f"{path}: line 1 (header): missing column(s) {', '.join(missing)}; "
-                                   f"found {', '.join(header) or 'nothing'}")
+        raise PredictionsFileError(
+            f"{path}: line 1 (header): missing column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}"
+        )
     try:
         items = group_rows(path, reader, header, image_col, ref_col)
     except csv.Error as err:
@@ -75,7 +81,9 @@ def read_predictions(path: Path) -> tuple[list[Item], str]:
     return list(items.values()), layout
 
 
-def group_rows(path: Path, reader: csv.DictReader, header: list[str], image_col: str, ref_col: str) -> dict[tuple[str, str], Item]:
+def group_rows(
+    path: Path, reader: csv.DictReader, header: list[str], image_col: str, ref_col: str
+) -> dict[tuple[str, str], Item]:
     items: dict[tuple[str, str], Item] = {}
     for row_number, row in enumerate(reader, start=1):
         where = f"{path}: row {row_number} (line {reader.line_num})"
@@ -84,7 +92,9 @@ def group_rows(path: Path, reader: csv.DictReader, header: list[str], image_col:
         values = {name: row[name] for name in (image_col, "query", "prediction", ref_col)}
         for name, value in values.items():
             if value is None:
-                raise PredictionsFileError(f"{where}, column {name}: missing (the row has fewer fields than the header)")
+                raise PredictionsFileError(
+                    f"{where}, column {name}: missing (the row has fewer fields than the header)"
+                )
         image, query, prediction = values[image_col].strip(), values["query"], values["prediction"]
         if not image:
             raise PredictionsFileError(f"{where}, column {image_col}: empty")
@@ -93,12 +103,16 @@ def group_rows(path: Path, reader: csv.DictReader, header: list[str], image_col:
         if key not in items:
             items[key] = Item(image, query, prediction)
         elif ref_col == LIST_COLUMN:
-            raise PredictionsFileError(f"{where}: ({image_col}={image!r}, query={query!r}) is already row "
-                                       f"{items[key].rows[0]}; with a references list each item is one row")
+            raise PredictionsFileError(
+                f"{where}: ({image_col}={image!r}, query={query!r}) is already row "
+                f"{items[key].rows[0]}; with a references list each item is one row"
+            )
         elif items[key].prediction != prediction:
-            raise PredictionsFileError(f"{where}, column prediction: {prediction!r} differs from row "
-                                       f"{items[key].rows[0]}'s {items[key].prediction!r} for the same "
-                                       f"({image_col}={image!r}, query={query!r})")
+            raise PredictionsFileError(
+                f"{where}, column prediction: {prediction!r} differs from row "
+                f"{items[key].rows[0]}'s {items[key].prediction!r} for the same "
+                f"({image_col}={image!r}, query={query!r})"
+            )
         items[key].references += references
         items[key].rows.append(row_number)
     return items
@@ -112,13 +126,17 @@ def parse_references(value: str, column: str, where: str) -> list[str]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as err:
-        raise PredictionsFileError(f"{where}, column {column}: not valid JSON ({err.msg} at character "
-                                   f"{err.pos}): {value[:80]!r}; expected a list of strings like "
-                                   '["a red door.", "a door, red."]') from None
+        raise PredictionsFileError(
+            f"{where}, column {column}: not valid JSON ({err.msg} at character "
+            f"{err.pos}): {value[:80]!r}; expected a list of strings like "
+            '["a red door.", "a door, red."]'
+        ) from None
     if not isinstance(parsed, list) or not all(isinstance(r, str) for r in parsed):
         raise PredictionsFileError(f"{where}, column {column}: expected a JSON list of strings, found {value[:80]!r}")
     if not parsed or not all(r.strip() for r in parsed):
-        raise PredictionsFileError(f"{where}, column {column}: needs at least one non-empty reference, found {value[:80]!r}")
+        raise PredictionsFileError(
+            f"{where}, column {column}: needs at least one non-empty reference, found {value[:80]!r}"
+        )
     return parsed
 
 
@@ -153,9 +171,15 @@ def score_file(path: Path, out_dir: Path | None = None) -> tuple[dict, Path]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="launch/eval.py --csv-input",
-        description="Score an existing predictions CSV with the COCO caption metrics; no model is loaded.")
-    parser.add_argument("--csv-input", required=True, type=Path, metavar="FILE",
-                        help="columns image,query,prediction,references (a JSON list), or one reference/annotation per row")
+        description="Score an existing predictions CSV with the COCO caption metrics; no model is loaded.",
+    )
+    parser.add_argument(
+        "--csv-input",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="columns image,query,prediction,references (a JSON list), or one reference/annotation per row",
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="where metrics.json goes (default: the CSV's folder)")
     return parser.parse_args(argv)
 

@@ -1,9 +1,10 @@
 """Evaluate one checkpoint directory: rebuild, generate, score, write, summarise."""
+
 from __future__ import annotations
 
 import collections
-import dataclasses
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -18,16 +19,25 @@ from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer
 from vlm_resampler.evaluation.report import Card, example_images, render_report
 from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings
-from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.evaluation.summary import summary_table
+from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.load import build_model, load_stage, rebuilt_from
-from vlm_resampler.runs.reconstruct import BACKBONE_PARTS, GROUP_OF_PART, RECONSTRUCTED, UserSettings, resolve_checkpoint_dir
+from vlm_resampler.runs.locate import resolve_checkpoint_dir
+from vlm_resampler.runs.provenance import RECONSTRUCTED, UserSettings
+from vlm_resampler.runs.reconstruct_parts import BACKBONE_PARTS, GROUP_OF_PART
 
 log = logging.getLogger(__name__)
 # Where a command-line group of eval.yaml lives in a checkpoint's model tree.
-MODEL_PATHS = {"resampler": "model.resampler", "view": "model.views", "projector": "model.projector", "model": "model", "prompt": "prompt", "backbone": "backbone"}
+MODEL_PATHS = {
+    "resampler": "model.resampler",
+    "view": "model.views",
+    "projector": "model.projector",
+    "model": "model",
+    "prompt": "prompt",
+    "backbone": "backbone",
+}
 
 
 def command_line_overrides() -> list[tuple[str, str]]:
@@ -67,8 +77,15 @@ def group_container(cfg: DictConfig, key: str) -> dict:
 
 def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
     """Model settings on the eval command line that disagree with the checkpoint: reported, ignored."""
-    saved = {"model": meta["model"], "prompt": meta["prompt"], "backbone": {
-        "vision_encoder": meta["model"]["vision_encoder"], "language_model": meta["model"]["language_model"], "tokenizer": meta["tokenizer"]}}
+    saved = {
+        "model": meta["model"],
+        "prompt": meta["prompt"],
+        "backbone": {
+            "vision_encoder": meta["model"]["vision_encoder"],
+            "language_model": meta["model"]["language_model"],
+            "tokenizer": meta["tokenizer"],
+        },
+    }
     used = set(meta.get(RECONSTRUCTED, {}).get("command_line", {}))
     # A model part taken from the command line: the group that chose it was used, not ignored.
     used |= {"backbone" if part in BACKBONE_PARTS else GROUP_OF_PART.get(part, part) for part in used}
@@ -90,9 +107,12 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
             notes.append(f"ignored {key}={value}: the model's settings come from the checkpoint")
             continue
         else:
-            path = MODEL_PATHS[root] + key[len(root):]
+            path = MODEL_PATHS[root] + key[len(root) :]
             # Typed values on both sides: `false` on the command line is the checkpoint's False.
-            found, given = OmegaConf.select(OmegaConf.create(saved), path, default="<absent>"), OmegaConf.select(cfg, key)
+            found, given = (
+                OmegaConf.select(OmegaConf.create(saved), path, default="<absent>"),
+                OmegaConf.select(cfg, key),
+            )
         if found != given:
             notes.append(f"ignored {key}={value}: the checkpoint says {key}={found}")
     for note in notes:
@@ -122,7 +142,11 @@ def image_dependence(model, tokenizer, prompt, items: list[dict], data_cfg, batc
             chunk = rows[start : start + batch_size]
             totals[label] += float(next_token_loss(model, collate(chunk))[0]) * len(chunk)
     own, rotated = totals["own"] / len(examples), totals["rotated"] / len(examples)
-    return {"answer_loss": round(own, 4), "answer_loss_images_rotated": round(rotated, 4), "gap": round(rotated - own, 4)}
+    return {
+        "answer_loss": round(own, 4),
+        "answer_loss_images_rotated": round(rotated, 4),
+        "gap": round(rotated - own, 4),
+    }
 
 
 def constant_caption(data_cfg) -> str:
@@ -152,13 +176,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
     source = rebuilt_from(stage_dir, meta) + (" (see the log above)" if RECONSTRUCTED in meta else "")
-    print(f"model rebuilt from {source} (resampler={meta['resampler_type']}, "
-          f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})")
+    print(
+        f"model rebuilt from {source} (resampler={meta['resampler_type']}, "
+        f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})"
+    )
     ignored = report_ignored_settings(cfg, meta)
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else meta["data"]
     if data_cfg is None:
-        raise ValueError(f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>")
+        raise ValueError(
+            f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>"
+        )
     data_cfg = OmegaConf.create(data_cfg)
     items, skipped_rows = load_split(data_cfg, cfg.split)
     if cfg.max_items:
@@ -168,8 +196,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
     generation = GenerationSettings.from_eval_config(cfg)
     predictions, throughput = predict_items(
-        loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), generation, "model")
-    results = {"checkpoint_dir": str(stage_dir), "stage": meta["stage"], "dataset": data_cfg.name, "split": cfg.split, "n_items": len(items)}
+        loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), generation, "model"
+    )
+    results = {
+        "checkpoint_dir": str(stage_dir),
+        "stage": meta["stage"],
+        "dataset": data_cfg.name,
+        "split": cfg.split,
+        "n_items": len(items),
+    }
     with CaptionScorer() as scorer:
         scored = scorer.score_items(predictions, references)
         results["model"] = scored.corpus
@@ -177,7 +212,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         if cfg.baselines:
             untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
             blind, _ = predict_items(
-                untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size), generation, "untrained")
+                untrained,
+                loaded.tokenizer,
+                loaded.prompt,
+                items,
+                data_cfg,
+                int(cfg.batch_size),
+                generation,
+                "untrained",
+            )
             caption = constant_caption(data_cfg)
             results["baselines"] = {
                 "untrained": scorer.score(blind, references),
@@ -189,10 +232,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         qa = qa_items_for(items, data_cfg, cfg.split)
         # Every answer is a few words ("a red circle."): no need to let a wrong one run on for long.
         short = dataclasses.replace(generation, max_new_tokens=min(generation.max_new_tokens, QA_MAX_NEW_TOKENS))
-        answers, _ = predict_items(loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa")
+        answers, _ = predict_items(
+            loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa"
+        )
         results["qa"] = exact_match(qa, answers)
         write_predictions(out_dir / "qa_predictions.csv", qa, answers)
-    results["image_dependence"] = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
+    results["image_dependence"] = image_dependence(
+        loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size)
+    )
     results["generation"] = throughput
     if skipped_rows:
         results["skipped_rows"] = {"count": len(skipped_rows), "first": skipped_rows[:5]}
@@ -205,22 +252,41 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     written = "predictions.csv, " + ("qa_predictions.csv, " if "qa" in results else "") + "metrics.json"
     report = ReportSettings.from_eval_config(cfg)
     if report.enabled:
-        write_report(out_dir / "report.html", results, loaded.model, items, predictions, scored.per_item, data_cfg, report)
+        write_report(
+            out_dir / "report.html", results, loaded.model, items, predictions, scored.per_item, data_cfg, report
+        )
         written += ", report.html"
     print(summary_table(results))
     print(f"eval written to {out_dir} ({written})")
     return results
 
 
-def write_report(path: Path, results: dict, model, items: list[dict], predictions: list[str],
-                 per_item: dict[str, list[float]], data_cfg, settings: ReportSettings) -> None:
+def write_report(
+    path: Path,
+    results: dict,
+    model,
+    items: list[dict],
+    predictions: list[str],
+    per_item: dict[str, list[float]],
+    data_cfg,
+    settings: ReportSettings,
+) -> None:
     dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
     cards = []
     for index, (item, prediction) in enumerate(zip(items, predictions)):
-        panorama, views = example_images(model.views, dataset[index]["panorama"], settings.panorama_width,
-                                         settings.view_size, settings.jpeg_quality)
-        cards.append(Card(index=index, image=Path(item["image"]).name, query=item["query"], prediction=prediction,
-                          references=list(item["references"]), scores={m: v[index] for m, v in per_item.items()},
-                          panorama=panorama, views=views))
+        panorama, views = example_images(
+            model.views, dataset[index]["panorama"], settings.panorama_width, settings.view_size, settings.jpeg_quality
+        )
+        cards.append(
+            Card(
+                index=index,
+                image=Path(item["image"]).name,
+                query=item["query"],
+                prediction=prediction,
+                references=list(item["references"]),
+                scores={m: v[index] for m, v in per_item.items()},
+                panorama=panorama,
+                views=views,
+            )
+        )
     write_text(path, render_report(results, cards))
-

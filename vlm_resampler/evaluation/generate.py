@@ -1,5 +1,6 @@
 """Batched generation with the KV cache, prompts left padded and chat-templated as in training
 (PromptCollator), stopping at the end-of-turn token the training answers end with."""
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,11 @@ def generate_tokens(model, tokenizer, batch: dict, settings: GenerationSettings)
     eot = end_of_turn_id(tokenizer)
     from transformers import LogitsProcessorList
 
-    sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k} if settings.do_sample else {}
+    sampling = (
+        {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+        if settings.do_sample
+        else {}
+    )
     hold = [HoldEndOfTurn(eot, settings.min_new_tokens)] if settings.min_new_tokens else []
     output = model.llm.generate(
         inputs_embeds=spliced["inputs_embeds"],
@@ -59,16 +64,18 @@ def decode(tokenizer, rows: list[list[int]]) -> list[str]:
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
 
 
-def generate_batch(model, tokenizer, batch: dict, max_new_tokens: int | None = None,
-                   settings: GenerationSettings | None = None) -> list[str]:
+def generate_batch(
+    model, tokenizer, batch: dict, max_new_tokens: int | None = None, settings: GenerationSettings | None = None
+) -> list[str]:
     """Captions for one collated batch; greedy unless `settings` asks for seeded sampling."""
     if settings is None:
         settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
     return decode(tokenizer, generate_tokens(model, tokenizer, batch, settings))
 
 
-def predict_items(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int,
-                  settings: GenerationSettings, label: str) -> tuple[list[str], dict]:
+def predict_items(
+    model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int, settings: GenerationSettings, label: str
+) -> tuple[list[str], dict]:
     """Captions for eval items in `batch_size` batches, with a progress bar (items/s and
     generated tokens/s), and the throughput for metrics.json."""
     import time
@@ -95,7 +102,13 @@ def predict_items(model, tokenizer, prompt, items: list[dict], data_cfg, batch_s
             bar.update(len(rows))
             bar.set_postfix_str(f"{generated / max(time.perf_counter() - started, 1e-9):.1f} tok/s")
     elapsed = time.perf_counter() - started
-    stats = {"batch_size": batch_size, "decoding": settings.decoding, "max_new_tokens": settings.max_new_tokens,
-             "generated_tokens": generated, "elapsed_s": round(elapsed, 2),
-             "items_per_s": round(len(predictions) / elapsed, 3), "tokens_per_s": round(generated / elapsed, 2)}
+    stats = {
+        "batch_size": batch_size,
+        "decoding": settings.decoding,
+        "max_new_tokens": settings.max_new_tokens,
+        "generated_tokens": generated,
+        "elapsed_s": round(elapsed, 2),
+        "items_per_s": round(len(predictions) / elapsed, 3),
+        "tokens_per_s": round(generated / elapsed, 2),
+    }
     return predictions, stats

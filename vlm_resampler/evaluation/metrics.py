@@ -4,6 +4,7 @@ toolkit form, with the IDF of the whole evaluated set).
 
 Nothing here imports torch: `launch/eval.py --csv-input` scores a file without a model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,8 +43,10 @@ def spice_unavailable_reason() -> str | None:
     missing = [jar for jar in SPICE_JARS if not (lib / jar).is_file()]
     if not missing:
         return None
-    return (f"needs Stanford CoreNLP jars ({', '.join(missing)}) in {lib}; not present, and they are "
-            "never downloaded here (copy them there to enable SPICE)")
+    return (
+        f"needs Stanford CoreNLP jars ({', '.join(missing)}) in {lib}; not present, and they are "
+        "never downloaded here (copy them there to enable SPICE)"
+    )
 
 
 @dataclass
@@ -88,7 +91,7 @@ class CaptionScorer:
             self._meteor.meteor_p.wait()
             self._meteor = None
 
-    def __enter__(self) -> "CaptionScorer":
+    def __enter__(self) -> CaptionScorer:
         return self
 
     def __exit__(self, *exc) -> None:

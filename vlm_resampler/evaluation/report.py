@@ -4,6 +4,7 @@ predictions next to the panoramas and views the model saw, sortable by per-examp
 Sorting is driven by the URL hash (`report.html#sort=cider`, `#sort=cider-asc`, `#sort=index`)
 so a link can open the page already sorted, and a headless browser can test it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,7 +50,9 @@ def to_pil(pixels):
     return Image.fromarray(array)
 
 
-def example_images(view_strategy, panorama, panorama_width: int, view_size: int, quality: int) -> tuple[str, list[tuple[str, str]]]:
+def example_images(
+    view_strategy, panorama, panorama_width: int, view_size: int, quality: int
+) -> tuple[str, list[tuple[str, str]]]:
     """Thumbnails of the panorama as the model received it and of the views its own view
     strategy cuts from it (so the page shows what the vision encoder saw)."""
     pano = to_pil(panorama)
@@ -76,24 +79,31 @@ def metrics_table(results: dict) -> str:
         f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{_fmt(scores.get(n))}</td>" for n in names) + "</tr>"
         for label, scores in rows
     )
-    notes = "".join(f"<li>{html.escape(n)} not computed: {html.escape(r)}</li>" for n, r in results.get("unavailable", {}).items())
+    notes = "".join(
+        f"<li>{html.escape(n)} not computed: {html.escape(r)}</li>" for n, r in results.get("unavailable", {}).items()
+    )
     constant = results.get("baselines", {}).get("constant_caption", {}).get("caption")
     if constant:
         notes += f"<li>constant_caption always answers “{html.escape(constant)}”</li>"
-    return (f'<table id="metrics"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
-            + (f"<ul class=notes>{notes}</ul>" if notes else ""))
+    return f'<table id="metrics"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>' + (
+        f"<ul class=notes>{notes}</ul>" if notes else ""
+    )
 
 
 def facts(results: dict) -> str:
     lines = []
     gen = results.get("generation")
     if gen:
-        lines.append(f"generation: {gen['decoding']}, batch {gen['batch_size']}, {gen['items_per_s']:.2f} items/s, "
-                     f"{gen['tokens_per_s']:.1f} generated tokens/s")
+        lines.append(
+            f"generation: {gen['decoding']}, batch {gen['batch_size']}, {gen['items_per_s']:.2f} items/s, "
+            f"{gen['tokens_per_s']:.1f} generated tokens/s"
+        )
     dep = results.get("image_dependence")
     if dep:
-        lines.append(f"image dependence: answer loss {dep['answer_loss']:.4f} with its own panorama, "
-                     f"{dep['answer_loss_images_rotated']:.4f} with another's (gap {dep['gap']:+.4f})")
+        lines.append(
+            f"image dependence: answer loss {dep['answer_loss']:.4f} with its own panorama, "
+            f"{dep['answer_loss_images_rotated']:.4f} with another's (gap {dep['gap']:+.4f})"
+        )
     lines += results.get("ignored_settings", [])
     return "".join(f"<li>{html.escape(line)}</li>" for line in lines)
 
@@ -101,15 +111,18 @@ def facts(results: dict) -> str:
 def card_html(card: Card) -> str:
     attrs = " ".join(f'data-{sort_key(m)}="{card.scores[m]!r}"' for m in CARD_METRICS if m in card.scores)
     scores = " · ".join(f"{html.escape(m)} {_fmt(card.scores[m])}" for m in CARD_METRICS if m in card.scores)
-    views = "".join(f'<img class="view" src="{uri}" alt="{html.escape(label)}" title="{html.escape(label)}">' for label, uri in card.views)
+    views = "".join(
+        f'<img class="view" src="{uri}" alt="{html.escape(label)}" title="{html.escape(label)}">'
+        for label, uri in card.views
+    )
     refs = "".join(f"<li>{html.escape(r)}</li>" for r in card.references)
     pano = f'<img class="pano" src="{card.panorama}" alt="panorama {html.escape(card.image)}">' if card.panorama else ""
     return (
         f'<article class="card" data-index="{card.index}" {attrs}>'
-        f'<header>#{card.index} <span class=image>{html.escape(card.image)}</span><span class=scores>{scores}</span></header>'
+        f"<header>#{card.index} <span class=image>{html.escape(card.image)}</span><span class=scores>{scores}</span></header>"
         f"{pano}<div class=views>{views}</div>"
-        f'<p class=query><b>query</b> {html.escape(card.query)}</p>'
-        f'<p class=prediction><b>prediction</b> {html.escape(card.prediction) or "<i>(empty)</i>"}</p>'
+        f"<p class=query><b>query</b> {html.escape(card.query)}</p>"
+        f"<p class=prediction><b>prediction</b> {html.escape(card.prediction) or '<i>(empty)</i>'}</p>"
         f"<details open><summary>{len(card.references)} references</summary><ul class=refs>{refs}</ul></details>"
         "</article>"
     )
@@ -151,7 +164,8 @@ def render_report(results: dict, cards: list[Card]) -> str:
     title = f"{results.get('dataset', '')}/{results.get('split', '')} — {results.get('checkpoint_dir', '')}"
     present = [m for m in CARD_METRICS if any(m in c.scores for c in cards)]
     links = ['<a href="#sort=index">dataset order</a>'] + [
-        f'<a href="#sort={sort_key(m)}">{m} high→low</a><a href="#sort={sort_key(m)}-asc">{m} low→high</a>' for m in present
+        f'<a href="#sort={sort_key(m)}">{m} high→low</a><a href="#sort={sort_key(m)}-asc">{m} low→high</a>'
+        for m in present
     ]
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"

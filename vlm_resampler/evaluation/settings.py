@@ -1,9 +1,10 @@
 """Eval settings read from conf/eval.yaml and checked before anything is loaded (torch-free)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,18 @@ class GenerationSettings:
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
             raise ConfigError(f"max_new_tokens={self.max_new_tokens!r}: expected an int >= 1")
         if not (isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens <= self.max_new_tokens):
-            raise ConfigError(f"min_new_tokens={self.min_new_tokens!r}: expected an int in [0, max_new_tokens={self.max_new_tokens}]")
+            raise ConfigError(
+                f"min_new_tokens={self.min_new_tokens!r}: expected an int in [0, max_new_tokens={self.max_new_tokens}]"
+            )
         if not isinstance(self.do_sample, bool):
             raise ConfigError(f"generation.do_sample={self.do_sample!r}: expected true or false")
         if self.do_sample:
             # Sampled captions that cannot be drawn again are not a result anyone can check.
             if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-                raise ConfigError("generation.do_sample=true needs an explicit generation.seed=<int>, "
-                                  "so that the sampled captions can be reproduced")
+                raise ConfigError(
+                    "generation.do_sample=true needs an explicit generation.seed=<int>, "
+                    "so that the sampled captions can be reproduced"
+                )
             if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
                 raise ConfigError(f"generation.temperature={self.temperature!r}: expected a number > 0")
             if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
@@ -38,8 +43,10 @@ class GenerationSettings:
             # A sampling knob on greedy decoding would be silently without effect.
             for name, neutral in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)):
                 if getattr(self, name) != neutral:
-                    raise ConfigError(f"generation.{name}={getattr(self, name)!r} only applies with "
-                                      "generation.do_sample=true (decoding is greedy by default)")
+                    raise ConfigError(
+                        f"generation.{name}={getattr(self, name)!r} only applies with "
+                        "generation.do_sample=true (decoding is greedy by default)"
+                    )
 
     @property
     def decoding(self) -> str:
@@ -48,10 +55,16 @@ class GenerationSettings:
         return f"sampled: seed {self.seed}, temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}"
 
     @classmethod
-    def from_eval_config(cls, cfg) -> "GenerationSettings":
+    def from_eval_config(cls, cfg) -> GenerationSettings:
         gen = cfg.generation
-        return cls(max_new_tokens=cfg.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
-                   top_p=gen.top_p, top_k=gen.top_k, seed=gen.seed)
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=gen.do_sample,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            seed=gen.seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,7 @@ class ReportSettings:
             raise ConfigError(f"report.jpeg_quality={self.jpeg_quality!r}: expected an int in [1, 95]")
 
     @classmethod
-    def from_eval_config(cls, cfg) -> "ReportSettings":
+    def from_eval_config(cls, cfg) -> ReportSettings:
         return cls(**{k: cfg.report[k] for k in ("enabled", "panorama_width", "view_size", "jpeg_quality")})
 
 

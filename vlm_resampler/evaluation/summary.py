@@ -1,4 +1,5 @@
 """The plain-text tables an eval prints (torch-free: the CSV scoring path prints them too)."""
+
 from __future__ import annotations
 
 TABLE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -13,10 +14,14 @@ def scores_table(rows: list[tuple[str, dict]], names: tuple[str, ...] = TABLE_ME
 
 def summary_table(results: dict) -> str:
     rows = [("model", results["model"])] + list(results.get("baselines", {}).items())
-    lines = [f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
-             scores_table(rows)]
+    lines = [
+        f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
+        scores_table(rows),
+    ]
     for name, subset in results.get("subsets", {}).items():
-        lines.append(f"  {name} subset ({subset['n_items']} items): BLEU-4 {subset['BLEU-4']:.4f}, CIDEr {subset['CIDEr']:.4f}")
+        lines.append(
+            f"  {name} subset ({subset['n_items']} items): BLEU-4 {subset['BLEU-4']:.4f}, CIDEr {subset['CIDEr']:.4f}"
+        )
     qa = results.get("qa")
     if qa and qa["n_items"]:
         kinds = ", ".join(f"{k} {v['exact_match']:.3f}" for k, v in qa["by_kind"].items())
@@ -29,8 +34,10 @@ def summary_table(results: dict) -> str:
         )
     generation = results.get("generation")
     if generation:
-        lines.append(f"generation: {generation['items_per_s']:.2f} items/s, {generation['tokens_per_s']:.1f} "
-                     f"generated tokens/s at batch {generation['batch_size']} ({generation['decoding']})")
+        lines.append(
+            f"generation: {generation['items_per_s']:.2f} items/s, {generation['tokens_per_s']:.1f} "
+            f"generated tokens/s at batch {generation['batch_size']} ({generation['decoding']})"
+        )
     for name, reason in results.get("unavailable", {}).items():
         lines.append(f"{name} not computed: {reason}")
     return "\n".join(lines)

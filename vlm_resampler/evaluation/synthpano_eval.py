@@ -1,10 +1,10 @@
 """What only SynthPano can measure: captions of scenes where an object straddles the 0/360 seam
 (where naively cut views split it in two) reported apart, and exact-match accuracy on its
 question/answer pairs, per kind of question."""
+
 from __future__ import annotations
 
-import re
-
+from vlm_resampler.data.answers import normalise_answer, question_kind
 from vlm_resampler.data.datasets import prepare_split, synthpano_root
 
 QA_MAX_NEW_TOKENS = 12  # the longest answer, "a large yellow triangle." plus end of turn, is 7 tokens
@@ -12,7 +12,7 @@ QA_MAX_NEW_TOKENS = 12  # the longest answer, "a large yellow triangle." plus en
 
 def seam_subsets(items: list[dict], predictions: list[str], data_cfg, split: str, scorer) -> dict:
     """Caption metrics on the items whose panorama has an object across the seam, and on the rest."""
-    from vlm_resampler.data.synthpano import seam_urls
+    from vlm_resampler.data.synthpano.files import seam_urls
 
     root = synthpano_root(data_cfg)
     seam = {str(root / url) for url in seam_urls(root / f"{split}_objects.jsonl")}
@@ -23,24 +23,6 @@ def seam_subsets(items: list[dict], predictions: list[str], data_cfg, split: str
             scores = scorer.score([predictions[i] for i in chosen], [items[i]["references"] for i in chosen])
             out[name] = {"n_items": len(chosen), **scores}
     return out
-
-
-def normalise_answer(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
-
-
-def question_kind(query: str) -> str:
-    """count, colour, size, pole ("What is above?" / "What is below?", apart from the horizon:
-    views around the horizon may not see the poles) or direction (what is in front, ...)."""
-    if query.startswith("How many"):
-        return "count"
-    if query.startswith("Which colour"):
-        return "colour"
-    if query.startswith("What size"):
-        return "size"
-    if query in ("What is above?", "What is below?"):
-        return "pole"
-    return "direction"
 
 
 def qa_items_for(items: list[dict], data_cfg, split: str) -> list[dict]:
@@ -59,5 +41,7 @@ def exact_match(qa_items: list[dict], answers: list[str]) -> dict:
     return {
         "exact_match": round(sum(every) / len(every), 4) if every else None,
         "n_items": len(every),
-        "by_kind": {kind: {"exact_match": round(sum(h) / len(h), 4), "n_items": len(h)} for kind, h in sorted(hits.items())},
+        "by_kind": {
+            kind: {"exact_match": round(sum(h) / len(h), 4), "n_items": len(h)} for kind, h in sorted(hits.items())
+        },
     }

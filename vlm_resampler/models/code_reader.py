@@ -11,6 +11,7 @@ The recipe below is the whole definition: built once into the backbone cache (li
 backbones), it writes `pretraining.json` beside the weights with the recipe, the data, the final
 losses and the reader's own ceiling (QA exact match with perfect codes, code-shuffle gap).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import math
 import platform
 import random
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from vlm_resampler.data.collate import IGNORE_INDEX, left_pad
 from vlm_resampler.data.object_facts import view_directions, view_facts
 from vlm_resampler.data.prompts import PromptFormat, answer_ids, end_of_turn_id, prompt_ids
-from vlm_resampler.data.synthpano import DEFAULT_QUERY, pretext_scene, question_answers
+from vlm_resampler.data.synthpano.scene import pretext_scene
+from vlm_resampler.data.synthpano.text import DEFAULT_QUERY, question_answers
 from vlm_resampler.models.object_codes import ObjectCodes
 from vlm_resampler.models.vlm import answer_hidden_states, splice_visual
 
@@ -63,10 +64,16 @@ class PretextData:
         self.facts = torch.stack([view_facts(s.objects, view_yaws) for s in self.scenes])  # [N, V, 3, 3]
         self.captions = [list(s.captions) for s in self.scenes]
         self.pairs = [question_answers(s.objects) for s in self.scenes]
+        self._ids: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
-    @lru_cache(maxsize=None)
     def ids(self, query: str, answer: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return tuple(prompt_ids(self.tokenizer, self.prompt, query)), tuple(answer_ids(self.tokenizer, self.prompt, query, answer))
+        # Few distinct (query, answer) pairs, tokenised once each.
+        if (query, answer) not in self._ids:
+            self._ids[query, answer] = (
+                tuple(prompt_ids(self.tokenizer, self.prompt, query)),
+                tuple(answer_ids(self.tokenizer, self.prompt, query, answer)),
+            )
+        return self._ids[query, answer]
 
     def batch(self, rows: list[tuple[int, str, str]]) -> dict[str, torch.Tensor]:
         """rows of (scene index, query, answer) -> facts, input_ids, attention_mask, labels."""
@@ -81,7 +88,9 @@ class PretextData:
         return {"facts": facts, "input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
     def all_answers(self) -> list[tuple[str, str]]:
-        return [(q, a) for pairs in self.pairs for q, a in pairs] + [(DEFAULT_QUERY, c) for cs in self.captions for c in cs]
+        return [(q, a) for pairs in self.pairs for q, a in pairs] + [
+            (DEFAULT_QUERY, c) for cs in self.captions for c in cs
+        ]
 
 
 def token_sets(data: PretextData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +110,9 @@ def _cosine_with_warmup(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def code_sequence(codes: ObjectCodes, facts: torch.Tensor, directions: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+def code_sequence(
+    codes: ObjectCodes, facts: torch.Tensor, directions: torch.Tensor, tokens_per_view: int
+) -> torch.Tensor:
     return codes.sequence(codes.view_codes(facts, directions), tokens_per_view)
 
 
@@ -170,7 +181,9 @@ def pretrain_reader(lm, tokenizer, recipe: dict = RECIPE, progress: bool = True)
     report = {
         "train_seconds": round(time.perf_counter() - started, 1),
         "final_loss_last_50_steps": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_every_100_steps": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)],
+        "loss_every_100_steps": [
+            round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)
+        ],
         "tokens_trained": len(used),
         "answer_vocabulary_size": len(answer_tokens),
     }
@@ -181,7 +194,7 @@ def pretrain_reader(lm, tokenizer, recipe: dict = RECIPE, progress: bool = True)
 def reader_ceiling(lm, tokenizer, codes: ObjectCodes, recipe: dict = RECIPE, tokens_per_view: int = 4) -> dict:
     """On held-out pretext scenes, with perfect codes: QA exact match per kind (greedy, full
     vocabulary) and the answer loss with each scene's own codes vs another scene's (full vocabulary)."""
-    from vlm_resampler.evaluation.synthpano_eval import normalise_answer, question_kind
+    from vlm_resampler.data.answers import normalise_answer, question_kind
 
     prompt = PromptFormat(**recipe["prompt"])
     yaws = recipe["view_yaws_deg"]
@@ -195,11 +208,21 @@ def reader_ceiling(lm, tokenizer, codes: ObjectCodes, recipe: dict = RECIPE, tok
         sequences = [list(data.ids(q, a)[0]) for _, q, a in chunk]
         input_ids, attention_mask = left_pad(sequences, tokenizer.pad_token_id)
         facts = data.facts[[i for i, _, _ in chunk]]
-        spliced = splice_visual(lm.get_input_embeddings(), input_ids, attention_mask,
-                                code_sequence(codes, facts, directions, tokens_per_view))
-        out = lm.generate(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"],
-                          max_new_tokens=12, do_sample=False, num_beams=1, eos_token_id=eot,
-                          pad_token_id=tokenizer.pad_token_id)
+        spliced = splice_visual(
+            lm.get_input_embeddings(),
+            input_ids,
+            attention_mask,
+            code_sequence(codes, facts, directions, tokens_per_view),
+        )
+        out = lm.generate(
+            inputs_embeds=spliced["inputs_embeds"],
+            attention_mask=spliced["attention_mask"],
+            max_new_tokens=12,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eot,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         for (_, query, answer), row in zip(chunk, out.tolist()):
             row = row[: row.index(eot)] if eot in row else row
             said = tokenizer.decode(row, skip_special_tokens=True)
@@ -210,8 +233,13 @@ def reader_ceiling(lm, tokenizer, codes: ObjectCodes, recipe: dict = RECIPE, tok
     for start in range(0, len(caption_rows), 64):
         batch = data.batch(caption_rows[start : start + 64])
         for label, facts in (("own", batch["facts"]), ("shuffled", batch["facts"].roll(1, dims=0))):
-            spliced = splice_visual(lm.get_input_embeddings(), batch["input_ids"], batch["attention_mask"],
-                                    code_sequence(codes, facts, directions, tokens_per_view), batch["labels"])
+            spliced = splice_visual(
+                lm.get_input_embeddings(),
+                batch["input_ids"],
+                batch["attention_mask"],
+                code_sequence(codes, facts, directions, tokens_per_view),
+                batch["labels"],
+            )
             hidden, targets = answer_hidden_states(lm, spliced)
             totals[label] += float(F.cross_entropy(lm.get_output_embeddings()(hidden), targets, reduction="sum"))
         count += int((batch["labels"] != IGNORE_INDEX).sum())
@@ -227,8 +255,9 @@ def reader_ceiling(lm, tokenizer, codes: ObjectCodes, recipe: dict = RECIPE, tok
 def build_reader(out_dir: Path, base_model_builder, recipe: dict = RECIPE) -> None:
     """Fill `out_dir` like a hub repository: the pretrained LLM, its tokenizer, its object codes and
     pretraining.json. `base_model_builder()` returns the (seeded) random-init LLM to start from."""
-    from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
     from transformers import AutoTokenizer
+
+    from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
 
     out_dir = Path(out_dir)
     build_qwen3_tokenizer(out_dir)
@@ -244,8 +273,8 @@ def build_reader(out_dir: Path, base_model_builder, recipe: dict = RECIPE) -> No
     record = {
         "what": "tiny Qwen3 pretrained to answer SynthPano captions and questions from object codes in its image slot",
         "recipe": recipe,
-        "data": "SynthPano pretext scenes (vlm_resampler.data.synthpano.pretext_scene, indices 0.."
-                f"{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
+        "data": "SynthPano pretext scenes (vlm_resampler.data.synthpano.scene.pretext_scene, indices 0.."
+        f"{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
         "training": report,
         "ceiling_with_perfect_codes": ceilings,
         "torch": torch.__version__,

@@ -1,4 +1,5 @@
 """LoRA on the language model through peft, configured from plain data so it can be recorded."""
+
 from __future__ import annotations
 
 import warnings

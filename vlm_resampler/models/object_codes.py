@@ -11,6 +11,7 @@ learned separator follows every view but the last, as the stitch's separator doe
 
 The codes are saved with the LLM they belong to (`object_codes.safetensors` in its directory).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlm_resampler.data.object_facts import ATTRIBUTES, NOTHING, ROLES
-from vlm_resampler.data.synthpano import HORIZON_DIRECTIONS
+from vlm_resampler.data.synthpano.objects import HORIZON_DIRECTIONS
 
 CODES_FILE = "object_codes.safetensors"
 CODES_INFO = "object_codes.json"
@@ -41,9 +42,9 @@ class ObjectCodes(nn.Module):
             return nn.Parameter(torch.randn(rows, width) * init_std)
 
         self.direction = table(len(HORIZON_DIRECTIONS))
-        self.roles = nn.ParameterDict({
-            f"{role}_{attribute}": table(len(values)) for role in ROLES for attribute, values in ATTRIBUTES.items()
-        })
+        self.roles = nn.ParameterDict(
+            {f"{role}_{attribute}": table(len(values)) for role in ROLES for attribute, values in ATTRIBUTES.items()}
+        )
         self.nothing = table(len(ROLES))
         self.separator = nn.Parameter(torch.randn(width) * init_std)
 
@@ -75,12 +76,16 @@ class ObjectCodes(nn.Module):
         directory = Path(directory)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / CODES_FILE), metadata={"format": "pt"})
-        info = {"width": self.width, "roles": list(ROLES), "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
-                "directions": list(HORIZON_DIRECTIONS)}
+        info = {
+            "width": self.width,
+            "roles": list(ROLES),
+            "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+            "directions": list(HORIZON_DIRECTIONS),
+        }
         (directory / CODES_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> "ObjectCodes":
+    def load(cls, directory: Path) -> ObjectCodes:
         """The codes saved beside an LLM; strict (every table, the vocabulary they were made for)."""
         directory = Path(directory)
         path = directory / CODES_FILE
@@ -90,8 +95,11 @@ class ObjectCodes(nn.Module):
                 "(use backbone=tiny_reader, or set the stage's object_code_weight to 0)"
             )
         info = json.loads((directory / CODES_INFO).read_text(encoding="utf-8"))
-        expected = {"roles": list(ROLES), "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
-                    "directions": list(HORIZON_DIRECTIONS)}
+        expected = {
+            "roles": list(ROLES),
+            "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+            "directions": list(HORIZON_DIRECTIONS),
+        }
         for key, value in expected.items():
             if info.get(key) != value:
                 raise ValueError(f"{directory / CODES_INFO}: {key} is {info.get(key)!r}, this version reads {value!r}")

@@ -18,6 +18,7 @@ A SigLIP-style sigmoid image-text loss on the same pairs (a text tower over the 
 bag of word embeddings) was tried first and learned only "object or nothing" in the same budget
 (held-out colour 0.17-0.19, shape 0.32, at 600-800 steps): see the README.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from vlm_resampler.data.object_facts import ATTRIBUTES, NOTHING, ROLES, view_facts
-from vlm_resampler.data.synthpano import pretext_scene, render_scene
+from vlm_resampler.data.synthpano.render import render_scene
+from vlm_resampler.data.synthpano.scene import pretext_scene
 from vlm_resampler.panorama.horizon import HorizonViews
 
 PRETRAINING_FILE = "pretraining.json"
@@ -106,7 +108,7 @@ def pretrain_tower(tower, recipe: dict = RECIPE, progress: bool = True) -> tuple
     for _ in bar:
         rows = torch.randint(len(pixels), (recipe["batch_size"],), generator=generator)
         logits = heads(tower(pixel_values=pixels[rows].float()).pooler_output)
-        loss = sum(F.cross_entropy(l, targets[rows, k]) for k, l in enumerate(logits))
+        loss = sum(F.cross_entropy(head_logits, targets[rows, k]) for k, head_logits in enumerate(logits))
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -119,7 +121,9 @@ def pretrain_tower(tower, recipe: dict = RECIPE, progress: bool = True) -> tuple
         "train_seconds": round(time.perf_counter() - started - render_seconds, 1),
         "views": len(pixels),
         "final_loss_last_50_steps": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_every_100_steps": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)],
+        "loss_every_100_steps": [
+            round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)
+        ],
     }
     return heads, report
 
@@ -133,11 +137,13 @@ def held_out_accuracy(tower, heads: AttributeHeads, recipe: dict = RECIPE) -> di
     predictions = []
     for start in range(0, len(pixels), 256):
         logits = heads(tower(pixel_values=pixels[start : start + 256].float()).pooler_output)
-        predictions.append(torch.stack([l.argmax(-1) for l in logits], dim=-1))
+        predictions.append(torch.stack([head_logits.argmax(-1) for head_logits in logits], dim=-1))
     said = torch.cat(predictions)
     faces_object = targets[:, 0] != 0
-    accuracy = {name: round(float((said[faces_object, k] == targets[faces_object, k]).float().mean()), 4)
-                for k, name in enumerate(ATTRIBUTES)}
+    accuracy = {
+        name: round(float((said[faces_object, k] == targets[faces_object, k]).float().mean()), 4)
+        for k, name in enumerate(ATTRIBUTES)
+    }
     accuracy["nothing"] = round(float(((said[:, 0] == 0) == ~faces_object).float().mean()), 4)
     return {"views": len(pixels), "views_facing_an_object": int(faces_object.sum()), "accuracy": accuracy}
 
@@ -155,8 +161,8 @@ def build_pretrained_tower(out_dir: Path, base_model_builder, save_preprocessor,
     record = {
         "what": "tiny SigLIP tower pretrained to name the size, colour and shape of the object each SynthPano view faces",
         "recipe": recipe,
-        "data": f"SynthPano pretext scenes (vlm_resampler.data.synthpano.pretext_scene, seed {recipe['scene_seed']}, "
-                f"indices 0..{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
+        "data": f"SynthPano pretext scenes (vlm_resampler.data.synthpano.scene.pretext_scene, seed {recipe['scene_seed']}, "
+        f"indices 0..{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
         "training": report,
         "held_out": held_out,
         "torch": torch.__version__,

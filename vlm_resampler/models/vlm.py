@@ -4,9 +4,10 @@ Everything is passed in already built (Hydra instantiates the backbones and view
 a partial that still needs a width only known once the backbones exist: the resampler's input
 width is the vision encoder's, never a number typed in a config.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -90,7 +91,9 @@ class PanoramaVLM(nn.Module):
         tokens = self.resampler(features.flatten(0, 1))
         return tokens.view(b, v, tokens.shape[1], tokens.shape[2])
 
-    def visual_embeddings(self, panoramas: torch.Tensor | None = None, view_features: torch.Tensor | None = None) -> torch.Tensor:
+    def visual_embeddings(
+        self, panoramas: torch.Tensor | None = None, view_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[B, 3, H, W] -> [B, tokens_per_image, llm_width]: views in order, tokens row-major
         within a view, stitched as configured (view position, overlap dedupe, separators).
         `view_features` (the frozen vision encoder's view_features, cached) replaces `panoramas`."""

@@ -12,6 +12,7 @@ the fast bmm orientation [b, 1, n] @ [b, n, d]. Inputs are copied time-major onc
 Memory: the forward keeps only the state at chunk starts (l / chunk states of [b, n, d]);
 the backward recomputes one chunk's decays and states at a time (2 * chunk states).
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,9 @@ def _backward_chunk(g, grads, gy, delta, du, A, B, C, h0, a_buf, h_buf, x, start
     # dC_t = <gy_t, h_t>_d, batched over the chunk's steps: one bmm instead of one per step.
     steps = stop - start
     hs = h_buf[:steps].flatten(0, 1)
-    torch.bmm(gy[start:stop].flatten(0, 1)[:, None, :], hs.transpose(1, 2), out=grads.C[start:stop].flatten(0, 1)[:, None, :])
+    torch.bmm(
+        gy[start:stop].flatten(0, 1)[:, None, :], hs.transpose(1, 2), out=grads.C[start:stop].flatten(0, 1)[:, None, :]
+    )
 
 
 def _backward_scan(gy, delta, du, A, B, C, checkpoints, chunk):

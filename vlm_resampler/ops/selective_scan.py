@@ -8,6 +8,7 @@ The choice is made per call from the tensors' device and never switches the arch
 step's state: 5-10x slower for training and several GB at Mamba sizes; it stays as the ground
 truth of the tests and of launch/bench_scan.py.
 """
+
 from __future__ import annotations
 
 import torch

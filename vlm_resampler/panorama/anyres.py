@@ -40,24 +40,41 @@ class AnyResViews(ViewStrategy):
         self.fov_deg = check_fov("fov_deg", fov_deg)
         self.overlap = check_overlap(overlap)
         count = check_num_views(num_views)
-        if isinstance(row_pitches_deg, (str, bytes)) or not isinstance(row_pitches_deg, Sequence) or not row_pitches_deg:
-            raise ValueError(f"view.row_pitches_deg={row_pitches_deg!r}: expected a non-empty list of pitches in degrees, e.g. [0.0] or [-30.0, 30.0]")
+        if (
+            isinstance(row_pitches_deg, (str, bytes))
+            or not isinstance(row_pitches_deg, Sequence)
+            or not row_pitches_deg
+        ):
+            raise ValueError(
+                f"view.row_pitches_deg={row_pitches_deg!r}: expected a non-empty list of pitches in degrees, e.g. [0.0] or [-30.0, 30.0]"
+            )
         self.row_pitches_deg = [check_pitch("row_pitches_deg", p) for p in row_pitches_deg]
         self.tiles_per_row = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
         step = 360.0 / self.tiles_per_row
         meta = [global_erp_view(0, self.size)]
-        for row, pitch in enumerate(self.row_pitches_deg):
+        for pitch in self.row_pitches_deg:
             for i in range(self.tiles_per_row):
                 yaw = wrap_yaw(i * step)
-                meta.append(ViewMeta(
-                    index=len(meta), yaw_deg=yaw, pitch_deg=pitch, fov_deg=self.fov_deg, size=(self.size, self.size),
-                    label=f"yaw {yaw:g} pitch {pitch:g}",
-                ))
+                meta.append(
+                    ViewMeta(
+                        index=len(meta),
+                        yaw_deg=yaw,
+                        pitch_deg=pitch,
+                        fov_deg=self.fov_deg,
+                        size=(self.size, self.size),
+                        label=f"yaw {yaw:g} pitch {pitch:g}",
+                    )
+                )
         super().__init__(meta)
 
     def settings(self) -> dict:
-        return {"size": self.size, "fov_deg": self.fov_deg, "overlap": self.overlap,
-                "num_views": self.tiles_per_row, "row_pitches_deg": self.row_pitches_deg}
+        return {
+            "size": self.size,
+            "fov_deg": self.fov_deg,
+            "overlap": self.overlap,
+            "num_views": self.tiles_per_row,
+            "row_pitches_deg": self.row_pitches_deg,
+        }
 
     def tile_index(self, row: int, i: int) -> int:
         return 1 + row * self.tiles_per_row + i

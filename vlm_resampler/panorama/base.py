@@ -25,13 +25,13 @@ from vlm_resampler.panorama.geometry import (
     directions_to_lonlat,
     fov_tangents,
     lonlat_to_directions,
+    pixel_to_view_xy,
     plan_erp_sampling,
     project_directions,
-    pixel_to_view_xy,
-    wrap_yaw,
     sample_erp_plan,
     view_directions,
     view_xy_to_pixel,
+    wrap_yaw,
 )
 
 TokenPairs = list[tuple[int, int, Tensor, Tensor]]
@@ -69,7 +69,9 @@ def view_lonlat(meta: ViewMeta, grid_hw: tuple[int, int] | None = None) -> Tenso
     Longitudes are not wrapped (an equirect view across the seam runs past +-pi).
     """
     if meta.projection == "perspective":
-        return directions_to_lonlat(view_directions((meta.fov_deg, meta.vfov_deg), meta.yaw_deg, meta.pitch_deg, meta.size, grid_hw))
+        return directions_to_lonlat(
+            view_directions((meta.fov_deg, meta.vfov_deg), meta.yaw_deg, meta.pitch_deg, meta.size, grid_hw)
+        )
     h, w = meta.size
     gh, gw = grid_hw if grid_hw is not None else (h, w)
     # Pixel-edge convention: cell centre c (in pixels) sits at fraction (c + 0.5) / w of the width.
@@ -93,7 +95,9 @@ def pixel_directions(meta: ViewMeta, pixels: Tensor) -> Tensor:
     x, y = pixels.to(torch.float64).unbind(-1)
     if meta.projection == "perspective":
         tan_x, tan_y = fov_tangents((meta.fov_deg, meta.vfov_deg))
-        rays = torch.stack([pixel_to_view_xy(x, w) * tan_x, -pixel_to_view_xy(y, h) * tan_y, torch.ones_like(x)], dim=-1)
+        rays = torch.stack(
+            [pixel_to_view_xy(x, w) * tan_x, -pixel_to_view_xy(y, h) * tan_y, torch.ones_like(x)], dim=-1
+        )
         rays = rays / rays.norm(dim=-1, keepdim=True)
         return rays @ camera_to_world(meta.yaw_deg, meta.pitch_deg).T
     lon = meta.yaw_deg + ((x + 0.5) / w - 0.5) * meta.fov_deg
@@ -169,8 +173,15 @@ def ring_of_views(count: int, pitch_deg: float, fov_deg: float, size: int, label
     """``count`` views equally spaced in yaw from 0, all at one pitch; ``label`` names the yaw."""
     step = 360.0 / count
     return [
-        ViewMeta(index=i, yaw_deg=wrap_yaw(i * step), pitch_deg=pitch_deg, fov_deg=fov_deg, size=(size, size),
-                 label=f"{label} {wrap_yaw(i * step):g}", **extra)
+        ViewMeta(
+            index=i,
+            yaw_deg=wrap_yaw(i * step),
+            pitch_deg=pitch_deg,
+            fov_deg=fov_deg,
+            size=(size, size),
+            label=f"{label} {wrap_yaw(i * step):g}",
+            **extra,
+        )
         for i in range(count)
     ]
 
@@ -238,7 +249,10 @@ class ViewStrategy(ABC):
         for m in self._meta:
             density = None
             if m.projection == "equirect":
-                density = (math.ceil(m.size[0] * 180.0 / m.vfov_deg - 1e-6), math.ceil(m.size[1] * 360.0 / m.fov_deg - 1e-6))
+                density = (
+                    math.ceil(m.size[0] * 180.0 / m.vfov_deg - 1e-6),
+                    math.ceil(m.size[1] * 360.0 / m.fov_deg - 1e-6),
+                )
             groups.setdefault(density, []).append(m.index)
         return [(tuple(idx), density) for density, idx in groups.items()]
 
@@ -327,7 +341,9 @@ def check_num_views(value) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
-        raise ValueError(f"view.num_views={value!r}: expected an integer >= 1, or null to derive it from fov_deg and overlap")
+        raise ValueError(
+            f"view.num_views={value!r}: expected an integer >= 1, or null to derive it from fov_deg and overlap"
+        )
     return int(value)
 
 

@@ -6,8 +6,14 @@ from vlm_resampler.panorama.base import ViewMeta, ViewStrategy, check_overlap, c
 
 # (label, yaw, pitch) in py360convert's face order F R B L U D. With pitch +-90 and yaw 0 the image's
 # top edge of U touches B and its bottom edge touches F (and the reverse for D), as in a cube net.
-FACES = (("front", 0.0, 0.0), ("right", 90.0, 0.0), ("back", 180.0, 0.0), ("left", -90.0, 0.0),
-         ("up", 0.0, 90.0), ("down", 0.0, -90.0))
+FACES = (
+    ("front", 0.0, 0.0),
+    ("right", 90.0, 0.0),
+    ("back", 180.0, 0.0),
+    ("left", -90.0, 0.0),
+    ("up", 0.0, 90.0),
+    ("down", 0.0, -90.0),
+)
 # The cube's 12 edges: the four around the horizon, then each side face with up and with down.
 EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (0, 4), (1, 4), (2, 4), (3, 4), (0, 5), (1, 5), (2, 5), (3, 5))
 
@@ -28,7 +34,14 @@ class CubemapViews(ViewStrategy):
         self.fov_deg = 90.0 / (1.0 - self.overlap)
         super().__init__(
             [
-                ViewMeta(index=i, yaw_deg=yaw, pitch_deg=pitch, fov_deg=self.fov_deg, size=(self.size, self.size), label=label)
+                ViewMeta(
+                    index=i,
+                    yaw_deg=yaw,
+                    pitch_deg=pitch,
+                    fov_deg=self.fov_deg,
+                    size=(self.size, self.size),
+                    label=label,
+                )
                 for i, (label, yaw, pitch) in enumerate(FACES)
             ]
         )

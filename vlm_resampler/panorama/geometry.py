@@ -171,9 +171,7 @@ def pad_erp(erp: Tensor, pad: int = ERP_PAD) -> Tensor:
     return torch.cat([rows_padded[..., -pad:], rows_padded, rows_padded[..., :pad]], dim=-1)
 
 
-def project_directions(
-    dirs: Tensor, fov_deg: FovDeg, yaw_deg: float, pitch_deg: float
-) -> tuple[Tensor, Tensor]:
+def project_directions(dirs: Tensor, fov_deg: FovDeg, yaw_deg: float, pitch_deg: float) -> tuple[Tensor, Tensor]:
     """Where world directions [..., 3] land in a view: (view_xy [..., 2], in_front [...]).
 
     ``view_xy`` is image-oriented (x grows with the column, y with the row) and +-1 is the edge of
@@ -211,9 +209,7 @@ def sample_erp(erp: Tensor, grid: Tensor) -> Tensor:
     """
     _check_erp(erp)
     batch_grid = grid.to(device=erp.device, dtype=erp.dtype).unsqueeze(0).expand(erp.shape[0], -1, -1, -1)
-    return F.grid_sample(
-        pad_erp(erp), batch_grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
+    return F.grid_sample(pad_erp(erp), batch_grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _check_erp(erp: Tensor) -> None:
@@ -240,7 +236,7 @@ class ErpSamplingPlan:
     fix_src: Tensor
     fix_weight: Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "ErpSamplingPlan":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ErpSamplingPlan:
         return ErpSamplingPlan(
             self.erp_hw,
             self.grid.to(device=device, dtype=dtype),

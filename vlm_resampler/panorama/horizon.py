@@ -42,8 +42,13 @@ class HorizonViews(ViewStrategy):
         super().__init__(ring_of_views(self._num_views, self.pitch_deg, self.fov_deg, self.size, "yaw"))
 
     def settings(self) -> dict:
-        return {"fov_deg": self.fov_deg, "overlap": self.overlap, "size": self.size,
-                "num_views": self._num_views, "pitch_deg": self.pitch_deg}
+        return {
+            "fov_deg": self.fov_deg,
+            "overlap": self.overlap,
+            "size": self.size,
+            "num_views": self._num_views,
+            "pitch_deg": self.pitch_deg,
+        }
 
     @property
     def yaw_step_deg(self) -> float:

@@ -14,9 +14,26 @@ from torch import Tensor
 from vlm_resampler.panorama.base import ViewMeta, ViewStrategy, pixel_directions, view_pixels
 from vlm_resampler.panorama.geometry import directions_to_lonlat
 
-PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-           "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000",
-           "#ffd8b1", "#000075")
+PALETTE = (
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+    "#9a6324",
+    "#fffac8",
+    "#800000",
+    "#aaffc3",
+    "#808000",
+    "#ffd8b1",
+    "#000075",
+)
 MARGIN = 12
 LABEL_H = 16
 MIN_TILE = 96  # below this a view is too small to read: the views wrap onto more rows
@@ -163,8 +180,15 @@ def render_overview(erp: Tensor, strategy: ViewStrategy, width: int = 1200, titl
             panel_draw.line(line, fill=colour(meta.index), width=3 if meta.is_global else 2)
         cx, cy = footprint_centre(meta, lay.erp_w, lay.erp_h)
         cx, cy = min(max(cx, 8.0), lay.erp_w - 8.0), min(max(cy, 8.0), lay.erp_h - 8.0)  # poles sit on the edge
-        panel_draw.text((cx, cy), str(meta.index), fill=colour(meta.index), font=font, anchor="mm",
-                        stroke_width=2, stroke_fill="black")
+        panel_draw.text(
+            (cx, cy),
+            str(meta.index),
+            fill=colour(meta.index),
+            font=font,
+            anchor="mm",
+            stroke_width=2,
+            stroke_fill="black",
+        )
     canvas.paste(panel, (MARGIN, MARGIN + LABEL_H))
 
     # The views, each shaded where a neighbour sees the same directions (in that neighbour's colour).

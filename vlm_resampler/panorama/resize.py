@@ -28,6 +28,13 @@ class ResizeView(ViewStrategy):
 def global_erp_view(index: int, size: int) -> ViewMeta:
     """The whole panorama (360 x 180 degrees around longitude 0) as one square view."""
     return ViewMeta(
-        index=index, yaw_deg=0.0, pitch_deg=0.0, fov_deg=360.0, size=(size, size), is_global=True,
-        vfov_deg=180.0, projection="equirect", label="global",
+        index=index,
+        yaw_deg=0.0,
+        pitch_deg=0.0,
+        fov_deg=360.0,
+        size=(size, size),
+        is_global=True,
+        vfov_deg=180.0,
+        projection="equirect",
+        label="global",
     )

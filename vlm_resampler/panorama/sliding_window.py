@@ -50,13 +50,27 @@ class SlidingWindowViews(ViewStrategy):
                 "expected them within [-90, 90] (lower height_deg or move pitch_deg towards 0)"
             )
         self._num_views = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
-        super().__init__(ring_of_views(
-            self._num_views, self.pitch_deg, self.fov_deg, self.size, "lon", vfov_deg=self.height_deg, projection="equirect"
-        ))
+        super().__init__(
+            ring_of_views(
+                self._num_views,
+                self.pitch_deg,
+                self.fov_deg,
+                self.size,
+                "lon",
+                vfov_deg=self.height_deg,
+                projection="equirect",
+            )
+        )
 
     def settings(self) -> dict:
-        return {"fov_deg": self.fov_deg, "overlap": self.overlap, "size": self.size,
-                "num_views": self._num_views, "pitch_deg": self.pitch_deg, "height_deg": self.height_deg}
+        return {
+            "fov_deg": self.fov_deg,
+            "overlap": self.overlap,
+            "size": self.size,
+            "num_views": self._num_views,
+            "pitch_deg": self.pitch_deg,
+            "height_deg": self.height_deg,
+        }
 
     @property
     def effective_overlap(self) -> float:

@@ -1,4 +1,5 @@
 """What every resampler promises to the rest of the model."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,14 +1,27 @@
 """Token-wise MLP resampler: no mixing between tokens, so the patch grid is kept; or, with `pool`,
 the grid averaged down to pool x pool tokens first (MM1's average-pooling connector)."""
+
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from vlm_resampler.resamplers.base import Resampler, require
+from vlm_resampler.resamplers.shape_rules import (
+    DROPOUT,
+    InferredResampler,
+    ShapeInferenceError,
+    Shapes,
+    Unknown,
+    rule,
+    shared_value,
+    target_of,
+    tensor_shape,
+)
 
 
 class MLPResampler(Resampler):
@@ -39,8 +52,12 @@ class MLPResampler(Resampler):
         require(isinstance(depth, int) and depth >= 1, "depth", depth, "an int >= 1")
         require(isinstance(use_ln, bool), "use_ln", use_ln, "true or false")
         require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
-        require(pool is None or (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1), "pool", pool,
-                "null (keep every patch token) or an int >= 1 (a pool x pool grid per view)")
+        require(
+            pool is None or (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1),
+            "pool",
+            pool,
+            "null (keep every patch token) or an int >= 1 (a pool x pool grid per view)",
+        )
         self.hidden_dim = hidden_dim
         self.depth = depth
         self.pool = pool
@@ -74,3 +91,55 @@ class MLPResampler(Resampler):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.layers(tokens if self.pool is None else self.pooled(tokens))
+
+
+# ---- the shape rule: the hyperparameters these weights fix (resamplers/shape_rules.py) ----
+
+_MLP_KEY = re.compile(r"layers\.(\d+)\.(weight|bias)$")
+
+
+@rule(
+    "mlp", lambda s: any(_MLP_KEY.match(k) for k in s) and all(_MLP_KEY.match(k) or k == "pooled_position" for k in s)
+)
+def infer_mlp(shapes: Shapes) -> InferredResampler:
+
+    linears = sorted(int(_MLP_KEY.match(k).group(1)) for k, v in shapes.items() if k.endswith("weight") and len(v) == 2)
+    norms = sorted(int(_MLP_KEY.match(k).group(1)) for k, v in shapes.items() if k.endswith("weight") and len(v) == 1)
+    depth, use_ln = len(linears), bool(norms)
+    # Hidden layer i is Linear, [LayerNorm], GELU, Dropout: the module indices follow from depth and use_ln.
+    stride = 4 if use_ln else 3
+    expected_linears = [i * stride for i in range(depth)]
+    expected_norms = [i * stride + 1 for i in range(depth - 1)] if use_ln else []
+    if linears != expected_linears or norms != expected_norms:
+        raise ShapeInferenceError(
+            f"mlp layers.*: Linear layers at {linears} and LayerNorms at {norms}, but MLPResampler(depth={depth}, "
+            f"use_ln={use_ln}) puts them at {expected_linears} and {expected_norms}"
+        )
+    weights = [tensor_shape(shapes, f"layers.{i}.weight", 2) for i in linears]
+    for i, (before, after) in enumerate(zip(weights, weights[1:])):
+        if after[1] != before[0]:
+            raise ShapeInferenceError(
+                f"layers.{linears[i + 1]}.weight {list(after)} does not take the {before[0]} outputs of layers.{linears[i]}.weight"
+            )
+    hparams = {"input_dim": weights[0][1], "latent_dimension": weights[-1][0], "depth": depth, "pool": None}
+    if "pooled_position" in shapes:  # [pool * pool, input_dim]
+        cells, width = shapes["pooled_position"]
+        pool = math.isqrt(cells)
+        if pool * pool != cells or width != hparams["input_dim"]:
+            raise ShapeInferenceError(
+                f"mlp pooled_position {[cells, width]}: expected [pool * pool, input_dim={hparams['input_dim']}]"
+            )
+        hparams["pool"] = pool
+    unknown = [DROPOUT]
+    if depth > 1:
+        hparams["hidden_dim"] = shared_value(
+            "mlp hidden width", {f"layers.{i}.weight[0]": w[0] for i, w in zip(linears, weights[:-1])}
+        )
+        hparams["use_ln"] = use_ln
+    else:
+        # A single Linear: the hidden width and the norms between layers build nothing.
+        unknown += [
+            Unknown("hidden_dim", False, "depth 1 has no hidden layer", hparams["latent_dimension"]),
+            Unknown("use_ln", False, "depth 1 has no norm between layers", False),
+        ]
+    return InferredResampler("mlp", target_of(MLPResampler), hparams, tuple(unknown))

@@ -1,13 +1,14 @@
 """Writes that are all or nothing: temp file in the same directory, flush, fsync, rename."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def fsync_dir(directory: Path) -> None:

@@ -1,5 +1,6 @@
 """Stage checkpoints: safetensors weights of the trained modules, a peft adapter, and a metadata
 file written last. Loads are strict: every key, shape and dtype must match."""
+
 from __future__ import annotations
 
 import contextlib
@@ -104,7 +105,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointMismatch(f"{path}: cannot be read as safetensors ({err}); the file is damaged or truncated") from err
+        raise CheckpointMismatch(
+            f"{path}: cannot be read as safetensors ({err}); the file is damaged or truncated"
+        ) from err
 
 
 def load_weights(model, stage_dir: Path, modules: list[str]) -> None:
@@ -114,7 +117,7 @@ def load_weights(model, stage_dir: Path, modules: list[str]) -> None:
     _check_state(str(path), module_state(model, modules), found)
     for name in modules:
         prefix = f"{name}."
-        sub = {k[len(prefix):]: v for k, v in found.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)}
         getattr(model, name).load_state_dict(sub, strict=True)
     if model.lora_config:
         from peft import set_peft_model_state_dict

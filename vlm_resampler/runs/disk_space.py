@@ -2,6 +2,7 @@
 of space, whatever raised it (OSError ENOSPC from Python, safetensors' "os error 28", or torch.save's
 "unexpected pos" when its zip writer ran out of room: the latter names no cause, so a failed write
 onto a filesystem left with under LOW_WATER_BYTES free counts as out of space too)."""
+
 from __future__ import annotations
 
 import errno

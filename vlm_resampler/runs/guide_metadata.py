@@ -17,6 +17,7 @@ This module only reads what such a file states, in our names. vlm_resampler.runs
 takes it as the first source, checks every statement that shapes a tensor against the weights,
 and fills in the rest from the weight shapes, then the eval command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from vlm_resampler.errors import UserFacingError
+from vlm_resampler.guide_names import RESAMPLER_TYPES
 from vlm_resampler.runs import layout
 
 GUIDE_FORMAT = f"{layout.METADATA} (guide format)"
-# The earlier system's type names and aliases -> our resampler type.
-RESAMPLER_TYPES = {
-    "bimamba": "bimamba", "bidirectional_mamba": "bimamba", "bi_mamba": "bimamba",
-    "mlp": "mlp", "perceiver": "perceiver", "qformer": "qformer",
-}  # fmt: skip
 # model_config.<simple field> -> resampler parameter (the guide's "simple, individual fields").
 SIMPLE_FIELDS = {"latent_dimension": "latent_dimension", "resampler_hidden_dim": "hidden_dim"}
 # Carried in the earlier system's resampler config but read by none of its resamplers (ORIGIN §2.2).
@@ -41,8 +38,13 @@ DEAD_RESAMPLER_KEYS = ("num_views", "enable_cross_view")
 UNUSED_MODEL_KEYS = ("max_text_length", "vicreg_loss_weight")
 # Which of the view option's keys each of the earlier system's crop strategies took from the file;
 # its cubemap cut plain faces (no overlap, whatever overlap_ratio said): ours gets overlap 0.
-VIEW_FIELDS = {"e2p": ("fov_deg", "overlap"), "sliding_window": ("fov_deg", "overlap"),
-               "anyres_e2p": ("fov_deg", "overlap"), "cubemap": (), "resize": ()}
+VIEW_FIELDS = {
+    "e2p": ("fov_deg", "overlap"),
+    "sliding_window": ("fov_deg", "overlap"),
+    "anyres_e2p": ("fov_deg", "overlap"),
+    "cubemap": (),
+    "resize": (),
+}
 FIXED_VIEW_VALUES = {"cubemap": {"overlap": 0.0}}
 
 
@@ -70,6 +72,7 @@ class GuideMetadata:
 
 
 # ---- reading ------------------------------------------------------------------------------
+
 
 def is_guide_format(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("model_config"), dict) and "format_version" not in data
@@ -99,7 +102,8 @@ def truncated_message(path: Path, text: str, err: json.JSONDecodeError) -> str:
     why = (
         ' and ends right after `"resampler_config": `: the earlier system\'s writer could not serialise its '
         "resampler config object and left every metadata file it wrote since then cut off there"
-        if at_resampler_config else f" ({err.msg}, line {err.lineno} column {err.colno})"
+        if at_resampler_config
+        else f" ({err.msg}, line {err.lineno} column {err.colno})"
     )
     return (
         f"{path} is a checkpoint_metadata.json in the earlier system's (guide) format that is not valid JSON{why}. "
@@ -161,7 +165,9 @@ def resampler_values(model: dict, path: Path) -> tuple[dict, dict, int | None, l
             values[param], keys[param] = model[key], f"model_config.{key}"
     block = model.get("resampler_config")
     if block is not None and not isinstance(block, dict):
-        raise GuideMetadataError(f"{path}: model_config.resampler_config={block!r}: expected an object of resampler settings")
+        raise GuideMetadataError(
+            f"{path}: model_config.resampler_config={block!r}: expected an object of resampler settings"
+        )
     for key, value in (block or {}).items():
         where = f"model_config.resampler_config.{key}"
         if key in DEAD_RESAMPLER_KEYS:
@@ -180,12 +186,13 @@ def resampler_values(model: dict, path: Path) -> tuple[dict, dict, int | None, l
 
 def check_resampler_keys(guide: GuideMetadata, valid: list[str], class_name: str) -> None:
     """Every resampler value the file states must be a constructor argument of its type."""
-    from vlm_resampler.config.validate import unknown_resampler_key
+    from vlm_resampler.catalog import unknown_resampler_key
 
     for key in guide.resampler:
         if key not in valid:
             raise GuideMetadataError(
-                f"{guide.path}: {guide.resampler_keys[key]}: " + unknown_resampler_key(key, valid, class_name)
+                f"{guide.path}: {guide.resampler_keys[key]}: "
+                + unknown_resampler_key(key, valid, class_name)
                 + f" Valid names: {', '.join(valid)}"
             )
 
@@ -204,7 +211,9 @@ def lora_values(training: dict, path: Path) -> dict:
     found = {}
     if training.get("use_lora") is not None:
         if not isinstance(training["use_lora"], bool):
-            raise GuideMetadataError(f"{path}: training_config.use_lora={training['use_lora']!r}: expected true or false")
+            raise GuideMetadataError(
+                f"{path}: training_config.use_lora={training['use_lora']!r}: expected true or false"
+            )
         found["use"] = training["use_lora"]
     for key, ours, kind in (("lora_rank", "r", int), ("lora_alpha", "alpha", float)):
         value = _number(training, f"training_config.{key}", key, path, kind)
@@ -248,11 +257,12 @@ def _number(node: dict, where: str, key: str, path: Path, kind: type) -> Any:
 
 # ---- our config options for what the file names --------------------------------------------
 
+
 def conf_options(group: str) -> dict[str, dict]:
     """conf/<group>/*.yaml, each resolved on its own (a backbone's tokenizer follows its LLM)."""
     from omegaconf import OmegaConf
 
-    from vlm_resampler.config.validate import CONF_DIR
+    from vlm_resampler.catalog import CONF_DIR
 
     options = {}
     for path in sorted((CONF_DIR / group).glob("*.yaml")):
@@ -266,15 +276,18 @@ def backbone_option(guide: GuideMetadata) -> tuple[str, dict] | None:
     """The conf/backbone option with exactly the file's vision encoder and language model."""
     for name, option in conf_options("backbone").items():
         if (option["vision_encoder"]["name_or_path"], option["language_model"]["name_or_path"]) == (
-            guide.vision_name, guide.language_model_name
+            guide.vision_name,
+            guide.language_model_name,
         ):
             return name, option
     return None
 
 
 def backbone_choices() -> str:
-    return "; ".join(f"{name} ({o['vision_encoder']['name_or_path']} + {o['language_model']['name_or_path']})"
-                     for name, o in conf_options("backbone").items())
+    return "; ".join(
+        f"{name} ({o['vision_encoder']['name_or_path']} + {o['language_model']['name_or_path']})"
+        for name, o in conf_options("backbone").items()
+    )
 
 
 def view_option(guide: GuideMetadata) -> tuple[str, dict, dict] | None:
@@ -294,11 +307,15 @@ def view_notes(guide: GuideMetadata, name: str, taken: dict) -> list[str]:
     """What the log should say about view values that are not simply the file's."""
     notes = []
     if name in FIXED_VIEW_VALUES:
-        notes.append(f"view={name}({', '.join(f'{k}={v}' for k, v in FIXED_VIEW_VALUES[name].items())}): the earlier system's "
-                     f"{name} faces shared nothing, whatever its overlap_ratio said")
+        notes.append(
+            f"view={name}({', '.join(f'{k}={v}' for k, v in FIXED_VIEW_VALUES[name].items())}): the earlier system's "
+            f"{name} faces shared nothing, whatever its overlap_ratio said"
+        )
     elif "overlap" in taken and guide.model_overlap not in (None, taken["overlap"]):
-        notes.append(f"view overlap {taken['overlap']} from training_config.overlap_ratio (it cut the views); "
-                     f"model_config.overlap_ratio={guide.model_overlap} only drove the earlier system's stitching")
+        notes.append(
+            f"view overlap {taken['overlap']} from training_config.overlap_ratio (it cut the views); "
+            f"model_config.overlap_ratio={guide.model_overlap} only drove the earlier system's stitching"
+        )
     return notes
 
 

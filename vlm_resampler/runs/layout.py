@@ -1,4 +1,5 @@
 """Names of the files in a run directory (see DESIGN.md), in one place."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,9 +56,7 @@ def last_completed_stage(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     done = [run_dir / s for s in STAGE_NAMES if is_stage_dir(run_dir / s)]
     if not done:
-        raise NoCheckpointError(
-            f"{run_dir}: no completed stage (none of {', '.join(STAGE_NAMES)} holds a {METADATA})"
-        )
+        raise NoCheckpointError(f"{run_dir}: no completed stage (none of {', '.join(STAGE_NAMES)} holds a {METADATA})")
     return done[-1]
 
 

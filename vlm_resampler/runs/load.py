@@ -2,6 +2,7 @@
 which may have changed since), then strict weight loading. A stage directory whose metadata is
 gone, or is in the earlier system's ("guide") format, is rebuilt from what it states and its weight
 shapes (vlm_resampler.runs.reconstruct), announced in the log."""
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,10 @@ from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch, load_weights, verify_files
 from vlm_resampler.runs.guide_metadata import read_guide_metadata
+from vlm_resampler.runs.locate import has_metadata, resolve_checkpoint_dir
 from vlm_resampler.runs.metadata import read_metadata
-from vlm_resampler.runs.reconstruct import RECONSTRUCTED, UserSettings, describe, has_metadata, reconstruct_metadata, resolve_checkpoint_dir
+from vlm_resampler.runs.provenance import RECONSTRUCTED, UserSettings, describe
+from vlm_resampler.runs.reconstruct import reconstruct_metadata
 from vlm_resampler.runs.targets import check_targets
 
 log = logging.getLogger(__name__)
@@ -72,10 +75,15 @@ def stage_metadata(stage_dir: Path, user: UserSettings | None) -> dict:
 def verify_stage(stage_dir: Path, meta: dict) -> None:
     if RECONSTRUCTED in meta:
         # The sha256 list and the backbone fingerprints live only in our metadata.
-        without = (f"the guide-format {layout.METADATA} records" if meta[RECONSTRUCTED].get("guide_metadata")
-                   else f"without {layout.METADATA} there are")
-        log.warning("not verified: %s no sha256 sums for the weight files and no backbone fingerprints to check "
-                    "them against", without)
+        without = (
+            f"the guide-format {layout.METADATA} records"
+            if meta[RECONSTRUCTED].get("guide_metadata")
+            else f"without {layout.METADATA} there are"
+        )
+        log.warning(
+            "not verified: %s no sha256 sums for the weight files and no backbone fingerprints to check them against",
+            without,
+        )
         return
     verify_files(stage_dir, meta["weights_sha256"])
     check_backbones(meta["backbones"])
@@ -99,8 +107,11 @@ def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None 
     if verify:
         verify_stage(stage_dir, meta)
     else:
-        log.warning("not verified (--no-verify / verify=false): the sha256 of %s and the backbone fingerprints "
-                    "were not checked", ", ".join(str(stage_dir / rel) for rel in meta.get("weights_sha256") or {}) or "the weight files")
+        log.warning(
+            "not verified (--no-verify / verify=false): the sha256 of %s and the backbone fingerprints "
+            "were not checked",
+            ", ".join(str(stage_dir / rel) for rel in meta.get("weights_sha256") or {}) or "the weight files",
+        )
     model = build_model(meta["model"], seed=0)
     source = rebuilt_from(stage_dir, meta)
     try:
@@ -108,7 +119,13 @@ def load_stage(path: Path | str, verify: bool = True, user: UserSettings | None 
     except CheckpointMismatch as err:
         raise CheckpointMismatch(f"the model described by {source} does not fit its weights: {err}") from err
     model.eval()
-    log.info("rebuilt %s (stage %s, resampler=%s) from %s", type(model).__name__, meta["stage"], meta["resampler_type"], source)
+    log.info(
+        "rebuilt %s (stage %s, resampler=%s) from %s",
+        type(model).__name__,
+        meta["stage"],
+        meta["resampler_type"],
+        source,
+    )
     tokenizer = load_tokenizer(meta["tokenizer"]["name_or_path"], meta["tokenizer"].get("revision"))
     return LoadedStage(model, tokenizer, PromptFormat(**meta["prompt"]), meta, stage_dir)
 

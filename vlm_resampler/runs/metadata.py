@@ -1,4 +1,5 @@
 """checkpoint_metadata.json: everything needed to rebuild a stage's model exactly."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -19,11 +20,11 @@ def software_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import vlm_resampler
+    from vlm_resampler.version import __version__
 
     return {
         "python": platform.python_version(),
-        "vlm_resampler": vlm_resampler.__version__,
+        "vlm_resampler": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
@@ -83,7 +84,7 @@ def build_metadata(
         "trainable": {name: count for name, count in trainable},
         "train": train_summary,
         "software": software_versions(),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "argv": sys.argv,
     }

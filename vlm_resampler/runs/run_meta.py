@@ -1,4 +1,5 @@
 """run_meta.json: where and how a run happened (git, seed, host, SLURM, versions, choices)."""
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,11 @@ def run_meta(cfg: DictConfig) -> dict:
         "git": git_state(),
         "host": platform.node(),
         "argv": sys.argv,
-        "slurm": {k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")},
+        "slurm": {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+        },
         "choices": group_choices(),
         "software": software_versions(),
     }

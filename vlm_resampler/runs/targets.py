@@ -3,26 +3,29 @@
 The registry names, exactly, every class and function that a model tree of ours uses (the
 `_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new resampler,
 view strategy or backbone loader is added here by name, beside its conf/ file."""
+
 from __future__ import annotations
 
 from vlm_resampler.errors import UserFacingError
 
-ALLOWED_TARGETS = frozenset({
-    "vlm_resampler.models.backbones.load_language_model",
-    "vlm_resampler.models.backbones.load_vision_encoder",
-    "vlm_resampler.models.projector.TokenMLP",
-    "vlm_resampler.models.stitching.ViewStitcher",
-    "vlm_resampler.models.vlm.PanoramaVLM",
-    "vlm_resampler.panorama.views.AnyResViews",
-    "vlm_resampler.panorama.views.CubemapViews",
-    "vlm_resampler.panorama.views.HorizonViews",
-    "vlm_resampler.panorama.views.ResizeView",
-    "vlm_resampler.panorama.views.SlidingWindowViews",
-    "vlm_resampler.resamplers.bimamba.BiMambaResampler",
-    "vlm_resampler.resamplers.mlp.MLPResampler",
-    "vlm_resampler.resamplers.perceiver.PerceiverResampler",
-    "vlm_resampler.resamplers.qformer.QFormerResampler",
-})
+ALLOWED_TARGETS = frozenset(
+    {
+        "vlm_resampler.models.backbones.load_language_model",
+        "vlm_resampler.models.backbones.load_vision_encoder",
+        "vlm_resampler.models.projector.TokenMLP",
+        "vlm_resampler.models.stitching.ViewStitcher",
+        "vlm_resampler.models.vlm.PanoramaVLM",
+        "vlm_resampler.panorama.views.AnyResViews",
+        "vlm_resampler.panorama.views.CubemapViews",
+        "vlm_resampler.panorama.views.HorizonViews",
+        "vlm_resampler.panorama.views.ResizeView",
+        "vlm_resampler.panorama.views.SlidingWindowViews",
+        "vlm_resampler.resamplers.bimamba.BiMambaResampler",
+        "vlm_resampler.resamplers.mlp.MLPResampler",
+        "vlm_resampler.resamplers.perceiver.PerceiverResampler",
+        "vlm_resampler.resamplers.qformer.QFormerResampler",
+    }
+)
 
 
 class UntrustedTarget(UserFacingError, ValueError):
@@ -33,8 +36,10 @@ def refusal(value) -> str | None:
     """Why `value` may not be a `_target_` (None: it may). Nothing is imported to decide."""
     if isinstance(value, str) and value in ALLOWED_TARGETS:
         return None
-    return (f"{value!r} is not allowed: only the {len(ALLOWED_TARGETS)} targets registered in "
-            "vlm_resampler/runs/targets.py (ALLOWED_TARGETS) are instantiated")
+    return (
+        f"{value!r} is not allowed: only the {len(ALLOWED_TARGETS)} targets registered in "
+        "vlm_resampler/runs/targets.py (ALLOWED_TARGETS) are instantiated"
+    )
 
 
 def check_targets(tree, where: str = "model") -> None:

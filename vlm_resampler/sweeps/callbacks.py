@@ -12,6 +12,7 @@ config).
 Importing this module also registers the job-directory resolver (dirs.py): submitit unpickles
 the callback in every job process before the job's directory is resolved.
 """
+
 from __future__ import annotations
 
 import json

@@ -2,18 +2,20 @@
 then the whole model instantiated on the meta device (launch/inspect.py's build: shapes only, no
 memory, no weights) with each stage's trainable set, so a job that would fail while building its
 model fails here, in seconds, with the others listed beside it."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
 from vlm_resampler.config.validate import validate_train_config
+from vlm_resampler.errors import ConfigError
 
 
 def model_report(cfg: DictConfig, label: str = "") -> dict:
-    """inspection.py's report (exact parameter counts, tokens, per-stage trainable counts) of a
+    """inspection's report (exact parameter counts, tokens, per-stage trainable counts) of a
     composed train config."""
-    from vlm_resampler.inspection import Source, inspect_source
+    from vlm_resampler.inspection.counts import inspect_source
+    from vlm_resampler.inspection.sources import Source
 
     stages = list(cfg.stages)
     source = Source(

@@ -15,6 +15,7 @@ Hydra names each job's directory through the `sweep_job_dir` resolver (train.yam
 hydra.sweep.subdir). A job submitted again (summarize --resume) has the same overrides, so the
 same hash, and goes back into its own directory whatever its new job number.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 of the last stage, so that a sweep ends with metrics in every job directory. The evaluation is
 launch/eval.py in a child process (its own Hydra, composed from the same conf/ as the job: a
 sweep's snapshot), its output in <run dir>/eval.log."""
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,10 @@ def evaluate_after_training(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> 
         tail = (run_dir / EVAL_LOG).read_text().strip().splitlines()[-40:]
         write_text(run_dir / layout.TRACEBACK, f"$ {' '.join(command)}\n" + "\n".join(tail) + "\n")
         error = f"eval after training failed (exit {done.returncode}): {tail[-1] if tail else ''}"
-        write_json(run_dir / layout.STATUS, status | {"status": "failed", "step": "eval", "error": error, "traceback": layout.TRACEBACK})
+        write_json(
+            run_dir / layout.STATUS,
+            status | {"status": "failed", "step": "eval", "error": error, "traceback": layout.TRACEBACK},
+        )
         raise RuntimeError(f"{error}; see {run_dir / EVAL_LOG}")
     write_json(run_dir / layout.STATUS, status | {"status": "done", "eval": str(Path(stage_dir.name) / "eval")})
     print(f"eval_after: metrics under {stage_dir / 'eval'}", flush=True)
@@ -86,7 +90,10 @@ def evaluate_if_asked(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
         raise
     except BaseException as err:  # interrupted or unexpected: still say so in the job dir
         write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
-        write_json(run_dir / layout.STATUS, read_status(run_dir) | {"status": "failed", "step": "eval", "error": f"{type(err).__name__}: {err}"})
+        write_json(
+            run_dir / layout.STATUS,
+            read_status(run_dir) | {"status": "failed", "step": "eval", "error": f"{type(err).__name__}: {err}"},
+        )
         raise
 
 

@@ -9,6 +9,7 @@ that directory is named by the hash of its overrides (dirs.sweep_job_dir), and i
 ${now:} values as at first (callbacks.py): the same config, so a job that ran can continue from
 what its directory holds.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ from vlm_resampler.runs.atomic import write_json
 from vlm_resampler.sweeps import dirs, slurm
 from vlm_resampler.sweeps.callbacks import NOW, restore_now_values
 from vlm_resampler.sweeps.submit import hydra_quote, now, read_manifest
+
 
 class ResumeError(RuntimeError):
     pass
@@ -38,9 +40,20 @@ def launch_jobs(sweep_dir: Path, manifest: dict, jobs: list[list[str]], extra_hy
     conf_dir = sweep_dir / manifest.get("conf_snapshot", dirs.CONF_SNAPSHOT)
     task_function = train_task_function()
     GlobalHydra.instance().clear()
-    hydra = Hydra.create_main_hydra2(task_name=manifest.get("config_name", "train"), config_search_path=create_config_search_path(str(conf_dir)))
-    overrides = [*manifest.get("hydra_overrides", []), *extra_hydra_overrides, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}"]
-    cfg = hydra.compose_config(manifest.get("config_name", "train"), overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+    hydra = Hydra.create_main_hydra2(
+        task_name=manifest.get("config_name", "train"), config_search_path=create_config_search_path(str(conf_dir))
+    )
+    overrides = [
+        *manifest.get("hydra_overrides", []),
+        *extra_hydra_overrides,
+        f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}",
+    ]
+    cfg = hydra.compose_config(
+        manifest.get("config_name", "train"),
+        overrides=overrides,
+        run_mode=RunMode.MULTIRUN,
+        with_log_configuration=True,
+    )
     restore_now_values(cfg, manifest.get(NOW, []))  # the ${now:} values of the first submission
     HydraConfig.instance().set_config(cfg)
     context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
@@ -49,14 +62,16 @@ def launch_jobs(sweep_dir: Path, manifest: dict, jobs: list[list[str]], extra_hy
 
 
 def resume_sweep(sweep_dir: Path, jobs, extra_hydra_overrides: list[str]) -> tuple[list, list[str]]:
-    """Submit the jobs of `jobs` (summarize.JobSummary) that are not done; returns (the jobs
+    """Submit the jobs of `jobs` (collect.JobSummary) that are not done; returns (the jobs
     submitted, what went wrong: one line per failed job)."""
     from hydra.core.utils import JobStatus
 
     sweep_dir = Path(sweep_dir).resolve()
     manifest = read_manifest(sweep_dir)
     if manifest is None:
-        raise ResumeError(f"{sweep_dir}: no {dirs.MANIFEST}: only sweeps submitted by `launch/train.py -m` can be resumed")
+        raise ResumeError(
+            f"{sweep_dir}: no {dirs.MANIFEST}: only sweeps submitted by `launch/train.py -m` can be resumed"
+        )
     alive = slurm.alive_jobs(sweep_dir)
     if alive:
         raise ResumeError(

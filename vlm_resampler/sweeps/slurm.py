@@ -1,6 +1,7 @@
 """What SLURM still knows about a sweep's jobs (squeue, sacct). Every function answers "unknown"
 (an empty result, None) where SLURM's commands are not installed or do not answer: a sweep run
 with the basic or local launcher has nothing to ask."""
+
 from __future__ import annotations
 
 import re

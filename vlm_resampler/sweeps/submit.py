@@ -7,6 +7,7 @@ conf/: a job that waits in the queue runs what was submitted, whatever conf/ has
 The jobs are expanded by Hydra's own BasicSweeper code, so their order (the job number) and their
 override strings (the hash in the directory name) are the ones Hydra launches.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,9 +19,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vlm_resampler.config.errors import ConfigError
+from vlm_resampler.catalog import CONF_DIR
 from vlm_resampler.config.preflight import compose, config_groups, expand_jobs, split_argv
-from vlm_resampler.config.validate import CONF_DIR
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.run_meta import REPO_ROOT, git_state
@@ -40,7 +41,9 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def expand_like_hydra(overrides: list[str], conf_dir: Path, sweeper_params: dict | None = None) -> tuple[list[list[str]], list[str]]:
+def expand_like_hydra(
+    overrides: list[str], conf_dir: Path, sweeper_params: dict | None = None
+) -> tuple[list[list[str]], list[str]]:
     """(jobs, hydra overrides): each job's task overrides exactly as Hydra's BasicSweeper makes them."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -51,7 +54,9 @@ def expand_like_hydra(overrides: list[str], conf_dir: Path, sweeper_params: dict
     parser = OverridesParser.create(config_loader=loader)
     parsed = parser.parse_overrides(overrides)
     hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
-    task = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + [o.input_line for o in parsed if not o.is_hydra_override()]
+    task = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + [
+        o.input_line for o in parsed if not o.is_hydra_override()
+    ]
     batches = BasicSweeper.split_arguments(parser.parse_overrides(task), max_batch_size=None)
     return [list(job) for job in batches[0]], hydra_overrides
 
@@ -61,7 +66,11 @@ def git_snapshot(sweep_dir: Path) -> dict:
     if state.get("dirty"):
         diff = subprocess.run(["git", "diff", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         untracked = subprocess.run(
-            ["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+            ["git", "ls-files", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         write_text(sweep_dir / dirs.GIT_DIFF, diff.stdout)
         state["diff"] = dirs.GIT_DIFF
@@ -81,7 +90,9 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
     if not multirun:
         return argv
     if any(a in CONFIG_SOURCE_FLAGS or a.startswith(tuple(f + "=" for f in CONFIG_SOURCE_FLAGS)) for a in argv):
-        refuse("a sweep composes every job from its own snapshot of conf/; --config-path/--config-name cannot be combined with -m")
+        refuse(
+            "a sweep composes every job from its own snapshot of conf/; --config-path/--config-name cannot be combined with -m"
+        )
     first_job = expand_jobs(overrides, config_groups())[0]
     try:
         hydra_cfg = compose(config_name, first_job, with_hydra=True).hydra
@@ -105,7 +116,9 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
         digest = dirs.overrides_hash(job)
         if digest in seen:
             shutil.rmtree(sweep_dir)
-            refuse(f"jobs {seen[digest]} and {num} of the sweep have the same overrides ({' '.join(job)}): each job must differ")
+            refuse(
+                f"jobs {seen[digest]} and {num} of the sweep have the same overrides ({' '.join(job)}): each job must differ"
+            )
         seen[digest] = num
 
     submitted = now()

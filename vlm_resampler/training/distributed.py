@@ -10,6 +10,7 @@ with `tasks_per_node=N` through submitit. The Trainer runs DDP (gloo on CPU, NCC
 - Ranks are read from the environment (RANK, WORLD_SIZE: set by torchrun, or exported here from
   submitit's SLURM variables), so they are known before the process group exists.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -80,7 +81,9 @@ def init_process_group() -> None:
 
         # The same arguments as TrainingArguments(use_cpu=...) uses, which later adopts this group.
         state = PartialState(cpu=not torch.cuda.is_available())
-        log.info("process %d of %d (%s, backend %s)", state.process_index, state.num_processes, state.device, state.backend)
+        log.info(
+            "process %d of %d (%s, backend %s)", state.process_index, state.num_processes, state.device, state.backend
+        )
         # Left to interpreter teardown, gloo's worker threads can outlive the objects they hold and
         # abort the process ("terminate called without an active exception", SIGABRT) after a run
         # that succeeded (CI saw it on rank 1, pytorch#190489); atexit runs while Python is intact.
@@ -141,11 +144,17 @@ def torchrun_overrides(argv: list[str]) -> list[str]:
     if world_size() == 1:
         return []
     if "-m" in argv or "--multirun" in argv:
-        print("error: -m (a sweep) does not run under torchrun; for multi-process sweep jobs use "
-              "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N", file=sys.stderr)
+        print(
+            "error: -m (a sweep) does not run under torchrun; for multi-process sweep jobs use "
+            "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if not any(a.startswith(("experiment.name=", "hydra.run.dir=", "experiment=")) for a in argv):
-        print("error: under torchrun give the run a name (experiment.name=NAME): the default name is the "
-              "start time, which each of the processes would read for itself", file=sys.stderr)
+        print(
+            "error: under torchrun give the run a name (experiment.name=NAME): the default name is the "
+            "start time, which each of the processes would read for itself",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return [] if is_main_process() else ["hydra.output_subdir=null"]

@@ -7,6 +7,7 @@ and served by image path. The key covers everything they depend on: the tower's 
 view strategy and its settings, the normalisation, the ERP size, and each image's path, size and
 modification time. The tower's fingerprint is the sha256 of its current weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlm_resampler.cache import cache_root
 from vlm_resampler.data.datasets import load_panorama
-from vlm_resampler.models.cache import cache_root
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -93,8 +94,12 @@ def cached_features(model, fingerprint: str, images: list[str], width: int, heig
     images = sorted({str(i) for i in images})
     size = feature_bytes(model, len(images))
     if size > MAX_BYTES:
-        log.warning("vision features of %d images would take %.1f GiB (> VLM_RESAMPLER_FEATURE_CACHE_MAX_GB): "
-                    "not cached, the frozen tower runs every step", len(images), size / 2**30)
+        log.warning(
+            "vision features of %d images would take %.1f GiB (> VLM_RESAMPLER_FEATURE_CACHE_MAX_GB): "
+            "not cached, the frozen tower runs every step",
+            len(images),
+            size / 2**30,
+        )
         return None
     path = cache_root() / "features" / f"{feature_key(model, fingerprint, images, width, height)}.safetensors"
     if path.is_file():

@@ -11,6 +11,7 @@ installed for the signal is called after the save: for SIGUSR2 it calls the Hydr
 `checkpoint()` (which resubmits the same job with the same overrides, hence the same job
 directory), requeues the job and exits. The requeued job resumes from that directory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,10 +34,11 @@ class StopSignals:
         self.received: int | None = None
         self.previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
-            log.warning("not in the main thread: %s will not stop training cleanly",
-                        ", ".join(s.name for s in STOP_SIGNALS))
+            log.warning(
+                "not in the main thread: %s will not stop training cleanly", ", ".join(s.name for s in STOP_SIGNALS)
+            )
             return self
         for sig in STOP_SIGNALS:
             self.previous[sig] = signal.signal(sig, self._record)
@@ -50,8 +52,12 @@ class StopSignals:
     def _record(self, signum: int, frame) -> None:
         if self.received is None:
             self.received = signum
-            print(f"received {signal.Signals(signum).name}: training stops at the next step boundary and saves "
-                  "a resumable checkpoint", file=sys.stderr, flush=True)
+            print(
+                f"received {signal.Signals(signum).name}: training stops at the next step boundary and saves "
+                "a resumable checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def agreed(self) -> int:
         """The signal any process received (0: none); every process must ask at the same step."""

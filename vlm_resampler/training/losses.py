@@ -1,5 +1,6 @@
 """The two objectives: geometric overlap consistency (vision stage) and answer-only next-token
 prediction (resampler and finetune stages)."""
+
 from __future__ import annotations
 
 import torch
@@ -134,5 +135,7 @@ def object_code_loss(visual: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """Per visual token: squared error (mean over the width) + (1 - cosine), averaged. `target`:
     the object-code layout (models/object_codes.py) of the same shape as `visual`."""
     if visual.shape != target.shape:
-        raise ValueError(f"object-code target of shape {list(target.shape)} for visual tokens of shape {list(visual.shape)}")
+        raise ValueError(
+            f"object-code target of shape {list(target.shape)} for visual tokens of shape {list(visual.shape)}"
+        )
     return F.mse_loss(visual, target) + (1.0 - F.cosine_similarity(visual, target, dim=-1)).mean()

@@ -1,4 +1,5 @@
 """Loss curves as PNG, because people would rather look than read a log."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,6 +13,7 @@ Two levels, both in the run's own directory:
 Resuming requires the identical resolved config (the Trainer itself replays the data order:
 seeded sampler, consumed batches skipped).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,9 +21,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from transformers import TrainerCallback
 
@@ -107,7 +108,7 @@ def read_status(run_dir: Path) -> dict | None:
 
 def completed_stages(run_dir: Path, stages: list[str]) -> list[str]:
     """Stages of `stages` that a previous attempt completed (in status.json and with metadata)."""
-    from vlm_resampler.runs.reconstruct import completed
+    from vlm_resampler.runs.locate import completed
 
     return [s for s in stages if completed(run_dir, s) and layout.is_stage_dir(Path(run_dir) / s)]
 
@@ -130,7 +131,7 @@ def config_differences(run_dir: Path, resolved: dict) -> list[str]:
     """Keys where `resolved` differs from the run's saved resolved_config.yaml, with both values."""
     from omegaconf import OmegaConf
 
-    from vlm_resampler.config.validate import tree_differences
+    from vlm_resampler.runs.tree_diff import tree_differences
 
     path = Path(run_dir) / layout.RESOLVED_CONFIG
     if not path.is_file():
@@ -170,7 +171,7 @@ def lock_holder(run_dir: Path) -> str | None:
     path = Path(run_dir) / layout.LOCK
     if not path.is_file():
         return None
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -5,6 +5,7 @@ Running the same command again continues an unfinished run (killed, signalled, p
 completed stages are skipped and the interrupted one resumes from its last resumable checkpoint
 (training/resume.py). Under torchrun or a multi-task SLURM job every process runs this, and only
 rank 0 writes files (training/distributed.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -111,12 +112,20 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
             # run is not lost; it resumes from its last resumable checkpoint once the data is repaired.
             if distributed.is_main_process():
                 write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
-            set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK,
-                       reason=f"{err}; repair the data (or set data.skip_bad_rows=true) and {run_again(cfg)} "
-                              "to resume from the last resumable checkpoint")
+            set_status(
+                run_dir,
+                layout.INTERRUPTED,
+                stages=stages,
+                completed=done,
+                traceback=layout.TRACEBACK,
+                reason=f"{err}; repair the data (or set data.skip_bad_rows=true) and {run_again(cfg)} "
+                "to resume from the last resumable checkpoint",
+            )
             raise
         except BaseException as err:
-            if isinstance(err, DiskFullError) or is_out_of_space(err):  # also a log line or status.json that did not fit
+            if isinstance(err, DiskFullError) or is_out_of_space(
+                err
+            ):  # also a log line or status.json that did not fit
                 raise stopped_for_space(err, run_dir, cfg, stages, done) from err
             if distributed.is_main_process():
                 write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
@@ -129,12 +138,16 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
 def stopped_for_space(err: BaseException, run_dir: Path, cfg, stages: list[str], done: list[str]) -> DiskFullError:
     """The run is left resumable (status interrupted): what a save could not fit was removed, and
     the previous checkpoints are as they were. Returns the error to raise, saying how to go on."""
-    reason = (f"{err if isinstance(err, DiskFullError) else f'no space left on the device under {run_dir}: {err}'}. "
-              f"The run is resumable ({resume.saved_progress(run_dir, stages)}): free space, then {run_again(cfg)}")
+    reason = (
+        f"{err if isinstance(err, DiskFullError) else f'no space left on the device under {run_dir}: {err}'}. "
+        f"The run is resumable ({resume.saved_progress(run_dir, stages)}): free space, then {run_again(cfg)}"
+    )
     try:
         if distributed.is_main_process():
             write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
-        set_status(run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK, reason=reason)
+        set_status(
+            run_dir, layout.INTERRUPTED, stages=stages, completed=done, traceback=layout.TRACEBACK, reason=reason
+        )
     except OSError as status_err:
         if not is_out_of_space(status_err):
             raise
@@ -164,7 +177,9 @@ def save_stage_checkpoint(model, stage_dir: Path, saved_modules: list[str], **fi
     with named_if_out_of_space(stage_dir, what):
         stage_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(stage_dir)
-        weight_files = save_weights(model, stage_dir, saved_modules, before_replace=lambda: unmark_checkpoint(stage_dir))
+        weight_files = save_weights(
+            model, stage_dir, saved_modules, before_replace=lambda: unmark_checkpoint(stage_dir)
+        )
         metadata = build_metadata(model=model, saved_modules=saved_modules, weight_files=weight_files, **fields)
         # Written last: a stage directory without it is not a checkpoint.
         write_json(stage_dir / layout.METADATA, metadata)
@@ -229,12 +244,18 @@ def object_code_target(model, stage, data, language_model: dict):
         off = f"the language model {language_model['name_or_path']} was not pretrained on object codes"
     if off:
         if distributed.is_main_process():
-            print(f"stage {stage.name}: object-code target off (object_code_weight={weight} not applied): {off}", flush=True)
+            print(
+                f"stage {stage.name}: object-code target off (object_code_weight={weight} not applied): {off}",
+                flush=True,
+            )
         return None, None
     codes = ObjectCodes.load(Path(llm_dir))
     yaws = [m.yaw_deg for m in model.views.metadata()]
     if distributed.is_main_process():
-        print(f"stage {stage.name}: visual tokens also regressed onto the LLM's object codes (weight {weight})", flush=True)
+        print(
+            f"stage {stage.name}: visual tokens also regressed onto the LLM's object codes (weight {weight})",
+            flush=True,
+        )
     return CodeTarget(model, codes), facts_by_image(synthpano_root(data), "train", yaws)
 
 
@@ -294,8 +315,12 @@ def run_stage(
     journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume.checkpoint_step(checkpoint) if checkpoint else None)
     stop = StopOnSignal(signals)
     objective = StageObjective(
-        model, str(stage.objective), OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
-        code_target=code_target, code_weight=float(stage.get("object_code_weight", 0.0)), grad_accum=int(stage.grad_accum),
+        model,
+        str(stage.objective),
+        OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
+        code_target=code_target,
+        code_weight=float(stage.get("object_code_weight", 0.0)),
+        grad_accum=int(stage.grad_accum),
     )
     code_warmup_steps = int(stage.get("object_code_warmup_steps", 0)) if code_target is not None else 0
     warmup = [CodeWarmup(objective, code_warmup_steps)] if code_warmup_steps else []
@@ -344,6 +369,9 @@ def run_stage(
             train_summary=summary,
         )
         resume.remove_resume_dir(stage_dir)
-        print(f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}", flush=True)
+        print(
+            f"stage {name}: {summary['steps']} steps, final loss {summary['final_loss']}, saved to {stage_dir}",
+            flush=True,
+        )
     distributed.barrier()  # the next stage (on every process) starts from these files
     return StageResult(stage_dir, model)

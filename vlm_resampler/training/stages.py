@@ -1,4 +1,5 @@
 """The freeze matrix: which parameter groups each stage trains. Stage names are data (conf/stage)."""
+
 from __future__ import annotations
 
 from omegaconf import OmegaConf

@@ -3,11 +3,13 @@
 Resuming uses the Trainer's own machinery (save_steps, resume_from_checkpoint); its checkpoints
 hold the trainable weights only (the frozen ones are rebuilt from the config or the previous
 stage), and they load strictly."""
+
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +22,9 @@ from vlm_resampler.runs.checkpoint import _check_state
 from vlm_resampler.runs.disk_space import DiskFullError, named_if_out_of_space, require_space, tensor_bytes
 from vlm_resampler.training import distributed, resume
 from vlm_resampler.training.losses import next_token_loss, object_code_loss, overlap_vicreg_loss, visual_embeddings_of
+
+if TYPE_CHECKING:
+    from vlm_resampler.models.object_codes import ObjectCodes
 
 
 class StageObjective(nn.Module):
@@ -36,7 +41,7 @@ class StageObjective(nn.Module):
         model: nn.Module,
         objective: str,
         vicreg: dict | None = None,
-        code_target: "CodeTarget | None" = None,
+        code_target: CodeTarget | None = None,
         code_weight: float = 0.0,
         grad_accum: int = 1,
     ) -> None:
@@ -60,7 +65,11 @@ class StageObjective(nn.Module):
             return {"loss": loss, **terms}
         visual = visual_embeddings_of(self.model, batch)
         scale = self.mean_loss_scale if num_items_in_batch is not None else 1.0
-        code = None if self.code_target is None else object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
+        code = (
+            None
+            if self.code_target is None
+            else object_code_loss(visual, self.code_target(batch["facts"]).to(visual.dtype))
+        )
         if self.code_only:
             return {"loss": self.code_weight * scale * code, "object_code_loss": code.detach()}
         loss, terms = next_token_loss(self.model, batch, num_items_in_batch, visual)
@@ -85,16 +94,20 @@ class CodeTarget(nn.Module):
     """What a stage's visual embeddings regress onto: the object codes of the frozen code-reading
     LLM, laid out as the model lays out its visual tokens (tokens per view, separators)."""
 
-    def __init__(self, model: nn.Module, codes: "ObjectCodes") -> None:
+    def __init__(self, model: nn.Module, codes: ObjectCodes) -> None:
         super().__init__()
         from vlm_resampler.data.object_facts import view_directions
 
         stitch = model.stitch
         if stitch.mode != "concat":
-            raise ValueError(f"an object-code target needs stitch=concat (every view's tokens in order), not {stitch.mode}")
+            raise ValueError(
+                f"an object-code target needs stitch=concat (every view's tokens in order), not {stitch.mode}"
+            )
         if codes.width != model.llm.get_input_embeddings().embedding_dim:
-            raise ValueError(f"object codes of width {codes.width} for an LLM of width "
-                             f"{model.llm.get_input_embeddings().embedding_dim}")
+            raise ValueError(
+                f"object codes of width {codes.width} for an LLM of width "
+                f"{model.llm.get_input_embeddings().embedding_dim}"
+            )
         self.codes = codes.requires_grad_(False)
         self.tokens_per_view = int(model.tokens_per_view)
         self.separators = stitch.separator is not None
@@ -120,8 +133,13 @@ def phased_schedule(optimizer, args: TrainingArguments, phase_steps: int, num_tr
     # Each phase's multiplier, read off the stage's own scheduler type built over that phase alone.
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     schedules = [
-        get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(n),
-                      num_training_steps=n, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=probe,
+            num_warmup_steps=args.get_warmup_steps(n),
+            num_training_steps=n,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
         for n in phases
     ]
     if not all(isinstance(s, torch.optim.lr_scheduler.LambdaLR) for s in schedules):
@@ -150,8 +168,9 @@ class StageTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and 0 < self.schedule_phase_steps < num_training_steps:
-            self.lr_scheduler = phased_schedule(optimizer or self.optimizer, self.args, self.schedule_phase_steps,
-                                                num_training_steps)
+            self.lr_scheduler = phased_schedule(
+                optimizer or self.optimizer, self.args, self.schedule_phase_steps, num_training_steps
+            )
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 

@@ -9,10 +9,12 @@ take for a finished model.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV_VAR = "VLM_RESAMPLER_CACHE"
@@ -36,12 +38,37 @@ def build_atomically(dest: Path, build: Callable[[Path], None]) -> Path:
     """Return `dest`, first running `build(tmp_dir)` and renaming `tmp_dir` to `dest` if it is not complete yet.
 
     `build` receives an empty directory and must fill it; it must not write the marker.
-    Two processes racing on the same `dest` both build; the first rename wins and the loser
-    discards its copy (builds are deterministic, so both copies are identical).
+    Processes that need the same `dest` at once (the jobs of a sweep on a fresh cache, test
+    workers) build it once: the others wait on a lock beside it and then find it complete. The
+    lock is advisory (flock): a filesystem without it degrades to both building, where the first
+    rename wins and the loser discards its identical copy (builds are deterministic).
     """
     if is_complete(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(dest):
+        if is_complete(dest):  # built by the process that held the lock before us
+            return dest
+        return _build(dest, build)
+
+
+@contextmanager
+def _build_lock(dest: Path) -> Iterator[None]:
+    with open(dest.with_name(f".{dest.name}.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+            yield  # a filesystem without flock: builders race (see build_atomically)
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(dest: Path, build: Callable[[Path], None]) -> Path:
     _remove_abandoned_builds(dest)
     if dest.exists():
         # Only a finished build is ever renamed to `dest`, so an unmarked one was damaged by hand.

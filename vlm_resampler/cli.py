@@ -1,5 +1,6 @@
 """The checks launch/train.py and launch/eval.py make on their command line before anything is
 built or submitted; the bad-config corpus (tests/data/bad_configs.yaml) runs them in-process."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig
@@ -21,8 +22,9 @@ def check_train_argv(argv: list[str], configure_hub: bool = True) -> list[DictCo
     run_dir_check = check_run_dir_free if is_main_process() else None  # rank 0 may already be writing it
     # A sweep's jobs are also built on the meta device before anything is submitted.
     validate = validate_sweep_job if split_argv(argv)[1] else validate_train_config
-    return preflight("train", argv, validate=validate, before_validate=hub if configure_hub else None,
-                     single_run_check=run_dir_check)
+    return preflight(
+        "train", argv, validate=validate, before_validate=hub if configure_hub else None, single_run_check=run_dir_check
+    )
 
 
 def check_eval_argv(argv: list[str], configure_hub: bool = True) -> list[str]:
@@ -31,5 +33,10 @@ def check_eval_argv(argv: list[str], configure_hub: bool = True) -> list[str]:
     from vlm_resampler.evaluation.cli import check_eval_config, configure_hub_for_eval, translate_argv
 
     hydra_argv = translate_argv(argv)
-    preflight("eval", hydra_argv, validate=check_eval_config, before_validate=configure_hub_for_eval if configure_hub else None)
+    preflight(
+        "eval",
+        hydra_argv,
+        validate=check_eval_config,
+        before_validate=configure_hub_for_eval if configure_hub else None,
+    )
     return hydra_argv

@@ -1,0 +1,133 @@
+"""The report as a table: one column per source, rows in a fixed order, values that differ between
+sources marked."""
+
+from __future__ import annotations
+
+import json
+
+# ---------------------------------------------------------------------------------------------
+# Text output: one table, one value column per config.
+# ---------------------------------------------------------------------------------------------
+
+
+def _value(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+Row = tuple[str, str, str, str]  # (group, key, label, value); a header row has group == key
+
+
+def report_rows(report: dict) -> list[Row]:
+    """The rows of one report. Keys are shared across reports, so configs line up in --compare."""
+    rows: list[Row] = []
+
+    def header(section: str, label: str | None = None) -> None:
+        rows.append((section, section, label or section, ""))
+
+    def add(section: str, label: str, value, group: str | None = None, indent: int = 1) -> None:
+        rows.append((group or section, f"{section}/{label}", "  " * indent + label, _value(value)))
+
+    vision, llm = report["backbones"]["vision"], report["backbones"]["llm"]
+    header("model")
+    add("model", "resampler", report["resampler_type"])
+    add("model", "vision encoder", vision["name_or_path"])
+    add("model", "vision width, patch", f"{vision['hidden_size']}, {vision['patch_size']}")
+    add("model", "language model", llm["name_or_path"])
+    add("model", "llm width", llm["hidden_size"])
+    lora = report["lora"]
+    add("model", "lora", f"r={lora['r']}, {len(lora['target_modules'])} target modules" if lora else "none")
+
+    header("resampler", "resampler (resolved)")
+    for key, value in report["resampler"].items():
+        if key != "_target_":
+            add("resampler", key, value)
+
+    header("parameters")
+    for module in (m for m in report["parameters"] if m != "total"):
+        add("parameters", module, report["parameters"][module])
+        if module == "resampler":
+            for part, n in report["resampler_parts"].items():
+                rows.append(("parameters/resampler.", f"parameters/resampler.{part}", "      " + part, _value(n)))
+                if part in report["resampler_repeated"]:
+                    copies, each = report["resampler_repeated"][part]
+                    rows.append(
+                        (
+                            "parameters/resampler.",
+                            f"parameters/resampler.{part}/each",
+                            f"        each of the {part}",
+                            f"{each:,} (x{copies})",
+                        )
+                    )
+    add("parameters", "total", report["parameters"]["total"])
+
+    t = report["tokens"]
+    header("tokens")
+    add("tokens", "views per image", t["num_views"])
+    add(
+        "tokens",
+        "vision tokens per view",
+        f"{t['vision_tokens_per_view']:,} ({t['view_grid'][0]}x{t['view_grid'][1]} patches)",
+    )
+    add("tokens", "resampler tokens per view", t["tokens_per_view"])
+    add("tokens", "tokens per image (to the LLM)", t["tokens_per_image"])
+
+    for name, stage in report["stages"].items():
+        section = f"stage {name}"
+        header(section)
+        for group, n in stage["trainable"].items():
+            add(section, f"trains {group}", n, group=f"{section}/trains")
+        add(section, "trainable", stage["trainable_total"])
+        add(section, "frozen", stage["frozen"])
+    return rows
+
+
+def merge_rows(all_rows: list[list[Row]]) -> list[Row]:
+    """The union of several reports' rows, in the first report's order. A row that earlier reports
+    lack goes after the last row of its group (a resampler parameter only one type has: at the end
+    of that section), or after the row that precedes it in its own report."""
+    merged: list[Row] = list(all_rows[0]) if all_rows else []
+    for rows in all_rows[1:]:
+        keys = [row[1] for row in merged]
+        previous = None
+        for row in rows:
+            group, key = row[0], row[1]
+            if key not in keys:
+                in_group = [i for i, r in enumerate(merged) if r[0] == group or r[0].startswith(group + "/")]
+                at = in_group[-1] + 1 if in_group else (keys.index(previous) + 1 if previous else len(merged))
+                merged.insert(at, row)
+                keys.insert(at, key)
+            previous = key
+    return merged
+
+
+def render(reports: list[dict]) -> str:
+    all_rows = [report_rows(r) for r in reports]
+    values = [{key: value for _, key, _, value in rows} for rows in all_rows]
+    merged = merge_rows(all_rows)
+    headers = (
+        [r["source"]["label"] for r in reports] if len(reports) == 1 else [f"[{i + 1}]" for i in range(len(reports))]
+    )
+    label_width = max(len(label) for _, _, label, _ in merged)
+    widths = [max([len(h)] + [len(v.get(key, "-")) for _, key, _, _ in merged]) for h, v in zip(headers, values)]
+    lines = []
+    if len(reports) > 1:
+        lines += [f"[{i + 1}] {r['source']['label']}" for i, r in enumerate(reports)] + [""]
+    lines.append(" " * label_width + "".join(f"  {h:>{w}}" for h, w in zip(headers, widths)))
+    for group, key, label, _ in merged:
+        if group == key:
+            lines.append(label)
+        else:
+            lines.append(
+                f"{label:<{label_width}}" + "".join(f"  {v.get(key, '-'):>{w}}" for v, w in zip(values, widths))
+            )
+    for i, report in enumerate(reports):
+        prefix = f"[{i + 1}] " if len(reports) > 1 else ""
+        lines += [f"note: {prefix}{note}" for note in report["notes"]]
+    lines.append("(exact counts of the model built on the meta device: no weights were loaded or allocated)")
+    return "\n".join(lines)
