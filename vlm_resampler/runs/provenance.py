@@ -69,27 +69,27 @@ def describe(meta: dict) -> list[str]:
             "(in that order of precedence)"
         ]
     if rec.get("guide_values"):
-        lines.append(f"  taken from {GUIDE_FORMAT}: {_format(rec['guide_values'])}")
+        lines.append(f"  taken from {GUIDE_FORMAT}: {format_values(rec['guide_values'])}")
     if rec["inferred"]:
-        lines.append(f"  inferred from weight shapes: {_format(rec['inferred'])}")
+        lines.append(f"  inferred from weight shapes: {format_values(rec['inferred'])}")
     if rec["saved_config"]:
         lines.append(
             f"  taken from {layout.RESOLVED_CONFIG}: {', '.join(rec['saved_config_parts'])}"
-            + (f"; {_format(rec['saved_config_values'])}" if rec["saved_config_values"] else "")
+            + (f"; {format_values(rec['saved_config_values'])}" if rec["saved_config_values"] else "")
         )
     if rec["command_line"]:
-        lines.append(f"  taken from the command line: {_format(rec['command_line'])}")
+        lines.append(f"  taken from the command line: {format_values(rec['command_line'])}")
     for key, why in rec["assumed"].items():
         lines.append(f"  assumed {key}={why}")
     lines += [f"  note: {note}" for note in rec["notes"]]
     return lines
 
 
-def _format(values: dict) -> str:
+def format_values(values: dict) -> str:
     return ", ".join(
         f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in values.items() if not str(k).startswith("_")
     )
 
 
-def _brief(node: dict) -> str:
-    return f"{str(node.get('_target_', '?')).rsplit('.', 1)[-1]}({_format(node)})"
+def brief_node(node: dict) -> str:
+    return f"{str(node.get('_target_', '?')).rsplit('.', 1)[-1]}({format_values(node)})"

@@ -43,7 +43,7 @@ from vlm_resampler.runs.locate import (
     split_modules,
     weight_shapes,
 )
-from vlm_resampler.runs.provenance import RECONSTRUCTED, Provenance, UserSettings, _brief
+from vlm_resampler.runs.provenance import RECONSTRUCTED, Provenance, UserSettings, brief_node
 from vlm_resampler.runs.reconstruct_guide import guide_lora, guide_resampler_node, guide_run_settings
 from vlm_resampler.runs.reconstruct_parts import lora_tree, resampler_node, run_settings, token_mlp_node
 
@@ -76,7 +76,7 @@ def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None, guid
     else:
         projector = token_mlp_node(modules["projector"], "projector", with_output=False)
         overlap_head = token_mlp_node(modules["overlap_head"], "overlap_head", with_output=True)
-        prov.inferred |= {"projector": _brief(projector), "overlap_head": _brief(overlap_head)}
+        prov.inferred |= {"projector": brief_node(projector), "overlap_head": brief_node(overlap_head)}
     model = settings["parts"] | {
         "resampler": resampler,
         "projector": projector,

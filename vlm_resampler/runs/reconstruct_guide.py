@@ -23,7 +23,7 @@ from vlm_resampler.runs.guide_metadata import (
     view_notes,
     view_option,
 )
-from vlm_resampler.runs.provenance import COMMAND_LINE, Provenance, UserSettings, _brief, _format
+from vlm_resampler.runs.provenance import COMMAND_LINE, Provenance, UserSettings, brief_node, format_values
 from vlm_resampler.runs.reconstruct_parts import (
     BACKBONE_PARTS,
     check_resampler_node,
@@ -132,11 +132,11 @@ def guide_view(
     chosen = view_option(guide)
     if chosen is not None:
         name, view, taken = chosen
-        prov.guide["view"] = f"{name}({_format(taken)})" if taken else name
+        prov.guide["view"] = f"{name}({format_values(taken)})" if taken else name
         prov.notes += view_notes(guide, name, taken)
         if other is not None and other.get("_target_") != view.get("_target_"):
             prov.notes.append(
-                f"ignored the view of {other_label} ({_brief(other)}): {guide.path} says "
+                f"ignored the view of {other_label} ({brief_node(other)}): {guide.path} says "
                 f"training_config.crop_strategy={name!r}"
             )
         return resolve_view(view, backbone), True

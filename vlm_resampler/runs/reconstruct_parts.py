@@ -21,8 +21,8 @@ from vlm_resampler.runs.provenance import (
     TOKEN_MLP,
     Provenance,
     UserSettings,
-    _brief,
-    _format,
+    brief_node,
+    format_values,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def check_resampler_node(node: dict, inferred: InferredResampler, shapes: Shapes
         settings = ", ".join(f"{k}={v!r}" for k, v in node.items() if not k.startswith("_"))
         raise CheckpointMismatch(
             f"{where} describes another resampler than the weights hold ({settings}; from the weights: "
-            f"{_format(inferred.hparams)}):\n  " + "\n  ".join(problems[:12])
+            f"{format_values(inferred.hparams)}):\n  " + "\n  ".join(problems[:12])
         )
 
 
@@ -298,7 +298,7 @@ def run_settings(stage_dir: Path, saved: dict | None, user: UserSettings, prov: 
         }
     parts = user_parts(user)
     prov.command_line |= {
-        part: node["name_or_path"] if part in BACKBONE_PARTS else _brief(node) for part, node in parts.items()
+        part: node["name_or_path"] if part in BACKBONE_PARTS else brief_node(node) for part, node in parts.items()
     }
     parts["_target_"] = PANORAMA_VLM
     prompt = dict(user.prompt)
