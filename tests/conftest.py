@@ -143,7 +143,7 @@ def saver(smoke_config):
     from omegaconf import OmegaConf
 
     from vlm_resampler.runs.load import build_model
-    from vlm_resampler.training.run import ALWAYS_SAVED, backbone_records, resolved_container
+    from vlm_resampler.training.run import ALWAYS_SAVED, resolved_container
     from vlm_resampler.training.stages import attach_stage_lora
 
     cfg = resolved_container(smoke_config())
@@ -153,7 +153,15 @@ def saver(smoke_config):
         lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
         models.append(model)
     assert models[0].lora_config, "the kill test must cover the adapter file too"
-    fields = dict(
+    return models[0], models[1], list(ALWAYS_SAVED), finetune_save_fields(cfg, lora)
+
+
+def finetune_save_fields(cfg: dict, lora: dict) -> dict:
+    """The metadata fields a finetune stage save records (save_stage_checkpoint's keyword
+    arguments but the train summary), for a resolved smoke config and its LoRA record."""
+    from vlm_resampler.training.run import backbone_records
+
+    return dict(
         stage="finetune",
         seed=int(cfg["seed"]),
         model_tree=dict(cfg["model"]) | {"lora": lora},
@@ -164,4 +172,3 @@ def saver(smoke_config):
         init_from=None,
         trainable=[],
     )
-    return models[0], models[1], list(ALWAYS_SAVED), fields

@@ -27,8 +27,10 @@ def saved_stage(smoke_config, tmp_path_factory):
     """A finetune-stage checkpoint (model.safetensors and adapter/) written by the real save path,
     in a run dir with its resolved_config.yaml."""
     from vlm_resampler.runs.load import build_model
-    from vlm_resampler.training.run import ALWAYS_SAVED, backbone_records, resolved_container, save_stage_checkpoint
+    from vlm_resampler.training.run import ALWAYS_SAVED, resolved_container, save_stage_checkpoint
     from vlm_resampler.training.stages import attach_stage_lora
+
+    from conftest import finetune_save_fields
 
     cfg = resolved_container(smoke_config())
     run_dir = tmp_path_factory.mktemp("hardening") / "run"
@@ -37,19 +39,7 @@ def saved_stage(smoke_config, tmp_path_factory):
     model = build_model(cfg["model"], seed=int(cfg["seed"]))
     lora = attach_stage_lora(model, OmegaConf.create(cfg["stage"]["finetune"]))
     save_stage_checkpoint(
-        model,
-        run_dir / "finetune",
-        list(ALWAYS_SAVED),
-        stage="finetune",
-        seed=int(cfg["seed"]),
-        model_tree=dict(cfg["model"]) | {"lora": lora},
-        tokenizer=dict(cfg["backbone"]["tokenizer"]),
-        prompt=dict(cfg["prompt"]),
-        data=dict(cfg["data"]),
-        backbones=backbone_records(cfg),
-        init_from=None,
-        trainable=[],
-        train_summary={},
+        model, run_dir / "finetune", list(ALWAYS_SAVED), **finetune_save_fields(cfg, lora), train_summary={}
     )
     return run_dir
 

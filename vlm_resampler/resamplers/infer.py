@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import vlm_resampler.resamplers as resamplers_package
@@ -25,8 +26,9 @@ from vlm_resampler.resamplers.shape_rules import (
 )
 
 
+@cache
 def registered_rules() -> dict:
-    """Every resampler type's shape rule: the package's modules imported, so each has registered its own."""
+    """Every resampler type's shape rule: the package's modules imported (once), so each has registered its own."""
     for module in pkgutil.iter_modules(resamplers_package.__path__):
         importlib.import_module(f"{resamplers_package.__name__}.{module.name}")
     return RULES
