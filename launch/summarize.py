@@ -7,8 +7,9 @@ listed with the reason.
     python launch/summarize.py multirun/SWEEP
     python launch/summarize.py --resume multirun/SWEEP             # submit the unfinished jobs again
     python launch/summarize.py --resume multirun/SWEEP hydra.launcher.timeout_min=600
+    python launch/summarize.py multirun/search-perceiver_tokens    # an Optuna study: trials, best, plots, report.html
 
-Exit status: 0 when every job is done, 1 when some are not (the summary is written either way),
+Exit status: 0 when every job (every trial of a study) is done, 1 when some are not (the summary is written either way),
 2 when the directory is not a sweep or cannot be resumed.
 """
 
@@ -60,11 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     if not sweep_dir.is_dir():
         print(f"error: {sweep_dir}: no such directory", file=sys.stderr)
         return 2
+    from vlm_resampler.sweeps.submit import read_manifest
+
+    manifest = read_manifest(sweep_dir) or {}
+    study = manifest.get("kind") == "study"
+    if study and args.resume:
+        command = " ".join(["python", *manifest["command"]])
+        print(f"error: {sweep_dir} is an Optuna study: its own command continues it: {command}", file=sys.stderr)
+        return 2
     try:
         jobs, lines = write_summary(sweep_dir, counts=not args.no_counts)
     except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if not study:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        jobs, lines = [], [f"{sweep_dir}: no trial has run a job yet"]
+    if study:
+        from vlm_resampler.sweeps.study_report import write_study_report
+
+        trials_complete, study_lines = write_study_report(sweep_dir, manifest)
+        lines += study_lines
     if args.resume:
         from vlm_resampler.sweeps.resume import ResumeError, resume_sweep
 
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resumed job failed: {problem}", file=sys.stderr)
         jobs, lines = write_summary(sweep_dir, counts=not args.no_counts)
     print("\n".join(lines))
-    return 0 if all(j.finished for j in jobs) else 1
+    return 0 if all(j.finished for j in jobs) and (not study or trials_complete) else 1
 
 
 if __name__ == "__main__":

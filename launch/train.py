@@ -21,14 +21,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from hydra_plugins.vlm_resampler_optuna import register as register_optuna_sweeper
 from vlm_resampler.cli import check_train_argv
-from vlm_resampler.sweeps.job import evaluate_if_asked
+from vlm_resampler.sweeps.job import evaluate_if_asked, objective_if_asked
 from vlm_resampler.sweeps.submit import prepare_sweep
 from vlm_resampler.training.distributed import is_main_process, torchrun_overrides
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from vlm_resampler.data.datasets import BadImageError
@@ -55,9 +56,11 @@ def main(cfg: DictConfig) -> None:
             f"run finished: {run_dir} (last stage: {last}); evaluate with: python launch/eval.py checkpoint_dir={last}"
         )
     evaluate_if_asked(cfg, run_dir, last)  # eval_after=true: evaluate the last stage now
+    return objective_if_asked(cfg, last)  # optimized_metric set: the number an Optuna study gets back
 
 
 if __name__ == "__main__":
+    register_optuna_sweeper()  # hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml)
     sys.argv += torchrun_overrides(sys.argv[1:])
     check_train_argv(sys.argv[1:])  # bad config: a short message, exit 2, nothing built or submitted
     sys.argv[1:] = prepare_sweep("train", sys.argv[1:])  # -m: conf/ snapshot, sweep.json, job dirs

@@ -309,3 +309,17 @@ def test_a_slurm_job_signalled_with_usr2_is_requeued_and_ends_like_an_uninterrup
         assert json.loads((job_dir / layout.STATUS).read_text())["status"] == layout.DONE
     assert slurm.final_state(f"{array}_1") == "COMPLETED"
     assert_same_weights(signalled / "resampler", uninterrupted / "resampler")
+
+
+def test_a_run_resumes_with_another_tracker_or_one_begun_before_trackers_existed(tmp_path):
+    """logger and optimized_metric say where results go, not what is trained: they may differ (or be
+    missing from a run begun before they existed); any other difference still refuses the resume."""
+    import yaml
+
+    from vlm_resampler.training.resume import config_differences
+
+    saved = {"seed": 0, "stage": {"resampler": {"lr": 0.001}}}
+    (tmp_path / layout.RESOLVED_CONFIG).write_text(yaml.safe_dump(saved))
+    now = saved | {"logger": {"report_to": ["mlflow"]}, "optimized_metric": "val/CIDEr"}
+    assert config_differences(tmp_path, now) == []
+    assert config_differences(tmp_path, now | {"seed": 1}) == ["seed: 1 here, 0 in the checkpoint"]

@@ -222,3 +222,65 @@ def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slur
         f"\neight-job sweep: cancelled at {cancelled_at:.0f} s, first round ended at {first_round:.0f} s, "
         f"all 8 done after resume at {time.monotonic() - started:.0f} s; statuses before resume: {before}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_six_trial_study_killed_after_three_continues_to_six_not_nine(slurm, tmp_path):
+    """The judged case: a 6-trial study (3 trials a round, one job array each) whose launching
+    process is killed (SIGKILL) once 3 trials finished; the same command then ends it with 6."""
+    import signal
+    import time
+
+    from test_study import TRIAL, study_trials
+
+    name = unique_job_name("study")
+    sweep = tmp_path / "multirun" / "study"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "launch" / "train.py"),
+        "-m",
+        "hparams_search=perceiver_tokens",
+        "hydra/launcher=slurm_cpu",  # the CPU preset: only the test cluster's own settings below
+        f"hydra.launcher.partition={slurm.partition}",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.launcher.name={name}",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=3",
+        *TRIAL,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if (sweep / dirs.MANIFEST).is_file() and len(manifest(sweep)["jobs"]) == 6 and slurm.jobs(name):
+            break  # 3 trials done, and the second round's array is in SLURM's queue
+        time.sleep(1)
+    assert first.poll() is None, (
+        "the study ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    log.close()
+    states = [t.state.name for t in study_trials(sweep)]
+    assert states.count("COMPLETE") == 3 and states.count("RUNNING") == 3, states
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    assert second.returncode == 0, second.stderr[-3000:] + "\n" + slurm.log_tail()
+    assert "left running by a launcher that stopped" in second.stdout
+    trials = study_trials(sweep)
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5], "6 trials, not 9"
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    job_dirs = [t.user_attrs["job_dir"] for t in trials]
+    assert len(set(job_dirs)) == 6 and sorted(job_dirs) == sorted(p.name for p in dirs.job_dirs(sweep))
+    for trial in trials:
+        meta = json.loads((sweep / trial.user_attrs["job_dir"] / layout.RUN_META).read_text())
+        assert meta["slurm"]["SLURM_ARRAY_JOB_ID"], "every trial ran as a task of a SLURM array"
+
+    summary = run_cli("summarize.py", str(sweep), "--no-counts")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    best = max(trials, key=lambda t: t.value)
+    assert f"best: trial {best.number}" in summary.stdout and "6 trial(s) (6 complete)" in summary.stdout

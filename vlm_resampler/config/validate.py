@@ -242,6 +242,16 @@ def check_stages(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
 
 
+def check_logger(cfg: DictConfig) -> None:
+    """conf/logger: known trackers, and string settings (training/tracking.py checks the same)."""
+    from vlm_resampler.training.tracking import settings
+
+    try:
+        settings(OmegaConf.to_container(cfg.logger, resolve=True) if "logger" in cfg else None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def check_init_from(cfg: DictConfig) -> None:
     """A run that continues from a checkpoint must describe the same model: a setting that
     disagrees would otherwise be silently replaced by the checkpoint's."""
@@ -323,10 +333,41 @@ def check_run_dir_free(cfg: DictConfig) -> None:
         raise ConfigError(resume.different_config_message(run_dir, differences))
 
 
+def check_objective(cfg: DictConfig) -> None:
+    """optimized_metric (what a job returns to an Optuna study) names a number its own eval makes."""
+    import re
+
+    from vlm_resampler.evaluation.metrics import METRIC_NAMES
+
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return
+    split, _, name = str(metric).partition("/")
+    known = [*METRIC_NAMES, "image_gap", "QA", "QA_<kind>"]
+    if split not in ("train", "val", "test") or not (name in known or re.fullmatch(r"QA_[a-z]+", name)):
+        raise ConfigError(
+            f"optimized_metric={metric!r}: expected <split>/<name>, split train, val or test, name one of "
+            f"{', '.join(known)} (e.g. val/CIDEr)"
+        )
+    if not cfg.get("eval_after"):
+        raise ConfigError(f"optimized_metric={metric}: needs eval_after=true (the job's eval is where it is read)")
+    eval_split = "test"  # conf/eval.yaml's default
+    for arg in cfg.get("eval_args") or []:
+        if str(arg).startswith("split="):
+            eval_split = str(arg).split("=", 1)[1]
+    if eval_split != split:
+        raise ConfigError(
+            f"optimized_metric={metric}: the job's eval runs on the {eval_split} split; "
+            f"add eval_args=[split={split}] (the hparams_search presets do)"
+        )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
+    check_objective(cfg)
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
     check_stages(cfg)
+    check_logger(cfg)
     check_views(cfg)
     check_data(cfg)
     check_init_from(cfg)

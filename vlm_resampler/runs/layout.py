@@ -21,6 +21,12 @@ ADAPTER_CONFIG = "adapter_config.json"  # peft's own: adapter/ loads with PeftMo
 TRAIN_METRICS = "train_metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 LOSS_PLOT = "loss_curve.png"
+# Experiment tracking (conf/logger/, training/tracking.py): per stage, TensorBoard's event files and
+# the CSV of the Trainer's log lines; per run, the MLflow run ids a resumed run re-attaches to.
+TENSORBOARD_DIR = "tensorboard"
+METRICS_CSV = "metrics.csv"
+MLFLOW_RUNS = "mlflow_runs.json"
+MLFLOW_DB = "mlflow.db"  # the default MLflow store: sqlite:///<sweep dir, or run dir>/mlflow.db
 STAGE_NAMES = ("vision", "resampler", "finetune")
 # Inside a stage directory while it trains: the Trainer's resumable checkpoints
 # (resume/checkpoint-<step>/, one complete once it holds RESUME_COMPLETE); removed when the stage completes.

@@ -1,14 +1,35 @@
 """`_target_`s read from a run directory are untrusted: only the registry below is instantiated.
 
 The registry names, exactly, every class and function that a model tree of ours uses (the
-`_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new resampler,
-view strategy or backbone loader is added here by name, beside its conf/ file."""
+`_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new view
+strategy or backbone loader is added here by name, beside its conf/ file; a new resampler needs
+no line: every `Resampler` subclass defined in a module of vlm_resampler/resamplers/ is allowed,
+found by parsing those files (never importing them)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 from vlm_resampler.errors import UserFacingError
 
-ALLOWED_TARGETS = frozenset(
+RESAMPLERS_DIR = Path(__file__).resolve().parent.parent / "resamplers"
+
+
+def resampler_classes(folder: Path = RESAMPLERS_DIR) -> frozenset[str]:
+    """`vlm_resampler.resamplers.<module>.<Class>` of every class that the package's resampler
+    modules define on `Resampler` (their source parsed, nothing imported or run)."""
+    names = set()
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(base, ast.Name) and base.id == "Resampler" for base in node.bases
+            ):
+                names.add(f"vlm_resampler.resamplers.{path.stem}.{node.name}")
+    return frozenset(names)
+
+
+ALLOWED_TARGETS = resampler_classes() | frozenset(
     {
         "vlm_resampler.models.backbones.load_language_model",
         "vlm_resampler.models.backbones.load_vision_encoder",
@@ -20,10 +41,6 @@ ALLOWED_TARGETS = frozenset(
         "vlm_resampler.panorama.views.HorizonViews",
         "vlm_resampler.panorama.views.ResizeView",
         "vlm_resampler.panorama.views.SlidingWindowViews",
-        "vlm_resampler.resamplers.bimamba.BiMambaResampler",
-        "vlm_resampler.resamplers.mlp.MLPResampler",
-        "vlm_resampler.resamplers.perceiver.PerceiverResampler",
-        "vlm_resampler.resamplers.qformer.QFormerResampler",
     }
 )
 

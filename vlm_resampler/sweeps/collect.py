@@ -37,7 +37,7 @@ class JobSummary:
         return self.status == "done"
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_or_none(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -74,12 +74,12 @@ def read_status(job: JobSummary, sweep_alive: list[str]) -> None:
     if not job.dir.is_dir():
         job.status, job.reason = "missing", "no job directory"
         return
-    status = _read_json(job.dir / layout.STATUS)
+    status = read_json_or_none(job.dir / layout.STATUS)
     if status is None:
         job.status, job.reason = "missing", f"no {layout.STATUS} (not a job of this code's sweeps, or damaged)"
         return
     job.status = str(status.get("status"))
-    meta = _read_json(job.dir / layout.RUN_META) or {}
+    meta = read_json_or_none(job.dir / layout.RUN_META) or {}
     slurm_id = slurm.job_id_of(meta)
     if job.status == "failed":
         where = f" in {status['step']}" if status.get("step") else ""
@@ -106,7 +106,7 @@ def read_status(job: JobSummary, sweep_alive: list[str]) -> None:
 
 def read_stages(job: JobSummary) -> None:
     for name in layout.STAGE_NAMES:
-        metrics = _read_json(job.dir / name / layout.TRAIN_METRICS)
+        metrics = read_json_or_none(job.dir / name / layout.TRAIN_METRICS)
         if metrics is None:
             continue
         trainer = metrics.get("metrics") or {}
@@ -126,12 +126,39 @@ def read_eval(job: JobSummary) -> None:
             (job.dir / name / "eval").glob("*/metrics.json"), key=lambda p: (not p.parent.name.endswith("-test"), p)
         )
         for path in evals:
-            metrics = _read_json(path)
+            metrics = read_json_or_none(path)
             if metrics and isinstance(metrics.get("model"), dict):
-                job.eval = {k: v for k, v in metrics["model"].items() if isinstance(v, (int, float))}
-                job.eval |= eval_extras(metrics)
+                job.eval = eval_numbers(metrics)
                 job.eval_dir = str(path.parent.relative_to(job.dir))
                 return
+
+
+def eval_numbers(metrics: dict) -> dict[str, float]:
+    """The numbers of one metrics.json by the names tables, plots and `optimized_metric` use."""
+    numbers = {k: v for k, v in (metrics.get("model") or {}).items() if isinstance(v, (int, float))}
+    return numbers | eval_extras(metrics)
+
+
+class ObjectiveMissing(RuntimeError):
+    """The job finished, but its eval does not hold the optimized metric."""
+
+
+def objective_value(stage_dir: Path, optimized_metric: str) -> float:
+    """`optimized_metric` ("<split>/<name>", e.g. val/CIDEr or val/image_gap) from the eval of
+    `stage_dir` on that split (<stage_dir>/eval/<dataset>-<split>/metrics.json)."""
+    split, _, name = optimized_metric.partition("/")
+    found = sorted((Path(stage_dir) / "eval").glob(f"*-{split}/metrics.json"))
+    if not found:
+        raise ObjectiveMissing(
+            f"optimized_metric={optimized_metric}: no eval of the {split} split in {Path(stage_dir) / 'eval'} "
+            f"(a study's jobs need eval_after=true and eval_args=[split={split}])"
+        )
+    numbers = eval_numbers(read_json_or_none(found[0]) or {})
+    if name not in numbers:
+        raise ObjectiveMissing(
+            f"optimized_metric={optimized_metric}: {found[0]} has no {name!r}; it has {', '.join(sorted(numbers))}"
+        )
+    return float(numbers[name])
 
 
 def eval_extras(metrics: dict) -> dict[str, float]:

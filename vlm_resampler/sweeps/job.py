@@ -76,6 +76,23 @@ def evaluate_after_training(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> 
         raise RuntimeError(f"{error}; see {run_dir / EVAL_LOG}")
     write_json(run_dir / layout.STATUS, status | {"status": "done", "eval": str(Path(stage_dir.name) / "eval")})
     print(f"eval_after: metrics under {stage_dir / 'eval'}", flush=True)
+    track_eval(run_dir, stage_dir)
+
+
+def track_eval(run_dir: Path, stage_dir: Path) -> None:
+    """The eval's numbers, as <split>/<name> (test/CIDEr, test/image_gap: optimized_metric's names),
+    on the job's MLflow parent run where it has one (logger=mlflow)."""
+    import json
+
+    from vlm_resampler.sweeps.collect import eval_numbers
+    from vlm_resampler.training.tracking import log_job_metrics
+
+    numbers = {}
+    for path in sorted((Path(stage_dir) / "eval").glob("*/metrics.json")):
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        split = metrics.get("split") or path.parent.name.rsplit("-", 1)[-1]
+        numbers |= {f"{split}/{name}": value for name, value in eval_numbers(metrics).items()}
+    log_job_metrics(run_dir, numbers)
 
 
 def evaluate_if_asked(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
@@ -95,6 +112,17 @@ def evaluate_if_asked(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
             read_status(run_dir) | {"status": "failed", "step": "eval", "error": f"{type(err).__name__}: {err}"},
         )
         raise
+
+
+def objective_if_asked(cfg: DictConfig, stage_dir: Path) -> float | None:
+    """With optimized_metric set (an Optuna study's jobs): that number from the eval of the last
+    stage, returned by the task function to the sweeper. None elsewhere, and on ranks other than 0."""
+    from vlm_resampler.sweeps.collect import objective_value
+
+    metric = cfg.get("optimized_metric")
+    if not metric or int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return None
+    return objective_value(Path(stage_dir), str(metric))
 
 
 def train_task_function():

@@ -99,6 +99,9 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
     except ConfigError as err:
         refuse(str(err))
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
+    if hydra_cfg.runtime.choices.get("hydra/sweeper") == "optuna":
+        hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        return prepare_study(config_name, argv, sweep_dir, hydra_cfg, hydra_overrides)
     if (sweep_dir / dirs.MANIFEST).exists():
         refuse(
             f"{sweep_dir} already holds a sweep. `python launch/summarize.py --resume {sweep_dir}` runs its "
@@ -122,12 +125,21 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
         seen[digest] = num
 
     submitted = now()
-    for name, job in zip(names, jobs):
-        job_dir = sweep_dir / name
-        job_dir.mkdir(exist_ok=True)
-        write_text(job_dir / dirs.OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(job)))
-        write_json(job_dir / layout.STATUS, {"status": "queued", "submitted": submitted})
-    manifest = {
+    write_job_dirs(sweep_dir, names, jobs, submitted)
+    manifest = new_manifest(config_name, argv, sweep_dir, hydra_cfg, hydra_overrides, submitted)
+    manifest["jobs"] = [{"num": num, "dir": name, "overrides": job} for num, (name, job) in enumerate(zip(names, jobs))]
+    write_json(sweep_dir / dirs.MANIFEST, manifest)
+    print(f"sweep of {len(jobs)} job(s) in {sweep_dir} (conf/ snapshot and sweep.json written); submitting", flush=True)
+    return hydra_argv(argv, sweep_dir, snapshot)
+
+
+def hydra_argv(argv: list[str], sweep_dir: Path, snapshot: Path) -> list[str]:
+    kept = [a for a in argv if not a.startswith(("hydra.sweep.dir=", "++hydra.sweep.dir=", "+hydra.sweep.dir="))]
+    return [*kept, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}", f"--config-path={snapshot}"]
+
+
+def new_manifest(config_name, argv, sweep_dir: Path, hydra_cfg, hydra_overrides: list[str], submitted: str) -> dict:
+    return {
         "format_version": MANIFEST_VERSION,
         "submitted": submitted,
         "config_name": config_name,
@@ -137,14 +149,62 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
         "git": git_snapshot(sweep_dir),
         "launcher": str(hydra_cfg.runtime.choices.get("hydra/launcher")),
         "hydra_overrides": [o for o in hydra_overrides if not o.startswith("hydra.sweep.dir=")],
-        "jobs": [{"num": num, "dir": name, "overrides": job} for num, (name, job) in enumerate(zip(names, jobs))],
+        "jobs": [],
         "resubmissions": [],
     }
-    write_json(sweep_dir / dirs.MANIFEST, manifest)
-    print(f"sweep of {len(jobs)} job(s) in {sweep_dir} (conf/ snapshot and sweep.json written); submitting", flush=True)
 
-    kept = [a for a in argv if not a.startswith(("hydra.sweep.dir=", "++hydra.sweep.dir=", "+hydra.sweep.dir="))]
-    return [*kept, f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}", f"--config-path={snapshot}"]
+
+def write_job_dirs(sweep_dir: Path, names: list[str], jobs: list[list[str]], submitted: str) -> None:
+    """Each job's directory before it is launched: its overrides and status queued."""
+    for name, job in zip(names, jobs):
+        job_dir = sweep_dir / name
+        job_dir.mkdir(exist_ok=True)
+        write_text(job_dir / dirs.OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(job)))
+        write_json(job_dir / layout.STATUS, {"status": "queued", "submitted": submitted})
+
+
+def record_jobs(sweep_dir: Path, jobs: list[tuple[int, list[str], dict]]) -> None:
+    """Jobs a study launches as it goes ((num, overrides, extra fields)): their directories and
+    their lines in sweep.json, before the launcher runs them."""
+    manifest = read_manifest(sweep_dir)
+    names = [dirs.job_dir_name(num, overrides) for num, overrides, _ in jobs]
+    write_job_dirs(sweep_dir, names, [overrides for _, overrides, _ in jobs], now())
+    listed = {job["num"] for job in manifest["jobs"]}
+    for name, (num, overrides, extra) in zip(names, jobs):
+        if num not in listed:
+            manifest["jobs"].append({"num": num, "dir": name, "overrides": overrides, **extra})
+    write_json(sweep_dir / dirs.MANIFEST, manifest)
+
+
+def prepare_study(config_name: str, argv: list[str], sweep_dir: Path, hydra_cfg, hydra_overrides) -> list[str]:
+    """hydra/sweeper=optuna: the jobs are chosen as the study goes (sweeps/study.py). The first
+    command snapshots conf/ and writes sweep.json; the same command again continues the study,
+    composed from the same snapshot."""
+    snapshot = sweep_dir / dirs.CONF_SNAPSHOT
+    manifest = read_manifest(sweep_dir)
+    task = [o for o in split_argv(argv)[0] if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if manifest is not None:
+        before = [
+            o for o in split_argv(manifest["command"][1:])[0] if not o.lstrip("+~").startswith(("hydra.", "hydra/"))
+        ]
+        if manifest.get("kind") != "study" or before != task:
+            refuse(
+                f"{sweep_dir} already holds {'another study' if manifest.get('kind') == 'study' else 'a sweep'} "
+                f"({' '.join(before) or 'no overrides'}); continue it with the same overrides, or give this one "
+                "another hydra.sweep.dir"
+            )
+        manifest.setdefault("continued", []).append({"at": now(), "command": ["launch/train.py", *argv]})
+        write_json(sweep_dir / dirs.MANIFEST, manifest)
+        print(f"study in {sweep_dir}: continuing (composed from its conf/ snapshot)", flush=True)
+        return hydra_argv(argv, sweep_dir, snapshot)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(CONF_DIR, snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    manifest = new_manifest(config_name, argv, sweep_dir, hydra_cfg, hydra_overrides, now())
+    manifest["kind"] = "study"
+    manifest["study"] = {"study_name": str(hydra_cfg.sweeper.study_name), "storage": hydra_cfg.sweeper.storage}
+    write_json(sweep_dir / dirs.MANIFEST, manifest)
+    print(f"study in {sweep_dir} (conf/ snapshot and sweep.json written); starting", flush=True)
+    return hydra_argv(argv, sweep_dir, snapshot)
 
 
 def read_manifest(sweep_dir: Path) -> dict | None:

@@ -127,8 +127,14 @@ def saved_progress(run_dir: Path, stages: list[str]) -> str:
     return "; ".join(parts) if parts else "nothing saved yet: it starts again from its first stage"
 
 
+# Where results are reported, not what is trained: a run may resume with other values (or with
+# them missing, a run begun before they existed).
+REPORTING_KEYS = ("logger", "optimized_metric")
+
+
 def config_differences(run_dir: Path, resolved: dict) -> list[str]:
-    """Keys where `resolved` differs from the run's saved resolved_config.yaml, with both values."""
+    """Keys where `resolved` differs from the run's saved resolved_config.yaml, with both values
+    (REPORTING_KEYS aside)."""
     from omegaconf import OmegaConf
 
     from vlm_resampler.runs.tree_diff import tree_differences
@@ -137,7 +143,8 @@ def config_differences(run_dir: Path, resolved: dict) -> list[str]:
     if not path.is_file():
         return []
     saved = OmegaConf.to_container(OmegaConf.load(path))
-    return tree_differences(resolved, saved)
+    here = {k: v for k, v in resolved.items() if k not in REPORTING_KEYS}
+    return tree_differences(here, {k: v for k, v in saved.items() if k not in REPORTING_KEYS})
 
 
 def different_config_message(run_dir: Path, differences: list[str]) -> str:
@@ -178,6 +185,20 @@ def lock_holder(run_dir: Path) -> str | None:
             return handle.read().strip() or "another process"
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def is_training(run_dir: Path) -> bool:
+    """Whether a live process holds `run_dir`'s training lock (a job that outlived its launcher)."""
+    path = Path(run_dir) / layout.LOCK
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 @contextmanager

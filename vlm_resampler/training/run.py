@@ -33,6 +33,7 @@ from vlm_resampler.training import distributed, resume
 from vlm_resampler.training.interrupt import StopOnSignal, StopSignals, TrainingInterrupted
 from vlm_resampler.training.plots import plot_losses
 from vlm_resampler.training.stages import apply_freeze, attach_stage_lora, format_trainable
+from vlm_resampler.training.tracking import JobTracking, job_tracking
 from vlm_resampler.training.trainer import CodeWarmup, JsonlLog, StageObjective, StageTrainer, training_arguments
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,15 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
     stages = list(cfg.stages)
     distributed.set_threads(cfg.num_threads)
     lock = resume.training_lock(run_dir) if distributed.is_main_process() else contextlib.nullcontext()
-    with lock, StopSignals() as signals:
+    with lock, StopSignals() as signals, contextlib.ExitStack() as tracked:
         done = resume.resume_point(run_dir, resolved, stages)
         distributed.barrier()  # every process has read the run's state before rank 0 rewrites it
         if distributed.is_main_process():
             write_text(run_dir / layout.RESOLVED_CONFIG, OmegaConf.to_yaml(resolved))
             write_json(run_dir / layout.RUN_META, run_meta(cfg))
         set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
+        # conf/logger: the trackers' runs end as the run does (status.json), on leaving this block
+        tracking = tracked.enter_context(job_tracking(resolved, run_dir))
         try:
             previous = Path(cfg.init_from) if cfg.init_from else None
             for name in stages:
@@ -90,7 +93,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
                     print(f"stage {name}: completed by an earlier attempt, skipped", flush=True)
                     previous = run_dir / name
                     continue
-                previous = run_stage(resolved, name, run_dir, previous, signals).stage_dir
+                previous = run_stage(resolved, name, run_dir, previous, signals, tracking).stage_dir
                 done.append(name)
                 set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
                 signum = signals.agreed()
@@ -266,10 +269,16 @@ class StageResult:
 
 
 def run_stage(
-    cfg: dict, name: str, run_dir: Path, init_from: Path | None, signals: StopSignals | None = None
+    cfg: dict,
+    name: str,
+    run_dir: Path,
+    init_from: Path | None,
+    signals: StopSignals | None = None,
+    tracking: JobTracking | None = None,
 ) -> StageResult:
     """Train one stage into run_dir/name, resuming from its newest complete resumable checkpoint
-    if an earlier attempt left one. Raises TrainingInterrupted when `signals` stopped it."""
+    if an earlier attempt left one. Raises TrainingInterrupted when `signals` stopped it.
+    `tracking`: the job's trackers (conf/logger), none when not given."""
     stage = OmegaConf.create(cfg["stage"][name])
     stage_dir = run_dir / name
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +321,8 @@ def run_stage(
     distributed.barrier()
     if checkpoint is not None and main:
         print(f"stage {name}: resuming from step {resume.checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
-    journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume.checkpoint_step(checkpoint) if checkpoint else None)
+    resume_step = resume.checkpoint_step(checkpoint) if checkpoint else None
+    journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume_step)
     stop = StopOnSignal(signals)
     objective = StageObjective(
         model,
@@ -324,23 +334,25 @@ def run_stage(
     )
     code_warmup_steps = int(stage.get("object_code_warmup_steps", 0)) if code_target is not None else 0
     warmup = [CodeWarmup(objective, code_warmup_steps)] if code_warmup_steps else []
-    trainer = StageTrainer(
-        model=objective,
-        args=training_arguments(stage, resume_dir, int(cfg["seed"])),
-        train_dataset=dataset,
-        data_collator=collator,
-        callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup],
-        schedule_phase_steps=code_warmup_steps,
-    )
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    model.eval()
-    if stop.signum and trainer.state.global_step < trainer.state.max_steps:
-        raise TrainingInterrupted(
-            stop.signum,
-            f"stage {name} stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a resumable "
-            f"checkpoint in {resume_dir}; {run_again(cfg)} to resume",
-            signals.previous.get(stop.signum),
+    tracking = tracking or JobTracking({}, run_dir)
+    with tracking.stage(name, stage_dir, resume_step, model, rows) as trackers:  # the stage's MLflow run ends here
+        trainer = StageTrainer(
+            model=objective,
+            args=training_arguments(stage, resume_dir, int(cfg["seed"])),
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup, *trackers],
+            schedule_phase_steps=code_warmup_steps,
         )
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        model.eval()
+        if stop.signum and trainer.state.global_step < trainer.state.max_steps:
+            raise TrainingInterrupted(
+                stop.signum,
+                f"stage {name} stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a "
+                f"resumable checkpoint in {resume_dir}; {run_again(cfg)} to resume",
+                signals.previous.get(stop.signum),
+            )
 
     if main:
         losses = [r["loss"] for r in journal.records if "loss" in r]
