@@ -290,9 +290,10 @@ def write_hub_config(cache, repo: str, config: dict) -> None:
 
 def test_hub_backbones_need_only_their_config_in_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    done = run_cli("inspect.py", "backbone=siglip_base_qwen3_0_6b", cwd=tmp_path)
+    other = "backbone.vision_encoder.name_or_path=google/siglip-large-patch16-384"  # not in hub_architectures.py
+    done = run_cli("inspect.py", "backbone=siglip_base_qwen3_0_6b", other, cwd=tmp_path)
     assert done.returncode == 2
-    assert "google/siglip-base-patch16-224" in done.stderr and "downloads nothing" in done.stderr
+    assert "google/siglip-large-patch16-384" in done.stderr and "downloads nothing" in done.stderr
     assert "Traceback" not in done.stderr
 
     # Qwen3-0.6B's published config (and SigLIP-base's vision settings): configs only, no weights.

@@ -14,7 +14,6 @@ into the preset from conf/resampler/<type>.yaml, so the preset names every value
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,6 +23,7 @@ from vlm_resampler.config.legacy_fields import (
     DEFAULT,
     FLAT_RESAMPLER_FIELDS,
     IMAGE_FIELDS,
+    KIND_NAMES,
     LLM_NAME_KEYS,
     LORA_FIELDS,
     MODEL_KEYS,
@@ -32,55 +32,18 @@ from vlm_resampler.config.legacy_fields import (
     SECTIONS,
     STAGE_FIELDS,
     VISION_NAME_KEYS,
-    override_value,
+    is_kind,
     type_name,
     yaml_value,
 )
+from vlm_resampler.config.legacy_preset import Preset
 from vlm_resampler.errors import ConfigError
 from vlm_resampler.guide_names import RESAMPLER_TYPES, STAGES
 from vlm_resampler.suggest import did_you_mean
 
 
-@dataclass
-class Preset:
-    """What the old file says, in our terms."""
-
-    name: str
-    source: str
-    resampler: str
-    groups: dict[str, str]  # group -> option (defaults overrides), resampler first
-    values: dict[str, object]  # dotted key -> value, in the order they are written
-    origins: dict[str, str]  # dotted key -> the old key it came from, or DEFAULT
-    mapped: list[tuple[str, str]] = field(default_factory=list)  # (old key, what it became), for the log
-    notes: list[str] = field(default_factory=list)
-    description: str | None = None
-
-    @property
-    def path(self) -> Path:
-        return CONF_DIR / "experiment" / f"{self.name}.yaml"
-
-    def overrides(self) -> list[str]:
-        """The same settings as command-line overrides (to check them before anything is written)."""
-        return [f"{g}={o}" for g, o in self.groups.items()] + [
-            f"{k}={override_value(v)}" for k, v in self.values.items()
-        ]
-
-
 def yaml_options(group: str) -> dict[str, dict]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / group).glob("*.yaml"))}
-
-
-KIND_NAMES = {int: "an integer", float: "a number", list: "a list of names"}
-
-
-def _is_kind(value, kind: type) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind is float:
-        return isinstance(value, (int, float))
-    if kind is list:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, kind)
 
 
 class _Converter:
@@ -102,7 +65,7 @@ class _Converter:
         self.problems.append(message)
 
     def set(self, key: str, value, old_key: str, note: str = "", kind: type | None = None) -> None:
-        if kind is not None and not _is_kind(value, kind):
+        if kind is not None and not is_kind(value, kind):
             self.refuse(f"{old_key}={value!r}: expected {KIND_NAMES[kind]}, found {type_name(value)}")
             return
         if key in self.values and self.values[key] != value:

@@ -11,9 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.config.checked import compose_checked
-from vlm_resampler.config.legacy import Preset, convert, yaml_options
+from vlm_resampler.config.legacy import convert, yaml_options
 from vlm_resampler.config.legacy_fields import DEFAULT
-from vlm_resampler.config.legacy_preset import render_preset, write_preset
+from vlm_resampler.config.legacy_preset import Preset, render_preset, write_preset
 from vlm_resampler.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------

@@ -92,3 +92,16 @@ def override_value(value) -> str:
     if isinstance(value, list):
         return "[" + ",".join(override_value(v) for v in value) + "]"
     return yaml_value(value)
+
+
+KIND_NAMES = {int: "an integer", float: "a number", list: "a list of names"}
+
+
+def is_kind(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind)

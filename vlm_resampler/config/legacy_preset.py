@@ -1,17 +1,42 @@
-"""Writing an imported preset: values as YAML that OmegaConf reads back unchanged, nested as
-conf/experiment/ presets are, written atomically and never over another file unless asked."""
+"""An imported preset (`Preset`: what the old file says, in our terms) and writing it: values as
+YAML that OmegaConf reads back unchanged, nested as conf/experiment/ presets are, written atomically
+and never over another file unless asked."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from vlm_resampler.config.legacy_fields import DEFAULT, yaml_value
+from vlm_resampler.catalog import CONF_DIR
+from vlm_resampler.config.legacy_fields import DEFAULT, override_value, yaml_value
 from vlm_resampler.errors import ConfigError
 
-if TYPE_CHECKING:
-    from vlm_resampler.config.legacy import Preset
+
+@dataclass
+class Preset:
+    """What the old file says, in our terms."""
+
+    name: str
+    source: str
+    resampler: str
+    groups: dict[str, str]  # group -> option (defaults overrides), resampler first
+    values: dict[str, object]  # dotted key -> value, in the order they are written
+    origins: dict[str, str]  # dotted key -> the old key it came from, or DEFAULT
+    mapped: list[tuple[str, str]] = field(default_factory=list)  # (old key, what it became), for the log
+    notes: list[str] = field(default_factory=list)
+    description: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return CONF_DIR / "experiment" / f"{self.name}.yaml"
+
+    def overrides(self) -> list[str]:
+        """The same settings as command-line overrides (to check them before anything is written)."""
+        return [f"{g}={o}" for g, o in self.groups.items()] + [
+            f"{k}={override_value(v)}" for k, v in self.values.items()
+        ]
+
 
 # ---------------------------------------------------------------------------------------------
 # Writing the preset.

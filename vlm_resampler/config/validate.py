@@ -242,6 +242,21 @@ def check_stages(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
 
 
+def check_compute(cfg: DictConfig) -> None:
+    """precision, gradient_checkpointing, dataloader_workers (whether this machine can run the
+    precision is decided where the run trains: training/precision.py)."""
+    from vlm_resampler.training.precision import PRECISIONS
+
+    precision = cfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if not isinstance(cfg.get("gradient_checkpointing", False), bool):
+        raise ConfigError(f"gradient_checkpointing={cfg.gradient_checkpointing!r}: expected true or false")
+    workers = cfg.get("dataloader_workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"dataloader_workers={workers!r}: expected an integer >= 0")
+
+
 def check_logger(cfg: DictConfig) -> None:
     """conf/logger: known trackers, and string settings (training/tracking.py checks the same)."""
     from vlm_resampler.training.tracking import settings
@@ -368,6 +383,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_resampler_builds(cfg)
     check_stages(cfg)
     check_logger(cfg)
+    check_compute(cfg)
     check_views(cfg)
     check_data(cfg)
     check_init_from(cfg)

@@ -165,6 +165,35 @@ def write_predictions(path: Path, items: list[dict], predictions: list[str], roo
     write_text(path, buffer.getvalue())
 
 
+def eval_items(cfg: DictConfig, stage_dir: Path, meta: dict):
+    """(the dataset config, the split's items, the rows skipped as bad): the eval command line's
+    `data` if given, else the checkpoint's own."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else meta["data"]
+    if data_cfg is None:
+        raise ValueError(
+            f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>"
+        )
+    data_cfg = OmegaConf.create(data_cfg)
+    items, skipped_rows = load_split(data_cfg, cfg.split)
+    if cfg.max_items:
+        items = items[: int(cfg.max_items)]
+    return data_cfg, items, skipped_rows
+
+
+def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, generation, scorer) -> dict:
+    """The untrained model (same seed, same architecture) and the constant-caption guess, scored."""
+    references = [item["references"] for item in items]
+    untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
+    blind, _ = predict_items(
+        untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, batch_size, generation, "untrained"
+    )
+    caption = constant_caption(data_cfg)
+    return {
+        "untrained": scorer.score(blind, references),
+        "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
+    }
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     stage_dir = resolve_checkpoint_dir(Path(cfg.checkpoint_dir))
     if stage_dir != Path(cfg.checkpoint_dir):
@@ -182,15 +211,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     )
     ignored = report_ignored_settings(cfg, meta)
 
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else meta["data"]
-    if data_cfg is None:
-        raise ValueError(
-            f"{stage_dir}: no dataset is recorded (no {layout.METADATA}, no {layout.RESOLVED_CONFIG}); choose data=<option>"
-        )
-    data_cfg = OmegaConf.create(data_cfg)
-    items, skipped_rows = load_split(data_cfg, cfg.split)
-    if cfg.max_items:
-        items = items[: int(cfg.max_items)]
+    data_cfg, items, skipped_rows = eval_items(cfg, stage_dir, meta)
     references = [item["references"] for item in items]
     out_dir = stage_dir / "eval" / f"{data_cfg.name}-{cfg.split}"
 
@@ -210,22 +231,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         results["model"] = scored.corpus
         results["unavailable"] = dict(scorer.unavailable)
         if cfg.baselines:
-            untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
-            blind, _ = predict_items(
-                untrained,
-                loaded.tokenizer,
-                loaded.prompt,
-                items,
-                data_cfg,
-                int(cfg.batch_size),
-                generation,
-                "untrained",
-            )
-            caption = constant_caption(data_cfg)
-            results["baselines"] = {
-                "untrained": scorer.score(blind, references),
-                "constant_caption": scorer.score([caption] * len(items), references) | {"caption": caption},
-            }
+            results["baselines"] = baselines(loaded, meta, items, data_cfg, int(cfg.batch_size), generation, scorer)
         if data_cfg.name == "synthpano":
             results["subsets"] = seam_subsets(items, predictions, data_cfg, cfg.split, scorer)
     if data_cfg.name == "synthpano" and cfg.qa:

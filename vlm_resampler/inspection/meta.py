@@ -36,6 +36,11 @@ def backbone_config(name_or_path: str, revision: str | None, where: str):
     except BackboneUnavailableError as err:
         raise ConfigError(f"{where}.name_or_path={name_or_path!r}: {err}") from err
     except (OSError, ValueError) as err:
+        from vlm_resampler.models.hub_architectures import known_architecture
+
+        known = known_architecture(name_or_path, revision)
+        if known is not None:  # the project's copy of its config facts (models/hub_architectures.py)
+            return known
         raise ConfigError(
             f"{where}.name_or_path={name_or_path!r}: its config.json (revision {revision or 'main'}) is not "
             "available locally, and inspect reads configs only, it downloads nothing. Fetch the config once "

@@ -187,6 +187,29 @@ def _build_tiny_qwen3_reader(out_dir: Path) -> None:
     build_reader(out_dir, lambda: tiny_qwen3_model(**RECIPE["llm_shape"]), RECIPE)
 
 
+def _build_random_siglip_base(out_dir: Path) -> None:
+    """SigLIP-B/16-224's vision tower at its real size, random weights (models/hub_architectures.py)."""
+    from vlm_resampler.models.hub_architectures import known_architecture
+
+    config = known_architecture("google/siglip-base-patch16-224", None)
+    with _seeded_rng(BUILD_SEED):
+        SiglipVisionModel(config).save_pretrained(out_dir)
+    SiglipImageProcessorPil(size={"height": config.image_size, "width": config.image_size}).save_pretrained(out_dir)
+
+
+def _build_random_qwen3_0_6b(out_dir: Path) -> None:
+    """Qwen3-0.6B at its real size (596 M parameters), random weights, with Qwen3's real tokenizer."""
+    from vlm_resampler.models.hub_architectures import known_architecture
+
+    config = known_architecture("Qwen/Qwen3-0.6B", None)
+    config.pad_token_id = QWEN3_PAD_ID
+    with _seeded_rng(BUILD_SEED):
+        model = Qwen3ForCausalLM(config)
+    model.generation_config = _tiny_generation_config()
+    model.save_pretrained(out_dir)
+    build_qwen3_tokenizer(out_dir)
+
+
 def _find_smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
@@ -232,6 +255,9 @@ LOCAL_BACKBONES: dict[str, BackboneBuilder] = {
     "vlm-resampler/tiny-clip": _build_tiny_clip,
     "vlm-resampler/tiny-dinov2": _build_tiny_dinov2,
     "vlm-resampler/smollm2-135m-instruct": _build_smollm2,
+    # Real-size shapes, random weights (2.4 GB on disk for the LLM): memory, speed and shape checks offline.
+    "vlm-resampler/random-siglip-base-patch16-224": _build_random_siglip_base,
+    "vlm-resampler/random-qwen3-0.6b": _build_random_qwen3_0_6b,
 }
 
 

@@ -64,6 +64,7 @@ def build_metadata(
     init_from: str | None,
     trainable: list[tuple[str, int]],
     train_summary: dict,
+    compute: dict | None = None,
 ) -> dict:
     return {
         "format_version": FORMAT_VERSION,
@@ -83,6 +84,8 @@ def build_metadata(
         "weights_sha256": weight_files,
         "trainable": {name: count for name, count in trainable},
         "train": train_summary,
+        # precision (mixed: the weights above are float32 all the same), gradient checkpointing, workers
+        "compute": compute,
         "software": software_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),

@@ -19,9 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from vlm_resampler.data.collate import CaptionCollator, panorama_only
-from vlm_resampler.data.datasets import BadImageError, CaptionExamples, Panoramas, training_items
-from vlm_resampler.data.prompts import PromptFormat
+from vlm_resampler.data.datasets import BadImageError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import fsync_dir, write_json, write_text
 from vlm_resampler.runs.checkpoint import save_weights, weights_bytes
@@ -32,12 +30,16 @@ from vlm_resampler.runs.run_meta import run_meta
 from vlm_resampler.training import distributed, resume
 from vlm_resampler.training.interrupt import StopOnSignal, StopSignals, TrainingInterrupted
 from vlm_resampler.training.plots import plot_losses
+from vlm_resampler.training.precision import check_device, enable_gradient_checkpointing
+from vlm_resampler.training.stage_data import stage_dataset
 from vlm_resampler.training.stages import apply_freeze, attach_stage_lora, format_trainable
 from vlm_resampler.training.tracking import JobTracking, job_tracking
 from vlm_resampler.training.trainer import CodeWarmup, JsonlLog, StageObjective, StageTrainer, training_arguments
 
 log = logging.getLogger(__name__)
 ALWAYS_SAVED = ["resampler", "projector", "overlap_head", "stitch"]
+# How a run computes (train.yaml), with what a run dir written before they existed did.
+COMPUTE_SETTINGS = {"precision": "fp32", "dataloader_workers": 0}
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -76,6 +78,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
     resolved = resolved_container(cfg)
     stages = list(cfg.stages)
     distributed.set_threads(cfg.num_threads)
+    check_device(str(cfg.get("precision", "fp32")))  # here, on the machine that trains (not the launching one)
     lock = resume.training_lock(run_dir) if distributed.is_main_process() else contextlib.nullcontext()
     with lock, StopSignals() as signals, contextlib.ExitStack() as tracked:
         done = resume.resume_point(run_dir, resolved, stages)
@@ -212,60 +215,45 @@ def remove_leftovers(stage_dir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def stage_features(model, stage, items: list[dict], width: int, height: int):
-    """The frozen vision tower's features of every training image (training/feature_cache.py), or
-    None when the stage trains the tower or does not cache."""
-    # .get: a run dir written before these keys existed resumes as it started (no cache, no target)
-    if not stage.get("cache_vision_features", False) or int(stage.vision_trainable_blocks) != 0:
-        return None
-    from vlm_resampler.training.feature_cache import cached_features, tower_fingerprint
-
-    table = cached_features(model, tower_fingerprint(model.vision), [str(i["image"]) for i in items], width, height)
-    if table is not None and distributed.is_main_process():
-        print(f"stage {stage.name}: vision features of {len(table.index)} images {table.source}", flush=True)
-    return table
-
-
-def object_code_target(model, stage, data, language_model: dict):
-    """(CodeTarget, image -> object facts) when stage.<name>.object_code_weight > 0 and it can
-    apply: the data has object annotations (SynthPano) and the LLM was pretrained on object codes
-    (backbone=tiny_reader). Otherwise (None, None), and a line says why the target is off."""
-    weight = float(stage.get("object_code_weight", 0.0))
-    if not weight > 0:
-        return None, None
-    from vlm_resampler.data.datasets import synthpano_root
-    from vlm_resampler.data.object_facts import facts_by_image
-    from vlm_resampler.models.backbones import resolve_backbone
-    from vlm_resampler.models.object_codes import ObjectCodes, has_object_codes
-    from vlm_resampler.training.trainer import CodeTarget
-
-    llm_dir = resolve_backbone(language_model["name_or_path"], language_model.get("revision"))
-    off = None
-    if data.name != "synthpano":
-        off = f"data={data.name} has no object annotations"
-    elif not has_object_codes(llm_dir):
-        off = f"the language model {language_model['name_or_path']} was not pretrained on object codes"
-    if off:
-        if distributed.is_main_process():
-            print(
-                f"stage {stage.name}: object-code target off (object_code_weight={weight} not applied): {off}",
-                flush=True,
-            )
-        return None, None
-    codes = ObjectCodes.load(Path(llm_dir))
-    yaws = [m.yaw_deg for m in model.views.metadata()]
-    if distributed.is_main_process():
-        print(
-            f"stage {stage.name}: visual tokens also regressed onto the LLM's object codes (weight {weight})",
-            flush=True,
-        )
-    return CodeTarget(model, codes), facts_by_image(synthpano_root(data), "train", yaws)
-
-
 @dataclass
 class StageResult:
     stage_dir: Path
     model: torch.nn.Module  # in eval mode, exactly as saved
+
+
+def prepare_model(cfg: dict, name: str, stage, init_from: Path | None):
+    """(model, its `_target_` tree, the modules its checkpoint saves, the trainable rows) of a stage:
+    built (or rebuilt from `init_from`), the stage's LoRA attached, everything else frozen."""
+    # Every stage starts from the same random state, whatever ran before it in this process
+    # (a resumed run skips the stages it completed earlier).
+    set_seed(int(cfg["seed"]))
+    model, model_tree, saved_modules = start_model(cfg, init_from)
+    log.info("resampler %s applied: %s", model.resampler.type_name, json.dumps(model_tree["resampler"]))
+    attached = attach_stage_lora(model, stage)
+    if attached:
+        model_tree["lora"] = attached
+    if int(stage.vision_trainable_blocks) != 0 and "vision" not in saved_modules:
+        saved_modules.append("vision")
+    rows = apply_freeze(model, stage)
+    if cfg.get("gradient_checkpointing"):
+        enable_gradient_checkpointing(model)
+    if distributed.is_main_process():
+        print(format_trainable(name, rows, model), flush=True)
+    return model, model_tree, saved_modules, rows
+
+
+def record_stage(cfg: dict, name: str, run_dir: Path, result, records: list[dict], examples: int) -> dict:
+    """train_metrics.json and loss_curve.png of a finished stage; returns its summary."""
+    losses = [r["loss"] for r in records if "loss" in r]
+    summary = {
+        "steps": result.global_step,
+        "final_loss": losses[-1] if losses else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),  # of the last attempt
+        "examples": examples,
+    }
+    write_json(run_dir / name / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
+    plot_losses(records, run_dir / name / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
+    return summary
 
 
 def run_stage(
@@ -284,35 +272,8 @@ def run_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main_process()
     signals = signals or StopSignals()  # (not installed: nothing stops this stage early)
-    # Every stage starts from the same random state, whatever ran before it in this process
-    # (a resumed run skips the stages it completed earlier).
-    set_seed(int(cfg["seed"]))
-    model, model_tree, saved_modules = start_model(cfg, init_from)
-    log.info("resampler %s applied: %s", model.resampler.type_name, json.dumps(model_tree["resampler"]))
-    attached = attach_stage_lora(model, stage)
-    if attached:
-        model_tree["lora"] = attached
-    if int(stage.vision_trainable_blocks) != 0 and "vision" not in saved_modules:
-        saved_modules.append("vision")
-
-    rows = apply_freeze(model, stage)
-    if main:
-        print(format_trainable(name, rows, model), flush=True)
-
-    data = OmegaConf.create(cfg["data"])
-    items = training_items(data)
-    width, height = int(data.erp_width), int(data.erp_height)
-    features = stage_features(model, stage, items, width, height)
-    tokenizer_cfg = cfg["backbone"]["tokenizer"]
-    code_target, facts = object_code_target(model, stage, data, cfg["model"]["language_model"])
-    if stage.objective == "overlap_vicreg":
-        dataset, collator, tokenizer = Panoramas(items, width, height, features), panorama_only, None
-    else:
-        from vlm_resampler.models.backbones import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer_cfg["name_or_path"], tokenizer_cfg["revision"])
-        dataset = CaptionExamples(items, width, height, features, facts)
-        collator = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), int(data.max_answer_tokens))
+    model, model_tree, saved_modules, rows = prepare_model(cfg, name, stage, init_from)
+    dataset, collator, code_target = stage_dataset(cfg, model, stage)
 
     resume_dir = stage_dir / layout.RESUME_DIR
     checkpoint = resume.latest_checkpoint(stage_dir)
@@ -338,7 +299,9 @@ def run_stage(
     with tracking.stage(name, stage_dir, resume_step, model, rows) as trackers:  # the stage's MLflow run ends here
         trainer = StageTrainer(
             model=objective,
-            args=training_arguments(stage, resume_dir, int(cfg["seed"])),
+            args=training_arguments(
+                stage, resume_dir, int(cfg["seed"]), *(cfg.get(k, d) for k, d in COMPUTE_SETTINGS.items())
+            ),
             train_dataset=dataset,
             data_collator=collator,
             callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup, *trackers],
@@ -355,16 +318,7 @@ def run_stage(
             )
 
     if main:
-        losses = [r["loss"] for r in journal.records if "loss" in r]
-        summary = {
-            "steps": result.global_step,
-            "final_loss": losses[-1] if losses else None,
-            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),  # of the last attempt
-            "examples": len(dataset),
-        }
-        write_json(stage_dir / layout.TRAIN_METRICS, summary | {"metrics": result.metrics})
-        plot_losses(journal.records, stage_dir / layout.LOSS_PLOT, title=f"{run_dir.name} / {name}")
-
+        summary = record_stage(cfg, name, run_dir, result, journal.records, len(dataset))
         save_stage_checkpoint(
             model,
             stage_dir,
@@ -372,13 +326,14 @@ def run_stage(
             stage=name,
             seed=int(cfg["seed"]),
             model_tree=model_tree,
-            tokenizer=dict(tokenizer_cfg),
+            tokenizer=dict(cfg["backbone"]["tokenizer"]),
             prompt=dict(cfg["prompt"]),
             data=dict(cfg["data"]),
             backbones=backbone_records(cfg),
             init_from=str(init_from) if init_from else None,
             trainable=rows,
             train_summary=summary,
+            compute={k: cfg.get(k, d) for k, d in (COMPUTE_SETTINGS | {"gradient_checkpointing": False}).items()},
         )
         resume.remove_resume_dir(stage_dir)
         print(

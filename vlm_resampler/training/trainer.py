@@ -247,9 +247,14 @@ class JsonlLog(TrainerCallback):
                 f.write(json.dumps(record) + "\n")
 
 
-def training_arguments(stage, output_dir: Path, seed: int) -> TrainingArguments:
+def training_arguments(
+    stage, output_dir: Path, seed: int, precision: str = "fp32", dataloader_workers: int = 0
+) -> TrainingArguments:
     """`output_dir` receives the resumable checkpoints (checkpoint-<step>/)."""
+    from vlm_resampler.training.precision import trainer_flags
+
     return TrainingArguments(
+        **trainer_flags(precision),
         output_dir=str(output_dir),
         per_device_train_batch_size=distributed.per_process_batch(int(stage.batch_size), str(stage.name)),
         gradient_accumulation_steps=int(stage.grad_accum),
@@ -268,7 +273,7 @@ def training_arguments(stage, output_dir: Path, seed: int) -> TrainingArguments:
         ignore_data_skip=False,  # on resume, skip the batches already trained on (same seeded order)
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
+        dataloader_num_workers=dataloader_workers,
         remove_unused_columns=False,
         label_names=["labels"],
         seed=seed,

@@ -1,0 +1,78 @@
+"""How a run computes (training/precision.py): precision, gradient checkpointing and dataloader
+workers are checked, applied through the Trainer and recorded in each checkpoint; a precision this
+machine cannot run stops the run with one line saying why."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vlm_resampler.errors import ConfigError
+from vlm_resampler.runs import layout
+from vlm_resampler.training import precision
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("precision=fp8", "precision='fp8': expected one of fp32, bf16, fp16"),
+        ("gradient_checkpointing=1", "gradient_checkpointing=1: expected true or false"),
+        ("dataloader_workers=-1", "dataloader_workers=-1: expected an integer >= 0"),
+    ],
+)
+def test_compute_settings_are_checked_naming_the_key(override, message, smoke_config):
+    from vlm_resampler.config.validate import check_compute
+
+    with pytest.raises(ConfigError) as err:
+        check_compute(smoke_config(override))
+    assert str(err.value) == message
+
+
+def test_fp16_without_a_gpu_stops_the_run_with_one_line_saying_why(tmp_path):
+    done = run_cli("train.py", "debug=smoke", "precision=fp16", "stages=[finetune]", "experiment.name=f", cwd=tmp_path)
+    if torch.cuda.is_available():  # a GPU machine runs it
+        assert done.returncode == 0, done.stderr[-3000:]
+        return
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "precision=fp16: mixed fp16 needs a CUDA GPU" in done.stderr
+
+
+def test_bf16_on_a_cpu_is_allowed_only_where_a_measured_step_is_fast(monkeypatch):
+    ratio = precision.cpu_bf16_slowdown()  # the real measurement: a positive, finite ratio
+    assert math.isfinite(ratio) and ratio > 0
+    if torch.cuda.is_available():
+        return
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 5.0)
+    with pytest.raises(precision.PrecisionUnavailable, match=r"runs 5\.0x slower than float32"):
+        precision.check_device("bf16")
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 0.8)
+    precision.check_device("bf16")  # fast enough: allowed
+    precision.check_device("fp32")
+
+
+def test_gradient_checkpointing_changes_no_loss_and_every_setting_is_recorded(smoke_config, tmp_path):
+    from vlm_resampler.training.run import resolved_container, run_stage
+
+    losses = {}
+    for checkpointing in (False, True):
+        cfg = resolved_container(
+            smoke_config("stages=[finetune]", f"gradient_checkpointing={str(checkpointing).lower()}")
+        )
+        result = run_stage(cfg, "finetune", tmp_path / str(checkpointing), None)
+        assert result.model.llm.is_gradient_checkpointing == checkpointing
+        assert result.model.vision.model.is_gradient_checkpointing == checkpointing
+        log = (result.stage_dir / layout.TRAIN_LOG).read_text().splitlines()
+        losses[checkpointing] = [json.loads(line)["loss"] for line in log if "loss" in json.loads(line)]
+        meta = json.loads((result.stage_dir / layout.METADATA).read_text())
+        assert meta["compute"] == {
+            "precision": "fp32",
+            "dataloader_workers": 0,
+            "gradient_checkpointing": checkpointing,
+        }
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5), "recomputing activations changed the losses"

@@ -1,0 +1,99 @@
+"""Real-size backbones without a hub (models/hub_architectures.py): the hub options of conf/backbone/
+inspect offline on the meta device, with the parameter counts of the published models, checked
+against counts by hand from each architecture's numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def siglip_vision_params(width: int, mlp: int, layers: int, patch: int, image: int) -> int:
+    """SigLIP's vision tower: patch conv, position table, pre-norm blocks, final norm, and the
+    attention-pooling head (a probe, a multi-head attention, a norm and an MLP)."""
+    linear = lambda i, o: i * o + o
+    norm = 2 * width
+    block = 4 * linear(width, width) + linear(width, mlp) + linear(mlp, width) + 2 * norm
+    embeddings = 3 * patch * patch * width + width + (image // patch) ** 2 * width
+    head = width + 3 * linear(width, width) + linear(width, width) + norm + linear(width, mlp) + linear(mlp, width)
+    return embeddings + layers * block + norm + head
+
+
+def qwen3_params(width: int, mlp: int, layers: int, heads: int, kv_heads: int, head_dim: int, vocab: int) -> int:
+    """Qwen3 with tied embeddings: no biases; q/k RMSNorm per head dim; RMSNorm weights only."""
+    attention = width * heads * head_dim * 2 + width * kv_heads * head_dim * 2 + 2 * head_dim
+    block = attention + 3 * width * mlp + 2 * width
+    return vocab * width + layers * block + width
+
+
+@pytest.mark.parametrize(
+    "backbone, vision, llm, published",
+    [
+        # the models' cards: SigLIP-B/16 ~93 M vision tower, Qwen3-0.6B 0.6 B (0.44 B non-embedding)
+        ("siglip_base_qwen3_0_6b", siglip_vision_params(768, 3072, 12, 16, 224), qwen3_params(1024, 3072, 28, 16, 8, 128, 151936), (93e6, 0.6e9)),
+        # So400m's vision tower ~0.4 B (428 M); Qwen3-1.7B 1.7 B (1.4 B non-embedding)
+        ("siglip2_so400m_qwen3_1_7b", siglip_vision_params(1152, 4304, 27, 16, 256), qwen3_params(2048, 6144, 28, 16, 8, 128, 151936), (428e6, 1.7e9)),
+    ],
+)  # fmt: skip
+def test_hub_options_inspect_offline_with_the_published_models_counts(
+    backbone, vision, llm, published, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))  # the counts come from the shipped facts
+    done = run_cli("inspect.py", "--json", f"backbone={backbone}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["parameters"]["vision"] == vision
+    assert report["parameters"]["llm"] == llm
+    # the published sizes are rounded to two digits (Qwen3-1.7B has 1.72 B)
+    assert abs(vision - published[0]) / published[0] < 0.02 and abs(llm - published[1]) / published[1] < 0.02
+
+
+TRAIN_SCRIPT = """
+import resource, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print(f"PEAK_RSS_KIB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tmp_path):
+    """SigLIP-base-224 + Qwen3-0.6B at their real sizes (random weights, built locally): one
+    resampler-stage step and one finetune (LoRA) step at batch 1, 4 views of 224 px, in float32."""
+    import math
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    one_step = ["max_steps=1", "batch_size=1", "logging_steps=1", "save_steps=100"]
+    run_dir = tmp_path / "real"
+    command = [
+        sys.executable, "-c", TRAIN_SCRIPT, str(REPO_ROOT / "launch" / "train.py"),
+        "backbone=random_siglip_base_qwen3_0_6b", "resampler=perceiver", "stages=[resampler,finetune]",
+        "data.num_train=2", "data.num_val=2", "data.num_test=2", "stage.resampler.object_code_warmup_steps=0",
+        *(f"stage.{stage}.{setting}" for stage in ("resampler", "finetune") for setting in one_step),
+        "experiment.name=real", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1700, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    peak_gib = int(re.search(r"PEAK_RSS_KIB=(\d+)", done.stderr).group(1)) / 2**20
+    print(f"\nreal-size step, SigLIP-base-224 + Qwen3-0.6B, fp32: peak RSS {peak_gib:.2f} GiB")
+    for stage in ("resampler", "finetune"):
+        log = [json.loads(line) for line in (run_dir / stage / "train_log.jsonl").read_text().splitlines() if line]
+        losses = [r["loss"] for r in log if "loss" in r]
+        assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > 0, (stage, log)
+        metadata = json.loads((run_dir / stage / "checkpoint_metadata.json").read_text())
+        assert metadata["train"]["steps"] == 1
+    trained = json.loads((run_dir / "finetune" / "checkpoint_metadata.json").read_text())["trainable"]
+    assert trained.get("lora", 0) > 0, trained
+    # 0.6 B + 93 M parameters in float32 are 2.9 GB before anything trains; a CPU step at batch 1 fits in 16 GiB.
+    assert 2.5 < peak_gib < 16
