@@ -97,3 +97,42 @@ def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tm
     assert trained.get("lora", 0) > 0, trained
     # 0.6 B + 93 M parameters in float32 are 2.9 GB before anything trains; a CPU step at batch 1 fits in 16 GiB.
     assert 2.5 < peak_gib < 16
+    # inspect's memory plan of the same run (its largest stage, at batch 1, on a CPU) within 1.5x of the measured peak
+    setup = ["backbone=random_siglip_base_qwen3_0_6b", "resampler=perceiver", "stages=[resampler,finetune]"]
+    plans = inspect_json(*setup, "--batch-size", "1", cwd=tmp_path)["memory"]
+    planned_gib = max(plans[s]["peak"] for s in ("resampler", "finetune")) / 2**30
+    print(f"memory plan: {planned_gib:.2f} GiB; measured peak RSS / plan = {peak_gib / planned_gib:.2f}")
+    assert 1 / 1.5 < peak_gib / planned_gib < 1.5
+
+
+def inspect_json(*args: str, cwd) -> dict:
+    done = run_cli("inspect.py", "--json", *args, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, monkeypatch):
+    """The issue's question: does siglip2-so400m + Qwen3-1.7B + bimamba at finetune batch 8 fit 80 GB?"""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    setup = ["backbone=siglip2_so400m_qwen3_1_7b", "resampler=bimamba", "stage.finetune.batch_size=8"]
+    report = inspect_json(*setup, "--gpu-mem", "80", cwd=tmp_path)
+    stage, plan = report["stages"]["finetune"], report["memory"]["finetune"]
+    assert plan["batch_size"] == 8 and plan["gpu_gib"] == 80
+    assert plan["weights"] == 4 * stage["total"]  # float32 master weights
+    assert plan["gradients"] == 4 * stage["trainable_total"] and plan["optimizer"] == 8 * stage["trainable_total"]
+    parts = ("weights", "gradients", "optimizer", "activations", "runtime")
+    assert plan["peak"] == sum(plan[p] for p in parts) and plan["activations"] == 8 * plan["activations_per_sample"]
+    largest = plan["largest_batch"]
+    assert plan["fits"] == (plan["peak"] <= 80 * 2**30) and largest >= 1
+    at = lambda batch: plan["peak"] + (batch - 8) * plan["activations_per_sample"]
+    assert at(largest) <= 80 * 2**30 < at(largest + 1), "the largest batch is the last one that fits"
+    # The text report says the same.
+    text = run_cli("inspect.py", *setup, "--gpu-mem", "80", cwd=tmp_path).stdout
+    assert f"largest batch that fits{largest:>10,}".replace(" ", "") in text.replace(" ", "")
+
+    # bf16 keeps 16-bit activations (plus autocast's weight copies); checkpointing keeps a layer's input only.
+    bf16 = inspect_json(*setup, "precision=bf16", "--gpu-mem", "80", cwd=tmp_path)["memory"]["finetune"]
+    assert bf16["activations_per_sample"] < plan["activations_per_sample"] and bf16["weights"] == 1.5 * plan["weights"]
+    light = inspect_json(*setup, "gradient_checkpointing=true", "--batch-size", "8", cwd=tmp_path)["memory"]["finetune"]
+    assert light["activations_per_sample"] < plan["activations_per_sample"] / 3
+    assert "gpu_gib" not in light, "without --gpu-mem the plan is for this CPU"

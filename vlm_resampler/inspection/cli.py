@@ -43,7 +43,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "overrides given before --compare apply to all of them",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (a list with --compare)")
+    parser.add_argument(
+        "--gpu-mem",
+        type=float,
+        metavar="GIB",
+        help="plan memory for a GPU of this many GiB: whether each stage fits, and the largest batch that does",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="the memory plan's batch per process (default: each stage's own)"
+    )
     args = parser.parse_args(argv)
+    if args.gpu_mem is not None and not args.gpu_mem > 0:
+        parser.error(f"--gpu-mem {args.gpu_mem}: expected a positive number of GiB")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: expected an integer >= 1")
     if any(a in ("-m", "--multirun") for a in args.target):
         parser.error("inspect shows one config; use --compare for several")
     return args
@@ -58,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     reports, failures = [], []
     for overrides, label in jobs:
         try:
-            reports.append(inspect_source(source_from_args(overrides, label)))
+            reports.append(inspect_source(source_from_args(overrides, label), args.gpu_mem, args.batch_size))
         except ConfigError as err:
             failures.append((label, str(err)))
     if failures:

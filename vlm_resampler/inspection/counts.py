@@ -108,14 +108,17 @@ def stage_counts(model, source: Source) -> dict[str, dict]:
     return out
 
 
-def inspect_source(source: Source) -> dict:
-    """The report of one source (plain data: what --json prints)."""
+def inspect_source(source: Source, gpu_gib: float | None = None, batch_size: int | None = None) -> dict:
+    """The report of one source (plain data: what --json prints); the memory plan for a GPU of
+    `gpu_gib` GiB (else for this CPU), at `batch_size` (else each stage's own)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations raised inside peft
-        return _inspect(source)
+        return _inspect(source, gpu_gib, batch_size)
 
 
-def _inspect(source: Source) -> dict:
+def _inspect(source: Source, gpu_gib: float | None = None, batch_size: int | None = None) -> dict:
+    from vlm_resampler.inspection.memory import memory_plans
+
     model = build_on_meta(source.model_tree)
     stages = stage_counts(model, source)  # before counting modules: a stage may attach LoRA
     notes = list(source.notes)
@@ -161,5 +164,6 @@ def _inspect(source: Source) -> dict:
             "tokens_per_image": model.tokens_per_image,
         },
         "stages": stages,
+        "memory": memory_plans(model, stages, source, gpu_gib, batch_size) | {"compute": source.compute},
         "notes": notes,
     }

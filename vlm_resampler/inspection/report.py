@@ -84,6 +84,25 @@ def report_rows(report: dict) -> list[Row]:
             add(section, f"trains {group}", n, group=f"{section}/trains")
         add(section, "trainable", stage["trainable_total"])
         add(section, "frozen", stage["frozen"])
+        rows += memory_rows(section, report["memory"][name], report["memory"]["compute"])
+    return rows
+
+
+def memory_rows(section: str, plan: dict, compute: dict) -> list[Row]:
+    """The stage's memory plan (inspection/memory.py), in GiB."""
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    where = f"GPU {plan['gpu_gib']:g} GiB" if "gpu_gib" in plan else "this CPU"
+    settings = f"batch {plan['batch_size']}, {compute['precision']}" + (
+        ", gradient checkpointing" if compute["gradient_checkpointing"] else ""
+    )
+    key = f"{section}/memory"
+    rows = [(key, f"{key}/title", "  memory plan", f"{settings}; {where}")]
+    for part in ("weights", "gradients", "optimizer", "activations", "runtime", "peak"):
+        rows.append((key, f"{key}/{part}", f"    {part}", gib(plan[part])))
+    if "fits" in plan:
+        largest = plan["largest_batch"]
+        rows.append((key, f"{key}/fits", "    fits", "yes" if plan["fits"] else "no"))
+        rows.append((key, f"{key}/largest", "    largest batch that fits", "-" if largest is None else f"{largest:,}"))
     return rows
 
 
@@ -130,4 +149,8 @@ def render(reports: list[dict]) -> str:
         prefix = f"[{i + 1}] " if len(reports) > 1 else ""
         lines += [f"note: {prefix}{note}" for note in report["notes"]]
     lines.append("(exact counts of the model built on the meta device: no weights were loaded or allocated)")
+    lines.append(
+        "(memory plans are computed, not measured: float32 weights, AdamW, activations by layer widths and token "
+        "counts; vlm_resampler/inspection/memory.py; choose the GPU with --gpu-mem, the batch with --batch-size)"
+    )
     return "\n".join(lines)

@@ -22,6 +22,16 @@ class Source:
     stage_configs: dict[str, dict | None]  # None: the stage's settings are not known (see notes)
     recorded_trainable: dict[str, int] | None = None  # a stage dir's own record
     notes: list[str] = field(default_factory=list)
+    # for the memory plan (inspection/memory.py): precision, gradient checkpointing; answer length
+    compute: dict = field(default_factory=lambda: {"precision": "fp32", "gradient_checkpointing": False})
+    answer_tokens: int = 48
+
+
+def compute_of(cfg) -> dict:
+    return {
+        "precision": str(cfg.get("precision") or "fp32"),
+        "gradient_checkpointing": bool(cfg.get("gradient_checkpointing") or False),
+    }
 
 
 def check_for_inspection(cfg: DictConfig) -> list[str]:
@@ -45,6 +55,8 @@ def source_from_overrides(overrides: list[str], label: str | None = None) -> Sou
         stages=stages,
         stage_configs={s: OmegaConf.to_container(cfg.stage[s], resolve=True) for s in stages},
         notes=notes,
+        compute=compute_of(cfg),
+        answer_tokens=int(cfg.data.max_answer_tokens),
     )
 
 
@@ -75,11 +87,17 @@ def source_from_dir(path: Path, label: str | None = None) -> Source:
             notes.append(
                 f"{run_config} has no settings for stage {stage!r}: its trainable counts are the ones recorded in the metadata"
             )
-        return Source(label, "stage_dir", meta["model"], [stage], {stage: stage_config}, meta.get("trainable"), notes)
+        source = Source(label, "stage_dir", meta["model"], [stage], {stage: stage_config}, meta.get("trainable"), notes)
+        source.compute = compute_of(meta.get("compute") or {})
+        source.answer_tokens = int((meta.get("data") or {}).get("max_answer_tokens", source.answer_tokens))
+        return source
     if layout.is_run_dir(path):
         cfg = _load_resolved_config(path / layout.RESOLVED_CONFIG)
         stages = list(cfg.get("stages") or [])
-        return Source(label, "run_dir", cfg["model"], stages, {s: cfg["stage"][s] for s in stages})
+        source = Source(label, "run_dir", cfg["model"], stages, {s: cfg["stage"][s] for s in stages})
+        source.compute = compute_of(cfg)
+        source.answer_tokens = int((cfg.get("data") or {}).get("max_answer_tokens", source.answer_tokens))
+        return source
     raise ConfigError(
         f"{path}: neither a run directory (with {layout.RESOLVED_CONFIG}) nor a stage directory (with {layout.METADATA})"
     )
