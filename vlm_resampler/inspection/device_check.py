@@ -1,0 +1,195 @@
+"""launch/gpu_check.py: the checks that need a GPU, as one prepared command that writes a JSON
+report (under 8 minutes on one lent GPU). Without a GPU it runs the same parts on the CPU, smaller,
+so that the script itself is tested here (tests/test_gpu_check.py); the report says which device.
+
+Parts (each recorded with its seconds, and its error if it failed; one failing part does not stop
+the others):
+- device: torch, CUDA, the device's name, memory and bf16 support;
+- smoke: launch/train.py debug=smoke through all three stages in bf16 (fp32 where the device
+  cannot run bf16), then launch/eval.py on its last stage;
+- real_size: SigLIP-base + Qwen3-0.6B at full size (random weights) in the resampler stage: seconds
+  per step, tokens per second, the model FLOPs utilisation against the device's peak (H100 / H200
+  bf16 dense: 989 TFLOPS; none elsewhere), and the peak memory against inspect's memory plan;
+- scan: our selective scan (the chunked scan; on CUDA tensors unless mamba-ssm's kernel is
+  installed) against the per-step reference, values and every gradient;
+- mamba_ssm: its kernel against our scan on the same inputs, where mamba-ssm is installed; where it
+  is not, why (the lent GPU machine reaches no package index, and building its CUDA extension
+  takes longer than the check's budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense, SXM; per the vendor's data sheets
+FLOAT32_TOLERANCE = 2e-4
+
+
+def timed(part):
+    """Run part() -> dict; add its seconds, or its error and traceback tail when it raised."""
+    start = time.perf_counter()
+    try:
+        result = {"ok": True} | part()
+    except Exception as err:  # a part's failure is its result; the other parts still run
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+    return result | {"seconds": round(time.perf_counter() - start, 1)}
+
+
+def device_info() -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    if not torch.cuda.is_available():
+        return info | {"device": "cpu", "name": platform.processor() or platform.machine()}
+    props = torch.cuda.get_device_properties(0)
+    return info | {
+        "device": "cuda",
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "bf16": torch.cuda.is_bf16_supported(),
+        "count": torch.cuda.device_count(),
+    }
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "launch" / script), *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+    return done
+
+
+def smoke(work: Path, precision: str) -> dict:
+    run = work / "smoke"
+    run_script("train.py", "debug=smoke", f"precision={precision}", f"hydra.run.dir={run}", "experiment.name=smoke",
+               cwd=work, timeout=300)  # fmt: skip
+    run_script("eval.py", f"checkpoint_dir={run}/finetune", "debug=smoke", cwd=work, timeout=300)
+    losses = {
+        s: json.loads((run / s / "train_metrics.json").read_text())["final_loss"]
+        for s in ("vision", "resampler", "finetune")
+    }
+    metrics = json.loads(next((run / "finetune" / "eval").glob("*/metrics.json")).read_text())
+    return {"precision": precision, "final_losses": losses, "eval_CIDEr": metrics["model"]["CIDEr"]}
+
+
+def real_size(work: Path, precision: str, batch_size: int, steps: int) -> dict:
+    """The resampler stage of SigLIP-base + Qwen3-0.6B (random weights), timed in this process."""
+    from vlm_resampler.config.preflight import compose
+    from vlm_resampler.inspection.counts import inspect_source
+    from vlm_resampler.inspection.sources import source_from_overrides
+    from vlm_resampler.training.run import resolved_container, run_stage
+
+    overrides = [
+        "backbone=random_siglip_base_qwen3_0_6b", "resampler=perceiver", "stages=[resampler]", f"precision={precision}",
+        "data.num_train=64", "stage.resampler.object_code_warmup_steps=0", f"stage.resampler.batch_size={batch_size}",
+        f"stage.resampler.max_steps={steps}", "stage.resampler.logging_steps=1", "stage.resampler.save_steps=1000",
+    ]  # fmt: skip
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    report = inspect_source(source_from_overrides(overrides), gpu_gib)
+    plan = report["memory"]["resampler"]
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = run_stage(resolved_container(compose("train", overrides)), "resampler", work / "real_size", None)
+    metrics = json.loads((result.stage_dir / "train_metrics.json").read_text())
+    seconds_per_step = metrics["train_runtime_s"] / steps
+    tokens = batch_size * (report["tokens"]["tokens_per_image"] + 80)  # + prompt and answer (about 80)
+    # The LLM is frozen: forward (2 N T) and the gradient to its inputs (2 N T), no weight gradients.
+    flops = 4 * report["parameters"]["llm"] * tokens
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    out = {
+        "batch_size": batch_size,
+        "steps": steps,
+        "seconds_per_step": round(seconds_per_step, 3),
+        "tokens_per_second": round(tokens / seconds_per_step, 1),
+        "model_tflops_per_second": round(flops / seconds_per_step / 1e12, 3),
+        "mfu": round(flops / seconds_per_step / peak, 4) if peak and precision == "bf16" else None,
+        "planned_peak_gib": round(plan["peak"] / 2**30, 2),
+    }
+    if torch.cuda.is_available():
+        out["measured_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def scan(device: str) -> dict:
+    """Our scan against the reference on `device`: outputs and the gradient of every input."""
+    from vlm_resampler.ops.selective_scan import selective_scan, selective_scan_reference
+
+    torch.manual_seed(0)
+    b, d, n, length = 2, 64, 16, 96
+    inputs = {
+        "u": torch.randn(b, d, length), "delta": torch.randn(b, d, length) * 0.5, "A": -torch.rand(d, n) - 0.5,
+        "B": torch.randn(b, n, length), "C": torch.randn(b, n, length), "D": torch.randn(d),
+        "z": torch.randn(b, d, length), "delta_bias": torch.randn(d) * 0.1,
+    }  # fmt: skip
+    worst = {}
+    outputs = []
+    for function in (selective_scan, selective_scan_reference):
+        leaves = {k: v.detach().clone().to(device).requires_grad_() for k, v in inputs.items()}  # own leaves, own grads
+        y = function(**leaves)
+        (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
+        outputs.append((y.detach(), {k: v.grad for k, v in leaves.items()}))
+    (y, grads), (y_ref, grads_ref) = outputs
+    worst["y"] = (y - y_ref).abs().max().item()
+    for key in inputs:
+        worst[f"grad_{key}"] = (grads[key] - grads_ref[key]).abs().max().item() / (
+            grads_ref[key].abs().max().item() or 1
+        )
+    return {"device": device, "max_differences": worst, "within_tolerance": max(worst.values()) < FLOAT32_TOLERANCE}
+
+
+def mamba_ssm() -> dict:
+    from vlm_resampler.ops import selective_scan as ops
+
+    try:
+        import mamba_ssm as package
+    except ImportError:
+        return {
+            "installed": False,
+            "why": "mamba-ssm is not installed: the lent GPU machine reaches no package index, and building its "
+            "CUDA extension from source takes longer than this check's budget",
+        }
+    if ops._KERNEL is None or not torch.cuda.is_available():
+        return {"installed": True, "version": package.__version__, "compared": False, "why": "no CUDA kernel here"}
+    return {"installed": True, "version": package.__version__, "compared": True} | scan("cuda")
+
+
+def run_all(out: Path, work: Path, quick: bool) -> dict:
+    """Every part, in order; the report is written after each, so a timeout leaves what was done."""
+    cuda = torch.cuda.is_available()
+    precision = "bf16" if (cuda and torch.cuda.is_bf16_supported()) else "fp32"
+    parts = {
+        "device": device_info,
+        "scan": lambda: scan("cuda" if cuda else "cpu"),
+        "mamba_ssm": mamba_ssm,
+        "smoke": lambda: smoke(work, precision),
+        "real_size": lambda: real_size(work, precision, 8 if cuda else 1, 10 if cuda and not quick else 2),
+    }
+    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "on_gpu": cuda}
+    for name, part in parts.items():
+        print(f"gpu_check: {name} ...", flush=True)
+        report[name] = timed(part)
+        out.write_text(json.dumps(report, indent=2))
+    report["ok"] = all(report[name]["ok"] for name in parts) and report["scan"].get("within_tolerance", False)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"gpu_check on {report['device'].get('name', '?')} ({'GPU' if report['on_gpu'] else 'CPU only'}):"]
+    for name in ("scan", "mamba_ssm", "smoke", "real_size"):
+        part = report[name]
+        status = "ok" if part["ok"] else f"FAILED ({part['error']})"
+        lines.append(f"  {name:10s} {status}, {part['seconds']} s")
+    if report["real_size"]["ok"]:
+        r = report["real_size"]
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"  real-size step {r['seconds_per_step']} s, {r['tokens_per_second']} tokens/s, MFU {mfu}")
+    return "\n".join(lines)
