@@ -252,15 +252,17 @@ def test_an_invalid_trial_is_recorded_failed_with_its_reason_and_runs_nothing(tm
     assert "expected an int &gt;= 1" in (sweep / "report.html").read_text()
 
 
-def test_a_study_without_optimized_metric_is_refused(tmp_path):
-    done = run_cli(
-        "train.py",
-        "-m",
-        "hparams_search=perceiver_tokens",
-        *TRIAL,
-        "optimized_metric=null",
-        f"hydra.sweep.dir={tmp_path / 'study'}",
-        cwd=tmp_path,
-    )
-    assert done.returncode != 0
-    assert "hydra/sweeper=optuna needs optimized_metric" in done.stderr
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimized_metric=null", "hydra/sweeper=optuna needs optimized_metric"),
+        ("+hydra.sweeper.params.resampler.depth='interval(3, 1)'", "resampler.depth: interval(3.0, 1.0) must have start < end"),
+    ],
+)  # fmt: skip
+def test_a_bad_study_is_refused_before_anything_is_written(override, message, tmp_path):
+    sweep = tmp_path / "study"
+    done = run_cli("train.py", "-m", "hparams_search=perceiver_tokens", *TRIAL, override, f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr and "Nothing was submitted" in done.stderr
+    assert not sweep.exists()

@@ -95,11 +95,13 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
         )
     first_job = expand_jobs(overrides, config_groups())[0]
     try:
-        hydra_cfg = compose(config_name, first_job, with_hydra=True).hydra
+        first = compose(config_name, first_job, with_hydra=True)
     except ConfigError as err:
         refuse(str(err))
+    hydra_cfg = first.hydra
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
     if hydra_cfg.runtime.choices.get("hydra/sweeper") == "optuna":
+        check_study(first)
         hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         return prepare_study(config_name, argv, sweep_dir, hydra_cfg, hydra_overrides)
     if (sweep_dir / dirs.MANIFEST).exists():
@@ -174,6 +176,21 @@ def record_jobs(sweep_dir: Path, jobs: list[tuple[int, list[str], dict]]) -> Non
         if num not in listed:
             manifest["jobs"].append({"num": num, "dir": name, "overrides": overrides, **extra})
     write_json(sweep_dir / dirs.MANIFEST, manifest)
+
+
+def check_study(cfg) -> None:
+    """A study's own settings, before anything is written: its search space and its objective."""
+    from vlm_resampler.sweeps.search_space import search_space
+
+    if not cfg.get("optimized_metric"):
+        refuse(
+            "hydra/sweeper=optuna needs optimized_metric (e.g. optimized_metric=val/CIDEr): the number each job "
+            "returns to the study (conf/hparams_search/ presets set it)"
+        )
+    try:
+        search_space(OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=True))
+    except ConfigError as err:
+        refuse(str(err))
 
 
 def prepare_study(config_name: str, argv: list[str], sweep_dir: Path, hydra_cfg, hydra_overrides) -> list[str]:
