@@ -94,9 +94,11 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
             array = slurm.wait_for(lambda: slurm.array_id(name), timeout=120, what=f"the array of {name} in squeue")
             # Only once task 0 runs: a task cancelled while the whole array is still pending leaves no
             # accounting record of its own, and submitit (which asks sacct only) would wait for it forever.
-            states = lambda: {state for _, state in slurm.jobs(name)}  # noqa: E731
+            tasks = lambda: dict(slurm.jobs(name))  # noqa: E731
             slurm.wait_for(
-                lambda: {"RUNNING", "PENDING"} <= states(), timeout=120, what="task 0 running, task 1 pending"
+                lambda: "RUNNING" in tasks().values() and tasks().get(f"{array}_1") == "PENDING",
+                timeout=120,
+                what="task 0 running, task 1 pending under its own id",
             )
             slurm.cancel(f"{array}_1")
             returncode = launcher.wait(timeout=300)
@@ -105,7 +107,12 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
                 launcher.kill()
     output = (tmp_path / "sweep.log").read_text()
     assert returncode != 0, "a cancelled job makes the sweep fail\n" + output[-2000:]
-    assert slurm.final_state(f"{array}_1").startswith("CANCELLED")
+    # CI (6 Dec) once cancelled task 1 0.4 s after task 0 started, and sacct never listed task 1 (as
+    # in the eight-job test below: a task cancelled before the scheduler split it from the array's
+    # pending record gets no accounting record). Then there is no state to read; what follows
+    # checks that it never ran and is resumed.
+    state = slurm.final_state(f"{array}_1")
+    assert (state or "CANCELLED").startswith("CANCELLED"), state
     first, second = (sweep / j["dir"] for j in manifest(sweep)["jobs"])
     assert status(first)["status"] == "done" and status(second)["status"] == "queued"
 
