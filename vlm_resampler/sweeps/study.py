@@ -145,16 +145,17 @@ class OptunaStudySweeper(Sweeper):
         SLURM) is waited for; a job that finished gives its trial the result; the rest run again."""
         import time
 
-        from vlm_resampler.training.resume import is_training
+        from vlm_resampler.training.resume import lock_holder
 
         settled = []
         for trial in orphans:
             job_dir = self.sweep_dir / trial.user_attrs.get(JOB_DIR, "")
             if job_dir == self.sweep_dir:
                 continue
-            if is_training(job_dir):
-                print(f"study: trial {trial.number}: its job is still training in {job_dir}; waiting", flush=True)
-                while is_training(job_dir):
+            holder = lock_holder(job_dir)
+            if holder is not None:
+                print(f"study: trial {trial.number}: {holder} is still training in {job_dir}; waiting", flush=True)
+                while lock_holder(job_dir) is not None:
                     time.sleep(5)
             value, why = self.result_from_dir(job_dir)
             if value is None:

@@ -187,20 +187,6 @@ def lock_holder(run_dir: Path) -> str | None:
     return None
 
 
-def is_training(run_dir: Path) -> bool:
-    """Whether a live process holds `run_dir`'s training lock (a job that outlived its launcher)."""
-    path = Path(run_dir) / layout.LOCK
-    if not path.is_file():
-        return False
-    with open(path, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 @contextmanager
 def training_lock(run_dir: Path) -> Iterator[None]:
     """Held by the (rank 0) process that trains into `run_dir`; released when it exits, however."""
