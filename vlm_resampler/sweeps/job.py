@@ -21,6 +21,11 @@ from vlm_resampler.sweeps import dirs  # noqa: F401  (registers the job-director
 EVAL_LOG = "eval.log"
 
 
+def on_rank_zero() -> bool:
+    """Rank 0 of a torchrun (RANK) or of a multi-task SLURM job (SLURM_PROCID), or a single process."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
 def read_status(run_dir: Path) -> dict:
     import json
 
@@ -98,7 +103,7 @@ def track_eval(run_dir: Path, stage_dir: Path) -> None:
 def evaluate_if_asked(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
     """With eval_after=true: launch/eval.py on the last stage of the finished run (rank 0 only
     under torchrun). A failure marks the job failed (status.json, traceback.txt) and raises."""
-    if not cfg.get("eval_after") or int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+    if not cfg.get("eval_after") or not on_rank_zero():
         return
     run_dir = Path(run_dir)
     try:
@@ -120,7 +125,7 @@ def objective_if_asked(cfg: DictConfig, stage_dir: Path) -> float | None:
     from vlm_resampler.sweeps.collect import objective_value
 
     metric = cfg.get("optimized_metric")
-    if not metric or int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+    if not metric or not on_rank_zero():
         return None
     return objective_value(Path(stage_dir), str(metric))
 
