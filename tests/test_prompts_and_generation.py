@@ -22,6 +22,17 @@ def tokenizer():
 FMT = PromptFormat(system_prompt=None, user_template="<image>\n{query}")
 
 
+def test_the_default_prompt_a_weights_only_rebuild_assumes_is_the_one_training_uses():
+    """runs/ rebuilds a checkpoint that records no prompt with DEFAULT_PROMPT, never by reading conf/."""
+    from omegaconf import OmegaConf
+
+    from vlm_resampler.catalog import CONF_DIR
+    from vlm_resampler.data.prompts import DEFAULT_PROMPT
+
+    assert OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").prompt) == DEFAULT_PROMPT
+    PromptFormat(**DEFAULT_PROMPT)  # a valid format
+
+
 def test_prompt_has_one_image_slot_and_ends_with_the_generation_prompt(tokenizer):
     ids = prompt_ids(tokenizer, FMT, "Describe the panorama.")
     assert ids.count(IMAGE_SLOT) == 1

@@ -104,12 +104,11 @@ def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
 def test_type_specific_keys_are_swept_through_per_type_presets():
     """-m 'experiment=glob(compare_*)' resampler.hidden_dim=16,32: every job is valid, each type with its own keys."""
     from vlm_resampler.catalog import CONF_DIR
-    from vlm_resampler.config.preflight import compose
+    from vlm_resampler.config.preflight import compose, sweep_jobs
     from vlm_resampler.sweeps.check import validate_sweep_job
-    from vlm_resampler.sweeps.submit import expand_like_hydra
 
-    jobs, hydra_overrides = expand_like_hydra(
-        ["experiment=glob(compare_*)", "resampler.hidden_dim=16,32", "hydra/launcher=slurm"], CONF_DIR
+    jobs, hydra_overrides = sweep_jobs(
+        "train", ["experiment=glob(compare_*)", "resampler.hidden_dim=16,32", "hydra/launcher=slurm"], CONF_DIR
     )
     assert hydra_overrides == ["hydra/launcher=slurm"]
     assert [job[0] for job in jobs] == ["experiment=compare_bimamba"] * 2 + ["experiment=compare_mlp"] * 2
@@ -118,6 +117,45 @@ def test_type_specific_keys_are_swept_through_per_type_presets():
         validate_sweep_job(cfg)
         assert cfg.resampler.hidden_dim in (16, 32)
         assert ("expand" in cfg.resampler) == (job[0] == "experiment=compare_bimamba")
+
+
+SWEEPER_PARAMS_PRESET = """# @package _global_
+hydra:
+  sweeper:
+    params:
+      projector.depth: 0,2
+"""
+
+
+def test_jobs_a_preset_sweeps_through_hydra_sweeper_params_are_validated_like_the_command_lines(
+    tmp_path, monkeypatch, capsys
+):
+    """One expansion (Hydra's BasicSweeper) for preflight and submission: a preset's
+    hydra.sweeper.params become jobs, and a bad one stops the sweep before anything is written."""
+    from vlm_resampler.catalog import CONF_DIR
+    from vlm_resampler.cli import check_train_argv
+    from vlm_resampler.config import preflight
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "experiment" / "depth_sweep.yaml").write_text(SWEEPER_PARAMS_PRESET)
+    jobs, _ = preflight.sweep_jobs("train", ["experiment=depth_sweep", "resampler=mlp,perceiver"], conf)
+    assert jobs == [
+        ["projector.depth=0", "experiment=depth_sweep", "resampler=mlp"],
+        ["projector.depth=0", "experiment=depth_sweep", "resampler=perceiver"],
+        ["projector.depth=2", "experiment=depth_sweep", "resampler=mlp"],
+        ["projector.depth=2", "experiment=depth_sweep", "resampler=perceiver"],
+    ]
+    monkeypatch.setattr(preflight, "CONF_DIR", conf)
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=depth_sweep", "debug=smoke", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"]
+    with pytest.raises(SystemExit) as stopped:
+        check_train_argv(argv, configure_hub=False)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 job(s) have an invalid config" in err
+    assert "[projector.depth=0 experiment=depth_sweep debug=smoke]" in err and "cannot be built" in err
+    assert not sweep.exists()
 
 
 def test_preflight_knows_hydra_and_plugin_launchers():

@@ -12,6 +12,15 @@ from vlm_resampler.suggest import did_you_mean
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def conf_options(group: str) -> dict[str, dict]:
+    """conf/<group>/*.yaml, each resolved on its own (a backbone's tokenizer follows its LLM); a
+    view's size follows ${backbone.image_size} and is left for the caller to fill."""
+    options = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        options[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=group != "view")
+    return options
+
+
 def resampler_options() -> list[str]:
     """Every resampler type there is: the options of conf/resampler/ (tests and tools discover them here)."""
     return sorted(path.stem for path in (CONF_DIR / "resampler").glob("*.yaml"))

@@ -23,6 +23,10 @@ class ConfigError(UserFacingError, ValueError):
     """A bad config or command line: a short message, no traceback (exit 2)."""
 
 
+class UnknownResamplerKey(ConfigError):
+    """A `resampler.<key>` the chosen resampler type does not take (another type may)."""
+
+
 def exit_with(err: UserFacingError, doing: str) -> NoReturn:
     """`error: <doing>: <message>` and exit 1; with VLM_RESAMPLER_TRACEBACK=1, raise it instead."""
     if os.environ.get(TRACEBACK_VARIABLE) == "1":

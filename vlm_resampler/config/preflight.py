@@ -3,14 +3,13 @@ validate each job, and stop with a short message (exit 2) at the first bad one."
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.catalog import CONF_DIR
-from vlm_resampler.errors import ConfigError
+from vlm_resampler.errors import ConfigError, UnknownResamplerKey
 from vlm_resampler.suggest import did_you_mean
 
 # Hydra flags that take a value in the next argument.
@@ -45,9 +44,10 @@ def split_argv(argv: list[str]) -> tuple[list[str], bool]:
     return overrides, multirun
 
 
-def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+def config_groups(conf_dir: Path | None = None) -> dict[str, list[str]]:
     """Group path (e.g. 'resampler', 'hydra/launcher') -> its options (yaml file stems; for Hydra's
     own groups also the options Hydra and its plugins register, e.g. hydra/launcher=basic)."""
+    conf_dir = conf_dir or CONF_DIR
     groups = {}
     for folder in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
         options = sorted(f.stem for f in folder.glob("*.yaml"))
@@ -69,22 +69,33 @@ def registered_options(group: str) -> list[str]:
         return []
 
 
-def expand_jobs(overrides: list[str], groups: dict[str, list[str]]) -> list[list[str]]:
-    """Sweeps (a,b / range / glob) -> the cartesian product of plain override lists."""
+def sweep_jobs(
+    config_name: str, overrides: list[str], conf_dir: Path | None = None
+) -> tuple[list[list[str]], list[str]]:
+    """(jobs, hydra overrides) of a -m command line: each job's task overrides exactly as Hydra's
+    BasicSweeper makes them (its `split_arguments`), the config's `hydra.sweeper.params` first, as
+    Hydra puts them. The one expansion: preflight validates these jobs and submission launches them.
+    An Optuna study's `hydra.sweeper.params` is its search space, not jobs: only the command line's
+    sweeps are expanded then (sweeps/study.py validates each trial)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ValueType
 
-    axes = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.get_key_element()
-        if not override.is_sweep_override():
-            axes.append([override.input_line])
-        elif override.value_type == ValueType.GLOB_CHOICE_SWEEP:
-            options = groups.get(override.key_or_group, [])
-            axes.append([f"{key}={o}" for o in override.value().filter(options)])
-        else:
-            axes.append([f"{key}={v}" for v in override.sweep_string_iterator()])
-    return [list(job) for job in itertools.product(*axes)]
+    conf_dir = conf_dir or CONF_DIR
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir)))
+    parser = OverridesParser.create(config_loader=loader)
+    parsed = parser.parse_overrides(overrides)
+    hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    # What Hydra composes for the sweeper itself: the command line without its sweeps.
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    hydra_cfg = compose(config_name, fixed, with_hydra=True, conf_dir=conf_dir).hydra
+    if hydra_cfg.runtime.choices.get("hydra/sweeper") == "basic" and hydra_cfg.sweeper.get("params"):
+        params = OmegaConf.to_container(hydra_cfg.sweeper.params)
+        task = [f"{key}={value}" for key, value in params.items()] + task
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(task), max_batch_size=None)
+    return [list(job) for job in batches[0]], hydra_overrides
 
 
 def check_override_names(job: list[str], config_name: str, groups: dict[str, list[str]]) -> None:
@@ -119,26 +130,29 @@ def check_key_exists(cfg: DictConfig, key: str) -> None:
             where = ".".join(parts[:depth]) or "the config"
             siblings = [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
             message = f"{key}: unknown key {part!r} in {where}.{did_you_mean(part, siblings)}"
+            error = ConfigError
             if parts[0] == "resampler" and depth == 1:
                 from vlm_resampler.catalog import unknown_resampler_key
 
-                message = unknown_resampler_key(part, siblings)
+                message, error = unknown_resampler_key(part, siblings), UnknownResamplerKey
             if siblings:
                 message += f"\n  valid keys here: {', '.join(map(str, siblings))}"
-            raise ConfigError(message)
+            raise error(message)
         if OmegaConf.is_missing(node, part):
             return
         node = node[part]
 
 
-def compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
+def compose(
+    config_name: str, overrides: list[str], with_hydra: bool = False, conf_dir: Path | None = None
+) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(str(err).strip()) from err
@@ -156,7 +170,11 @@ def preflight(
     overrides, multirun = split_argv(argv)
     groups = config_groups()
     try:
-        jobs = expand_jobs(overrides, groups) if multirun else [overrides]
+        if multirun:
+            task_jobs, hydra_overrides = sweep_jobs(config_name, overrides)
+            jobs = [[*hydra_overrides, *job] for job in task_jobs]
+        else:
+            jobs = [overrides]
     except Exception as err:  # the override grammar (OverrideParseException): say what, no traceback
         print(
             f"error: the sweep cannot be expanded into jobs; nothing was started.\n  {str(err).strip()}",
@@ -169,31 +187,31 @@ def preflight(
             check_override_names(job, config_name, groups)
             composed.append((job, compose(config_name, job)))
         except ConfigError as err:
-            failures.append((job, str(err)))
+            failures.append((job, err))
     if not failures and before_validate is not None:
         try:
             before_validate([cfg for _, cfg in composed])
         except ConfigError as err:
-            failures.append(([], str(err)))
+            failures.append(([], err))
     for job, cfg in composed if not failures else []:
         try:
             validate(cfg)
             if single_run_check is not None and not multirun:
                 single_run_check(compose(config_name, job, with_hydra=True))
         except ConfigError as err:
-            failures.append((job, str(err)))
+            failures.append((job, err))
     if failures:
         print(
             f"error: {len(failures)} of {len(jobs)} job(s) have an invalid config; nothing was started.",
             file=sys.stderr,
         )
-        for job, message in failures[:20]:
+        for job, error in failures[:20]:
             label = " ".join(o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))) or "(no overrides)"
             prefix = f"[{label}] " if len(jobs) > 1 else ""
-            print(f"  {prefix}{message}", file=sys.stderr)
+            print(f"  {prefix}{error}", file=sys.stderr)
         if len(failures) > 20:
             print(f"  ... and {len(failures) - 20} more job(s)", file=sys.stderr)
-        if multirun and any("is not a parameter of this resampler" in message for _, message in failures):
+        if multirun and any(isinstance(error, UnknownResamplerKey) for _, error in failures):
             print(
                 "hint: a key that only some resampler types have is swept per type, through one experiment preset "
                 "per type: -m 'experiment=glob(compare_*)' (see conf/experiment/compare_*.yaml)",

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vlm_resampler.catalog import CONF_DIR, unknown_resampler_key
-from vlm_resampler.errors import ConfigError
+from vlm_resampler.errors import ConfigError, UnknownResamplerKey
 from vlm_resampler.runs.layout import METADATA, RESUMABLE, STAGE_NAMES, STATUS, is_stage_dir
 from vlm_resampler.runs.metadata import read_metadata
 from vlm_resampler.runs.targets import refusal
@@ -76,11 +76,12 @@ def check_target_node(node: DictConfig, where: str) -> None:
     injected = INJECTED.get(where, set())
     given = {k for k in node.keys() if k not in HYDRA_KEYS}
     for key in sorted(given - set(params)):
-        message = f"{where}.{key} is not a parameter of {node._target_}.{did_you_mean(key, set(params) - injected)}"
         if where == "model.resampler":
             message = unknown_resampler_key(key, sorted(set(params) - injected), target.__name__)
-            message += f"\n  valid keys: {', '.join(k for k in params if k not in injected)}"
-        raise ConfigError(message)
+            raise UnknownResamplerKey(f"{message}\n  valid keys: {', '.join(k for k in params if k not in injected)}")
+        raise ConfigError(
+            f"{where}.{key} is not a parameter of {node._target_}.{did_you_mean(key, set(params) - injected)}"
+        )
     for key in sorted(given & injected):
         raise ConfigError(f"{where}.{key} is filled in from the model's other parts; remove it from the config")
     for key, param in params.items():

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 IMAGE_MARKER = "<image>"
 # Placeholder id that no tokenizer produces; the model replaces it by the visual tokens.
 IMAGE_SLOT = -200
+# The prompt conf/train.yaml trains with unless told otherwise, fixed here so that a checkpoint
+# which records no prompt is rebuilt with the same assumption whatever conf/ says later (a test
+# keeps conf/train.yaml's default equal to it).
+DEFAULT_PROMPT = {"system_prompt": None, "user_template": f"{IMAGE_MARKER}\n{{query}}"}
 
 
 @dataclass(frozen=True)

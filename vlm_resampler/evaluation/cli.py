@@ -6,6 +6,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlm_resampler.catalog import conf_options
 from vlm_resampler.errors import ConfigError
 from vlm_resampler.evaluation.settings import check_eval_settings
 from vlm_resampler.hub import configure_hub_access
@@ -144,7 +145,6 @@ def check_guide_eval(guide: GuideMetadata, cfg: DictConfig, missing: list[str]) 
         backbone_choices,
         backbone_option,
         check_resampler_keys,
-        conf_options,
         resampler_arguments,
         view_option,
     )

@@ -23,7 +23,7 @@ from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
-from vlm_resampler.runs.load import build_model, load_stage, rebuilt_from
+from vlm_resampler.runs.load import build_model, load_stage
 from vlm_resampler.runs.locate import resolve_checkpoint_dir
 from vlm_resampler.runs.provenance import RECONSTRUCTED, UserSettings
 from vlm_resampler.runs.reconstruct_parts import BACKBONE_PARTS, GROUP_OF_PART
@@ -204,7 +204,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     set_threads(cfg.num_threads)
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
     meta = loaded.metadata
-    source = rebuilt_from(stage_dir, meta) + (" (see the log above)" if RECONSTRUCTED in meta else "")
+    source = loaded.described_by + (" (see the log above)" if RECONSTRUCTED in meta else "")
     print(
         f"model rebuilt from {source} (resampler={meta['resampler_type']}, "
         f"{json.dumps({k: v for k, v in meta['resampler'].items() if not k.startswith('_')})})"

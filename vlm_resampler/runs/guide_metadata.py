@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_resampler.catalog import conf_options
 from vlm_resampler.errors import UserFacingError
 from vlm_resampler.guide_names import RESAMPLER_TYPES
 from vlm_resampler.runs import layout
@@ -256,20 +257,6 @@ def _number(node: dict, where: str, key: str, path: Path, kind: type) -> Any:
 
 
 # ---- our config options for what the file names --------------------------------------------
-
-
-def conf_options(group: str) -> dict[str, dict]:
-    """conf/<group>/*.yaml, each resolved on its own (a backbone's tokenizer follows its LLM)."""
-    from omegaconf import OmegaConf
-
-    from vlm_resampler.catalog import CONF_DIR
-
-    options = {}
-    for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        node = OmegaConf.load(path)
-        # A view's size follows ${backbone.image_size}: left for resolve_view to fill.
-        options[path.stem] = OmegaConf.to_container(node, resolve=group != "view")
-    return options
 
 
 def backbone_option(guide: GuideMetadata) -> tuple[str, dict] | None:

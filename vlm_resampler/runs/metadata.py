@@ -104,11 +104,11 @@ def read_metadata(stage_dir: Path) -> dict:
         from vlm_resampler.runs.guide_metadata import is_guide_format
 
         if is_guide_format(meta):
-            # Only eval rebuilds such a checkpoint (from its weights, the file's values checked
-            # against them); everything else needs the full record that only our format holds.
+            # CheckpointRecord.read rebuilds such a checkpoint (from its weights, the file's values
+            # checked against them) for eval and inspect; training continues only from our format.
             raise ValueError(
                 f"{path} is in the earlier system's (guide) format: `python launch/eval.py checkpoint_dir={Path(stage_dir)}` "
-                "rebuilds it from its weights; init_from and inspect read only the format this code writes"
+                "rebuilds it from its weights; init_from reads only the format this code writes"
             )
         raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
     return meta

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from vlm_resampler.catalog import conf_options
 from vlm_resampler.resamplers.infer import infer_resampler
 from vlm_resampler.resamplers.shape_rules import ShapeInferenceError, Shapes
 from vlm_resampler.runs import layout
@@ -17,7 +18,6 @@ from vlm_resampler.runs.guide_metadata import (
     backbone_choices,
     backbone_option,
     check_resampler_keys,
-    conf_options,
     resampler_arguments,
     resolve_view,
     view_notes,

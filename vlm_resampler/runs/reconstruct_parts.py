@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+from vlm_resampler.data.prompts import DEFAULT_PROMPT
 from vlm_resampler.models.lora import trained_whole
 from vlm_resampler.resamplers.infer import infer_resampler
 from vlm_resampler.resamplers.shape_rules import InferredResampler, ShapeInferenceError, Shapes
@@ -266,15 +267,6 @@ def user_parts(user: UserSettings) -> dict:
     return parts
 
 
-def default_prompt() -> dict:
-    """conf/train.yaml's prompt block (read directly: this may run inside a Hydra app, which cannot compose again)."""
-    from omegaconf import OmegaConf
-
-    from vlm_resampler.catalog import CONF_DIR
-
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").prompt, resolve=True)
-
-
 def run_settings(stage_dir: Path, saved: dict | None, user: UserSettings, prov: Provenance) -> dict:
     """Model parts no weight describes, tokenizer, prompt, data and seed: the saved config's, else the command line's."""
     if saved is not None:
@@ -305,9 +297,9 @@ def run_settings(stage_dir: Path, saved: dict | None, user: UserSettings, prov: 
     if {"system_prompt", "user_template"} <= set(prompt):
         prov.command_line["prompt"] = prompt
     else:
-        prompt = default_prompt() | prompt
+        prompt = DEFAULT_PROMPT | prompt
         prov.assumed["prompt"] = (
-            f"{prompt!r}: the current conf/train.yaml default, not a record of training; it changes "
+            f"{prompt!r}: the project's default prompt (data/prompts.py), not a record of training; it changes "
             "outputs: pass prompt.system_prompt=... prompt.user_template=... if training used another"
         )
     prov.assumed["seed"] = "0: only the untrained baseline's fresh weights depend on it"

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlm_resampler.catalog import CONF_DIR
-from vlm_resampler.config.preflight import compose, config_groups, expand_jobs, split_argv
+from vlm_resampler.config.preflight import compose, split_argv, sweep_jobs
 from vlm_resampler.errors import ConfigError
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
@@ -39,26 +39,6 @@ def now() -> str:
 def hydra_quote(value: str) -> str:
     """A value for Hydra's override grammar, whatever characters the path holds."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def expand_like_hydra(
-    overrides: list[str], conf_dir: Path, sweeper_params: dict | None = None
-) -> tuple[list[list[str]], list[str]]:
-    """(jobs, hydra overrides): each job's task overrides exactly as Hydra's BasicSweeper makes them."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir)))
-    parser = OverridesParser.create(config_loader=loader)
-    parsed = parser.parse_overrides(overrides)
-    hydra_overrides = [o.input_line for o in parsed if o.is_hydra_override()]
-    task = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + [
-        o.input_line for o in parsed if not o.is_hydra_override()
-    ]
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(task), max_batch_size=None)
-    return [list(job) for job in batches[0]], hydra_overrides
 
 
 def git_snapshot(sweep_dir: Path) -> dict:
@@ -93,16 +73,15 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
         refuse(
             "a sweep composes every job from its own snapshot of conf/; --config-path/--config-name cannot be combined with -m"
         )
-    first_job = expand_jobs(overrides, config_groups())[0]
     try:
-        first = compose(config_name, first_job, with_hydra=True)
+        jobs, hydra_overrides = sweep_jobs(config_name, overrides)
+        first = compose(config_name, [*hydra_overrides, *jobs[0]], with_hydra=True)
     except ConfigError as err:
         refuse(str(err))
     hydra_cfg = first.hydra
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
     if hydra_cfg.runtime.choices.get("hydra/sweeper") == "optuna":
         check_study(first)
-        hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         return prepare_study(config_name, argv, sweep_dir, hydra_cfg, hydra_overrides)
     if (sweep_dir / dirs.MANIFEST).exists():
         refuse(
@@ -113,8 +92,6 @@ def prepare_sweep(config_name: str, argv: list[str]) -> list[str]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(CONF_DIR, snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
 
-    sweeper_params = OmegaConf.to_container(hydra_cfg.sweeper.params) if hydra_cfg.sweeper.get("params") else None
-    jobs, hydra_overrides = expand_like_hydra(overrides, snapshot, sweeper_params)
     names = [dirs.job_dir_name(num, job) for num, job in enumerate(jobs)]
     seen: dict[str, int] = {}
     for num, job in enumerate(jobs):
