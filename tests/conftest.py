@@ -56,11 +56,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(f"  {line}", red=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
+def slow_tests_get_the_offline_default_backbones(request):
+    """The fast tier never builds the two pretrained backbones: checks and inspect read their
+    declared architectures (local_backbones.DECLARED_ARCHITECTURES), and its tests that train
+    backbone=tiny_reader build few-step versions into a private cache. Slow tests train and
+    evaluate the real default, and a subprocess test must not spend its timeout building it."""
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("offline_default_backbones")
+
+
+@pytest.fixture(scope="session")
 def offline_default_backbones():
     """The default backbone's pretrained tiny Qwen3 and tower (~3 + ~2 min to build on 2 cores),
-    built once into the suite's cache before any test: commands without debug=smoke (inspect,
-    preflight checks) resolve them, and a subprocess test must not spend its timeout building them."""
+    built once into the suite's cache."""
     from vlm_resampler.models.local_backbones import ensure_local_backbone
 
     names = ["vlm-resampler/tiny-qwen3-reader", "vlm-resampler/tiny-siglip-pretrained"]

@@ -204,8 +204,9 @@ def test_the_tower_is_taught_what_each_view_faces_and_nothing_where_it_faces_not
     assert (targets == 0).all(-1).any() and (targets > 0).all(-1).any(), "both kinds of view occur"
 
 
+@pytest.mark.slow  # the real build: about 2 min on 2 cores, made once for the slow tier by conftest
 def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
-    """The real build (made once for the suite by conftest): the tower arrives knowing how to see."""
+    """The real build: the tower arrives knowing how to see."""
     from vlm_resampler.models.local_backbones import local_backbone_dir
 
     record = json.loads((local_backbone_dir("vlm-resampler/tiny-siglip-pretrained") / "pretraining.json").read_text())
@@ -214,7 +215,8 @@ def test_the_default_tower_names_held_out_views_it_was_not_trained_on():
     assert accuracy["shape"] >= 0.85, accuracy  # 0.946 when built on 5 Dec 2026; chance is 1/3
 
 
-def test_a_stage_regresses_onto_the_readers_codes(mini_reader, smoke_config, tmp_path):
+def test_a_stage_regresses_onto_the_readers_codes(mini_reader, mini_tower, smoke_config, tmp_path):
+    """backbone=tiny_reader with both backbones built by few-step recipes into a private cache."""
     from vlm_resampler.training.run import resolved_container, run_stage
 
     cfg = resolved_container(
@@ -338,3 +340,20 @@ def test_threads_follow_the_cpus_a_job_was_given(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert allotted_threads(None) == (3, "SLURM_CPUS_PER_TASK")
     assert allotted_threads(2) == (2, "num_threads")
+
+
+def test_the_declared_architectures_are_those_of_the_builds(mini_reader, mini_tower):
+    """Checks and inspect read the two pretrained builds' architectures without building them
+    (local_backbones.DECLARED_ARCHITECTURES): each must be its build's config.json."""
+    from transformers import AutoConfig
+
+    from vlm_resampler.models.local_backbones import DECLARED_ARCHITECTURES, ensure_local_backbone
+
+    written_by_saving = {"architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"}
+    for name, declared in DECLARED_ARCHITECTURES.items():
+        built = AutoConfig.from_pretrained(ensure_local_backbone(name)).to_dict()
+        expected = declared().to_dict()
+        for config in (built, expected):
+            for key in written_by_saving:
+                config.pop(key, None)
+        assert built == expected, name

@@ -136,3 +136,11 @@ def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, mon
     light = inspect_json(*setup, "gradient_checkpointing=true", "--batch-size", "8", cwd=tmp_path)["memory"]["finetune"]
     assert light["activations_per_sample"] < plan["activations_per_sample"] / 3
     assert "gpu_gib" not in light, "without --gpu-mem the plan is for this CPU"
+
+    # Eager attention keeps each LLM layer's attention probabilities: 28 layers x 16 heads x s^2
+    # float32 values over the sequence (the image's tokens, the prompt and the answer); sdpa keeps none.
+    eager_report = inspect_json(*setup, "attn_implementation=eager", "--gpu-mem", "80", cwd=tmp_path)
+    eager = eager_report["memory"]["finetune"]
+    sequence = eager_report["tokens"]["tokens_per_image"] + 32 + 48
+    assert eager["activations_per_sample"] - plan["activations_per_sample"] == 4 * 28 * 16 * sequence**2
+    assert eager_report["memory"]["compute"]["attn_implementation"] == "eager"

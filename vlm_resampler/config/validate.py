@@ -256,6 +256,27 @@ def check_compute(cfg: DictConfig) -> None:
     workers = cfg.get("dataloader_workers", 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"dataloader_workers={workers!r}: expected an integer >= 0")
+    check_attention_setting(cfg)
+
+
+def check_attention_setting(cfg: DictConfig) -> None:
+    """`attn_implementation` is known, and both backbone loaders of the model tree take it (a
+    backbone option without `attn_implementation: ${oc.select:attn_implementation,sdpa}` would
+    silently keep the loaders' default)."""
+    from vlm_resampler.models.backbones import ATTENTION_IMPLEMENTATIONS
+
+    wanted = cfg.get("attn_implementation", "sdpa")
+    if wanted not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation={wanted!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    for part in ("vision_encoder", "language_model"):
+        loader = cfg.model.get(part)
+        given = loader.get("attn_implementation", "sdpa") if OmegaConf.is_dict(loader) else wanted
+        if given != wanted:
+            raise ConfigError(
+                f"attn_implementation={wanted!r}, but model.{part}.attn_implementation={given!r}: the backbone "
+                f"option's {part} must pass the setting on (`attn_implementation: "
+                "${oc.select:attn_implementation,sdpa}`, as conf/backbone/*.yaml do)"
+            )
 
 
 def check_logger(cfg: DictConfig) -> None:
@@ -310,12 +331,16 @@ def resampler_option(node) -> str:
 
 
 def check_backbones_available(cfg: DictConfig) -> None:
-    """Locally built backbones are built now (seconds); a hub name without a hub fails now."""
+    """A hub name without a hub fails now. Locally built backbones are built now where that takes
+    seconds; the pretrained ones (minutes) when training starts: checks need only their declared
+    architecture."""
     from vlm_resampler.models.backbones import resolve_backbone
-    from vlm_resampler.models.local_backbones import BackboneUnavailableError
+    from vlm_resampler.models.local_backbones import DECLARED_ARCHITECTURES, BackboneUnavailableError
 
     for key in ("vision_encoder", "language_model"):
         node = cfg.model[key]
+        if str(node.name_or_path) in DECLARED_ARCHITECTURES:
+            continue
         try:
             resolve_backbone(str(node.name_or_path), node.revision)
         except BackboneUnavailableError as err:

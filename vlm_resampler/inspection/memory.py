@@ -7,8 +7,9 @@ Everything is computed from the model built on the meta device, nothing is measu
 - gradients (float32) and AdamW's two moments (float32), for what the stage trains only;
 - activations kept for the backward pass, by the per-layer rule of Korthikanti et al. (2022,
   "Reducing activation recomputation in large transformer models") for a layer of width h over
-  s tokens: 34 * s * h bytes at 16 bits (17 * s * h values), attention scores not kept (SDPA);
-  with gradient checkpointing, each layer keeps its input (s * h values) and one layer is
+  s tokens: 34 * s * h bytes at 16 bits (17 * s * h values); attention probabilities are not kept
+  with attn_implementation=sdpa, and with eager each layer of `a` heads keeps a * s * s more (no
+  dropout: Korthikanti's 5 * a * s * s bytes less the dropout mask and output); with gradient checkpointing, each layer keeps its input (s * h values) and one layer is
   recomputed at a time. They count for the LLM whenever its loss is trained through (resampler,
   finetune: the gradient reaches the visual tokens through every layer), for the tower's blocks
   that train, and for the resampler's layers. The answer's logits and their gradient are kept in
@@ -27,22 +28,27 @@ PROMPT_TOKENS = 32  # the chat template and the query around the image (SynthPan
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def layer_values(tokens: int, width: int, checkpointed: bool) -> int:
-    """Values one transformer layer keeps for backward over `tokens` tokens."""
-    return tokens * width if checkpointed else 17 * tokens * width
+def layer_values(tokens: int, width: int, checkpointed: bool, attention_heads: int = 0) -> int:
+    """Values one transformer layer keeps for backward over `tokens` tokens (`attention_heads`:
+    the heads whose probabilities it keeps, 0 with sdpa)."""
+    if checkpointed:
+        return tokens * width
+    return 17 * tokens * width + attention_heads * tokens * tokens
 
 
-def stack_values(tokens: int, width: int, layers: int, checkpointed: bool) -> int:
+def stack_values(tokens: int, width: int, layers: int, checkpointed: bool, attention_heads: int = 0) -> int:
     if layers == 0:
         return 0
-    kept = layers * layer_values(tokens, width, checkpointed)
-    return kept + (layer_values(tokens, width, False) if checkpointed else 0)  # the layer recomputed
+    kept = layers * layer_values(tokens, width, checkpointed, attention_heads)
+    recomputed = layer_values(tokens, width, False, attention_heads) if checkpointed else 0
+    return kept + recomputed
 
 
 def per_sample_activation_bytes(model, stage: dict, tokens_per_image: int, answer_tokens: int, compute: dict) -> int:
     """Bytes of activations one training example adds in `stage` (see the module's rule)."""
     act = BYTES[compute["precision"]]
     checkpointed = bool(compute["gradient_checkpointing"])
+    eager = compute.get("attn_implementation", "sdpa") == "eager"
     gh, gw = model.view_grid
     view_tokens = gh * gw
     # the resampler over every view, its layers at its input width (an approximation for every type)
@@ -51,12 +57,14 @@ def per_sample_activation_bytes(model, stage: dict, tokens_per_image: int, answe
     tower_blocks = int(stage.get("vision_trainable_blocks", 0))
     if tower_blocks:
         blocks = len(model.vision.blocks) if tower_blocks < 0 else tower_blocks
-        values += model.num_views * stack_values(view_tokens, model.vision.hidden_size, blocks, checkpointed)
+        heads = model.vision.model.config.num_attention_heads if eager else 0
+        values += model.num_views * stack_values(view_tokens, model.vision.hidden_size, blocks, checkpointed, heads)
     logits = 0
     if stage.get("objective") != "overlap_vicreg":
         llm = model.llm.config
         sequence = tokens_per_image + PROMPT_TOKENS + answer_tokens
-        values += stack_values(sequence, llm.hidden_size, llm.num_hidden_layers, checkpointed)
+        heads = llm.num_attention_heads if eager else 0
+        values += stack_values(sequence, llm.hidden_size, llm.num_hidden_layers, checkpointed, heads)
         logits = 4 * 3 * answer_tokens * llm.vocab_size  # float32 logits, log-softmax, their gradient
     return values * act + logits
 

@@ -26,11 +26,13 @@ def backbone_config(name_or_path: str, revision: str | None, where: str):
     from transformers import AutoConfig
 
     from vlm_resampler.models.backbones import resolve_backbone
-    from vlm_resampler.models.local_backbones import LOCAL_PREFIX, BackboneUnavailableError
+    from vlm_resampler.models.local_backbones import DECLARED_ARCHITECTURES, LOCAL_PREFIX, BackboneUnavailableError
 
+    if name_or_path in DECLARED_ARCHITECTURES:  # a build that trains for minutes: not built to be inspected
+        return DECLARED_ARCHITECTURES[name_or_path]()
     try:
         if name_or_path.startswith(LOCAL_PREFIX) or Path(name_or_path).expanduser().is_dir():
-            # A locally built backbone is built once (as train.py's checks do); its config is in its directory.
+            # Another locally built backbone is built once (seconds, as train.py's checks do); its config is in its directory.
             return AutoConfig.from_pretrained(resolve_backbone(name_or_path, revision), local_files_only=True)
         return AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
     except BackboneUnavailableError as err:
@@ -48,7 +50,7 @@ def backbone_config(name_or_path: str, revision: str | None, where: str):
         ) from err
 
 
-def meta_vision_encoder(name_or_path: str, revision: str | None = None):
+def meta_vision_encoder(name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"):
     """The VisionEncoder that load_vision_encoder would return, with meta tensors."""
     import torch
     from transformers import AutoModel
@@ -63,16 +65,17 @@ def meta_vision_encoder(name_or_path: str, revision: str | None = None):
     except ValueError as err:
         raise ConfigError(f"model.vision_encoder.name_or_path={name_or_path!r}: {err}") from err
     with torch.device("meta"):
-        return VisionEncoder(AutoModel.from_config(config), family.default_mean, family.default_std)
+        tower = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        return VisionEncoder(tower, family.default_mean, family.default_std)
 
 
-def meta_language_model(name_or_path: str, revision: str | None = None):
+def meta_language_model(name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"):
     import torch
     from transformers import AutoModelForCausalLM
 
     config = backbone_config(name_or_path, revision, "model.language_model")
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
 def build_on_meta(model_tree: dict):

@@ -92,7 +92,7 @@ def memory_rows(section: str, plan: dict, compute: dict) -> list[Row]:
     """The stage's memory plan (inspection/memory.py), in GiB."""
     gib = lambda n: f"{n / 2**30:.2f} GiB"
     where = f"GPU {plan['gpu_gib']:g} GiB" if "gpu_gib" in plan else "this CPU"
-    settings = f"batch {plan['batch_size']}, {compute['precision']}" + (
+    settings = f"batch {plan['batch_size']}, {compute['precision']}, {compute['attn_implementation']} attention" + (
         ", gradient checkpointing" if compute["gradient_checkpointing"] else ""
     )
     key = f"{section}/memory"

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.config.checked import compose_checked
-from vlm_resampler.errors import ConfigError
+from vlm_resampler.errors import ConfigError, UserFacingError
 from vlm_resampler.runs import layout
 
 
@@ -23,7 +23,9 @@ class Source:
     recorded_trainable: dict[str, int] | None = None  # a stage dir's own record
     notes: list[str] = field(default_factory=list)
     # for the memory plan (inspection/memory.py): precision, gradient checkpointing; answer length
-    compute: dict = field(default_factory=lambda: {"precision": "fp32", "gradient_checkpointing": False})
+    compute: dict = field(
+        default_factory=lambda: {"precision": "fp32", "gradient_checkpointing": False, "attn_implementation": "sdpa"}
+    )
     answer_tokens: int = 48
 
 
@@ -31,6 +33,7 @@ def compute_of(cfg) -> dict:
     return {
         "precision": str(cfg.get("precision") or "fp32"),
         "gradient_checkpointing": bool(cfg.get("gradient_checkpointing") or False),
+        "attn_implementation": str(cfg.get("attn_implementation") or "sdpa"),
     }
 
 
@@ -70,13 +73,13 @@ def _load_resolved_config(path: Path) -> dict:
 def source_from_dir(path: Path, label: str | None = None) -> Source:
     """A run dir (its resolved_config.yaml: every stage) or a stage dir (its checkpoint_metadata.json:
     that stage; its settings from the run's resolved_config.yaml when the run dir holds one)."""
-    from vlm_resampler.runs.metadata import read_metadata
+    from vlm_resampler.runs.record import CheckpointRecord
 
     label = label or str(path)
     if layout.is_stage_dir(path):
         try:
-            meta = read_metadata(path)
-        except ValueError as err:
+            meta = CheckpointRecord.read(path).metadata
+        except UserFacingError as err:  # damaged, or a rebuild its files cannot complete
             raise ConfigError(str(err)) from err
         stage = meta["stage"]
         run_config = path.parent / layout.RESOLVED_CONFIG

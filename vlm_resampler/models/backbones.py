@@ -41,6 +41,11 @@ from vlm_resampler.models.vision_encoder import VisionEncoder, normalisation, vi
 # Resolution: registry name, local directory or hub id.
 # ---------------------------------------------------------------------------------------------
 
+# How the towers and the LLM compute attention (train.yaml `attn_implementation`). Both are exact
+# attention and give the same numbers up to float rounding; sdpa (torch's fused kernels) keeps no
+# attention matrix for the backward pass, eager keeps one per layer (heads x tokens^2 values).
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
@@ -89,8 +94,11 @@ def _is_in_hf_cache(repo_id: str, revision: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_vision_encoder(name_or_path: str, revision: str | None = None) -> VisionEncoder:
+def load_vision_encoder(
+    name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"
+) -> VisionEncoder:
     """Load the vision tower of a checkpoint (a full CLIP/SigLIP model or a vision-only one) in fp32."""
+    check_attention(attn_implementation, "vision_encoder")
     path = resolve_backbone(name_or_path, revision)
     config = AutoConfig.from_pretrained(path, revision=revision)
     vision_config = getattr(config, "vision_config", None)
@@ -98,20 +106,34 @@ def load_vision_encoder(name_or_path: str, revision: str | None = None) -> Visio
         # Full image-text checkpoint: load only the tower class (e.g. SiglipVisionModel), which
         # takes the `vision_model.*` weights and ignores the text side.
         family = vision_family(vision_config)
-        model = _from_pretrained_checked(vision_tower_class(vision_config), path, vision_config, revision)
+        model = _from_pretrained_checked(
+            vision_tower_class(vision_config), path, vision_config, revision, attn_implementation
+        )
     else:
         family = vision_family(config)
-        model = _from_pretrained_checked(AutoModel, path, config, revision)
+        model = _from_pretrained_checked(AutoModel, path, config, revision, attn_implementation)
     image_mean, image_std = normalisation(path, revision, family)
     return VisionEncoder(model, image_mean=image_mean, image_std=image_std)
 
 
+def check_attention(attn_implementation: str, where: str) -> None:
+    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{where}.attn_implementation={attn_implementation!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        )
+
+
 def _from_pretrained_checked(
-    model_class: type, path: str, config: PretrainedConfig, revision: str | None
+    model_class: type, path: str, config: PretrainedConfig, revision: str | None, attn_implementation: str
 ) -> PreTrainedModel:
     """from_pretrained in fp32 that refuses to silently leave weights at their random init."""
     model, loading_info = model_class.from_pretrained(
-        path, config=config, revision=revision, dtype=torch.float32, output_loading_info=True
+        path,
+        config=config,
+        revision=revision,
+        dtype=torch.float32,
+        attn_implementation=attn_implementation,
+        output_loading_info=True,
     )
     missing = loading_info["missing_keys"]
     if missing:
@@ -122,10 +144,13 @@ def _from_pretrained_checked(
     return model.eval()
 
 
-def load_language_model(name_or_path: str, revision: str | None = None) -> PreTrainedModel:
+def load_language_model(
+    name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    check_attention(attn_implementation, "language_model")
     path = resolve_backbone(name_or_path, revision)
     config = AutoConfig.from_pretrained(path, revision=revision)
-    return _from_pretrained_checked(AutoModelForCausalLM, path, config, revision)
+    return _from_pretrained_checked(AutoModelForCausalLM, path, config, revision, attn_implementation)
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:

@@ -23,6 +23,7 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
     Siglip2ImageProcessorPil,
@@ -76,11 +77,14 @@ def _seeded_rng(seed: int) -> Iterator[None]:
         yield
 
 
+def tiny_siglip_config() -> SiglipVisionConfig:
+    return SiglipVisionConfig(**TINY_VISION_WIDTH, image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
+
+
 def tiny_siglip_model() -> SiglipVisionModel:
     """The random-init tower `vlm-resampler/tiny-siglip` is saved from (same seed, same weights every call)."""
-    config = SiglipVisionConfig(**TINY_VISION_WIDTH, image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
     with _seeded_rng(BUILD_SEED):
-        return SiglipVisionModel(config)
+        return SiglipVisionModel(tiny_siglip_config())
 
 
 def _save_tiny_siglip_preprocessor(out_dir: Path) -> None:
@@ -280,6 +284,21 @@ BUILD_RECIPES: dict[str, Callable[[], dict]] = {
     "vlm-resampler/tiny-qwen3-reader": _reader_recipe,
 }
 PRETRAINING_RECORD = "pretraining.json"
+
+
+def _reader_architecture() -> PretrainedConfig:
+    from vlm_resampler.models.code_reader import RECIPE
+
+    return tiny_qwen3_config(**RECIPE["llm_shape"])
+
+
+# The architectures of the builds that train for minutes, known without building them: checking a
+# config and inspecting it (meta device) need only these, so neither waits for a build; training
+# builds them. tests/test_grounding.py keeps each equal to its build's config.json.
+DECLARED_ARCHITECTURES: dict[str, Callable[[], PretrainedConfig]] = {
+    "vlm-resampler/tiny-siglip-pretrained": tiny_siglip_config,
+    "vlm-resampler/tiny-qwen3-reader": _reader_architecture,
+}
 
 
 def local_backbone_dir(name: str) -> Path:

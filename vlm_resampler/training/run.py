@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ALWAYS_SAVED = ["resampler", "projector", "overlap_head", "stitch"]
 # How a run computes (train.yaml), with what a run dir written before they existed did.
 COMPUTE_SETTINGS = {"precision": "fp32", "dataloader_workers": 0}
+# also recorded in the metadata (the model tree carries attn_implementation to the loaders)
+RECORDED_COMPUTE = {"gradient_checkpointing": False, "attn_implementation": "sdpa"}
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -333,7 +335,7 @@ def run_stage(
             init_from=str(init_from) if init_from else None,
             trainable=rows,
             train_summary=summary,
-            compute={k: cfg.get(k, d) for k, d in (COMPUTE_SETTINGS | {"gradient_checkpointing": False}).items()},
+            compute={k: cfg.get(k, d) for k, d in (COMPUTE_SETTINGS | RECORDED_COMPUTE).items()},
         )
         resume.remove_resume_dir(stage_dir)
         print(
