@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from test_resume import logged_losses, start_cli, wait_for
 
+from vlm_resampler.config.external import check_run_dir_free
 from vlm_resampler.config.preflight import compose
-from vlm_resampler.config.validate import check_run_dir_free
 from vlm_resampler.data.datasets import BadImageError, load_panorama
 from vlm_resampler.runs import layout
 from vlm_resampler.training import resume

@@ -4,6 +4,7 @@ always refused naming its key."""
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -15,6 +16,7 @@ from vlm_resampler.catalog import resampler_options
 from vlm_resampler.config.preflight import check_key_exists, compose
 from vlm_resampler.config.validate import check_resampler_builds, check_stage_values, walk_targets
 from vlm_resampler.errors import ConfigError
+from vlm_resampler.suggest import one_edit_apart
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DIMS = st.integers(min_value=1, max_value=64)
@@ -134,7 +136,11 @@ def test_a_one_character_typo_of_a_key_is_refused_naming_that_key(where, base):
         message = str(err.value)
         assert full.split(".")[-1] in message
         first_line = message.splitlines()[0]
-        assert f"Did you mean {key!r}" in first_line, message  # the slipped key comes first
+        # The slipped key is named, after nothing but keys as near ('stagea' is one slip from
+        # both 'stages' and 'stage').
+        assert repr(key) in first_line, message
+        suggested = re.findall(r"'([^']+)'", first_line.split("Did you mean", 1)[1])
+        assert all(one_edit_apart(typo, s) for s in suggested[: suggested.index(key)]), message
 
     check()
 

@@ -10,8 +10,9 @@ def check_train_argv(argv: list[str], configure_hub: bool = True) -> list[DictCo
     """Compose and validate every job of a train.py command line; on error print and exit 2.
     `configure_hub=False` skips deciding hub access (which must precede the first transformers
     import, so it can happen once per process only)."""
+    from vlm_resampler.config.external import check_run_dir_free
     from vlm_resampler.config.preflight import backbone_names, preflight, split_argv
-    from vlm_resampler.config.validate import check_run_dir_free, validate_train_config
+    from vlm_resampler.config.validate import validate_train_config
     from vlm_resampler.hub import configure_hub_access
     from vlm_resampler.sweeps.check import validate_sweep_job
     from vlm_resampler.training.distributed import is_main_process

@@ -22,27 +22,18 @@ from vlm_resampler.errors import ConfigError
 
 
 def check_like_train(cfg: DictConfig) -> list[str]:
-    """validate_train_config's checks. A backbone this machine cannot load (no hub here) does not
-    make the preset wrong: it is reported as a warning."""
+    """train.py's checks of the model a preset describes (validate.MODEL_CHECKS). A backbone this
+    machine cannot load (no hub here) does not make the preset wrong: it is reported as a warning."""
     from vlm_resampler.config.preflight import backbone_names
-    from vlm_resampler.config.validate import (
-        check_backbones_available,
-        check_init_from,
-        check_resampler_builds,
-        check_stages,
-        walk_targets,
-    )
+    from vlm_resampler.config.validate import MODEL_CHECKS, run_checks
 
     if "transformers" not in sys.modules:  # as train.py: decide on the hub before transformers loads
         from vlm_resampler.hub import configure_hub_access
 
         configure_hub_access(backbone_names([cfg]))
-    walk_targets(cfg.model, "model")
-    check_resampler_builds(cfg)
-    check_stages(cfg)
-    check_init_from(cfg)
+    run_checks(cfg, MODEL_CHECKS)
     try:
-        check_backbones_available(cfg)
+        run_checks(cfg, ("backbones",))
     except ConfigError as err:
         return [f"the backbones cannot be loaded on this machine (train.py will need them): {err}"]
     return []

@@ -1,6 +1,8 @@
 """Checks on a composed config that Hydra does not make: `_target_` arguments against the
 class signature (unknown names, missing values, types, ranges via a meta-device build), the
-stage list, and paths that must exist. Runs in seconds, before any backbone is loaded."""
+stage list and values, the compute and tracking settings; with config/external.py's checks of what
+the config points at, run as the named sets of CHECK_SETS. Runs in seconds, before any backbone is
+loaded."""
 
 from __future__ import annotations
 
@@ -8,16 +10,14 @@ import importlib
 import inspect
 import types
 import typing
-from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vlm_resampler.catalog import CONF_DIR, unknown_resampler_key
+from vlm_resampler.catalog import unknown_resampler_key
+from vlm_resampler.config.external import check_backbones_available, check_data, check_init_from
 from vlm_resampler.errors import ConfigError, UnknownResamplerKey
-from vlm_resampler.runs.layout import METADATA, RESUMABLE, STAGE_NAMES, STATUS, is_stage_dir
-from vlm_resampler.runs.metadata import read_metadata
+from vlm_resampler.runs.layout import STAGE_NAMES
 from vlm_resampler.runs.targets import refusal
-from vlm_resampler.runs.tree_diff import tree_differences
 from vlm_resampler.suggest import did_you_mean
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -204,20 +204,6 @@ def check_views(cfg: DictConfig) -> None:
         )
 
 
-def check_data(cfg: DictConfig) -> None:
-    """Real data must be where the config says before anything trains (SynthPano generates itself)."""
-    if cfg.data.name != "quic360":
-        return
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise ConfigError("data=quic360 needs data.root=/path/to/quic360 (the folder holding its CSVs and images)")
-    root = Path(cfg.data.root)
-    if not root.is_dir():
-        raise ConfigError(f"data.root={cfg.data.root!r}: not a directory")
-    train_csv = root / cfg.data.splits.train
-    if not train_csv.is_file():
-        raise ConfigError(f"data.splits.train={cfg.data.splits.train!r}: {train_csv} not found")
-
-
 def check_stages(cfg: DictConfig) -> None:
     from vlm_resampler.training.stages import OBJECTIVES
 
@@ -289,91 +275,6 @@ def check_logger(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_init_from(cfg: DictConfig) -> None:
-    """A run that continues from a checkpoint must describe the same model: a setting that
-    disagrees would otherwise be silently replaced by the checkpoint's."""
-    if cfg.init_from is None:
-        return
-    path = Path(cfg.init_from)
-    if not is_stage_dir(path):
-        raise ConfigError(
-            f"init_from={cfg.init_from!r}: not a stage directory (expected runs/NAME/STAGE with a {METADATA})"
-        )
-    try:
-        saved = read_metadata(path)["model"]
-    except ValueError as err:
-        raise ConfigError(f"init_from={cfg.init_from!r}: {err}") from err
-    wanted = OmegaConf.to_container(cfg.model, resolve=True)
-    saved, wanted = dict(saved), dict(wanted)
-    saved_type, wanted_type = (resampler_option(m.get("resampler")) for m in (saved, wanted))
-    if saved_type != wanted_type:
-        raise ConfigError(
-            f"init_from={cfg.init_from}: holds a resampler={saved_type} checkpoint, but this config builds "
-            f"resampler={wanted_type}; add resampler={saved_type} (with the checkpoint's settings) or train anew"
-        )
-    saved.pop("lora", None)
-    wanted.pop("lora", None)
-    differences = tree_differences(wanted, saved, "model")
-    if differences:
-        raise ConfigError(
-            f"init_from={cfg.init_from}: the configured model differs from the checkpoint's; "
-            "continue with the checkpoint's settings or train anew:\n  " + "\n  ".join(differences[:10])
-        )
-
-
-def resampler_option(node) -> str:
-    """The conf/resampler option whose class a model tree's resampler node names (else the class)."""
-    target = str((node or {}).get("_target_", "?"))
-    for path in sorted((CONF_DIR / "resampler").glob("*.yaml")):
-        if OmegaConf.load(path).get("_target_") == target:
-            return path.stem
-    return target
-
-
-def check_backbones_available(cfg: DictConfig) -> None:
-    """A hub name without a hub fails now. Locally built backbones are built now where that takes
-    seconds; the pretrained ones (minutes) when training starts: checks need only their declared
-    architecture."""
-    from vlm_resampler.models.backbones import resolve_backbone
-    from vlm_resampler.models.local_backbones import DECLARED_ARCHITECTURES, BackboneUnavailableError
-
-    for key in ("vision_encoder", "language_model"):
-        node = cfg.model[key]
-        if str(node.name_or_path) in DECLARED_ARCHITECTURES:
-            continue
-        try:
-            resolve_backbone(str(node.name_or_path), node.revision)
-        except BackboneUnavailableError as err:
-            raise ConfigError(f"model.{key}.name_or_path={node.name_or_path!r}: {err}") from err
-
-
-def check_run_dir_free(cfg: DictConfig) -> None:
-    """Never train into a directory that already holds a run (its checkpoints would be mixed),
-    except to resume it: an unfinished run (status running or interrupted) of the identical
-    resolved config, which no live process is training into."""
-    from vlm_resampler.training import resume
-
-    run_dir = Path(cfg.hydra.run.dir)
-    if not (run_dir / STATUS).exists() and not any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
-        return
-    status = (resume.read_status(run_dir) or {}).get("status")
-    if status not in RESUMABLE:
-        ended = f" (status {status!r})" if status else ""
-        raise ConfigError(
-            f"{run_dir} already holds a run{ended} (experiment.name={cfg.experiment.name!r}); "
-            "choose another experiment.name"
-        )
-    holder = resume.lock_holder(run_dir)
-    if holder:
-        raise ConfigError(
-            f"{run_dir}: a process is still training into this run ({holder}); wait for it or stop it first"
-        )
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    differences = resume.config_differences(run_dir, OmegaConf.to_container(task, resolve=True))
-    if differences:
-        raise ConfigError(resume.different_config_message(run_dir, differences))
-
-
 def check_objective(cfg: DictConfig) -> None:
     """optimized_metric (what a job returns to an Optuna study) names a number its own eval makes."""
     import re
@@ -403,14 +304,33 @@ def check_objective(cfg: DictConfig) -> None:
         )
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    check_objective(cfg)
+def check_model(cfg: DictConfig) -> None:
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
-    check_stages(cfg)
-    check_logger(cfg)
-    check_compute(cfg)
-    check_views(cfg)
-    check_data(cfg)
-    check_init_from(cfg)
-    check_backbones_available(cfg)
+
+
+# Named check sets, in the order a train command runs them. Every entry point runs sets from
+# here: train.py all of them; inspect and the legacy importer those that concern the model they
+# describe (their data and backbones live on another machine).
+CHECK_SETS: dict[str, tuple] = {
+    "objective": (check_objective,),
+    "model": (check_model,),
+    "stages": (check_stages,),
+    "settings": (check_logger, check_compute),
+    "views": (check_views,),
+    "data": (check_data,),
+    "continuation": (check_init_from,),
+    "backbones": (check_backbones_available,),
+}
+MODEL_CHECKS = ("model", "stages", "continuation")
+
+
+def run_checks(cfg: DictConfig, sets: tuple[str, ...]) -> None:
+    for name in sets:
+        for check in CHECK_SETS[name]:
+            check(cfg)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Everything train.py checks before it builds anything (each job of a sweep too)."""
+    run_checks(cfg, tuple(CHECK_SETS))

@@ -39,12 +39,9 @@ def compute_of(cfg) -> dict:
 
 def check_for_inspection(cfg: DictConfig) -> list[str]:
     """train.py's checks that concern the model and its stages."""
-    from vlm_resampler.config.validate import check_init_from, check_resampler_builds, check_stages, walk_targets
+    from vlm_resampler.config.validate import MODEL_CHECKS, run_checks
 
-    walk_targets(cfg.model, "model")
-    check_resampler_builds(cfg)
-    check_init_from(cfg)
-    check_stages(cfg)
+    run_checks(cfg, MODEL_CHECKS)
     return []
 
 
