@@ -126,3 +126,35 @@ def test_the_checker_sees_a_deferred_upward_import(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
     assert [(s, t) for s, t, _ in import_edges()] == [("data", "sweeps"), ("data", "sweeps")]
+
+
+MAX_MODULE_LINES = 400  # issue 14: one job per module
+MAX_FUNCTION_LINES = 90  # "no function over ~80": the longest today is run_stage, 86
+
+
+def oversized(package: Path) -> list[str]:
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(package)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(package)}: {node.name} is {length} lines")
+    return found
+
+
+def test_no_module_or_function_outgrows_its_limit():
+    assert oversized(PACKAGE) == []
+
+
+def test_the_size_check_sees_a_long_module_and_a_long_function(tmp_path):
+    (tmp_path / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "f.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert oversized(tmp_path) == [
+        f"f.py: f is {MAX_FUNCTION_LINES + 1} lines",
+        f"long.py: {MAX_MODULE_LINES + 1} lines",
+    ]
