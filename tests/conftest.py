@@ -138,6 +138,18 @@ def train_smoke_finetune(root: Path, name: str, overrides: list[str]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cli_smoke_run(tmp_path_factory):
+    """One `train.py debug=smoke` run of all three stages from the command line: (run dir, its
+    stdout). Shared by the layout, eval and inspect tests, which only read it (a test that
+    changes files works on a copy)."""
+    root = tmp_path_factory.mktemp("smoke")
+    run_dir = root / "runs" / "smoke"
+    done = run_cli("train.py", "debug=smoke", "experiment.name=smoke", f"hydra.run.dir={run_dir}", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done.stdout
+
+
+@pytest.fixture(scope="session")
 def finetune_runs(tmp_path_factory):
     """One run per FINETUNE_RUN_TYPES entry, shared by the tests that rebuild checkpoints: they
     change only copies of these runs."""

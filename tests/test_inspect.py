@@ -330,12 +330,9 @@ def test_other_launch_scripts_still_get_the_standard_inspect_module():
 # ---- run and stage directories ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inspect-smoke")
-    done = run_cli("train.py", "debug=smoke", "experiment.name=inspected", cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "runs" / "inspected"
+@pytest.fixture
+def smoke_run(cli_smoke_run):
+    return cli_smoke_run[0]
 
 
 def test_a_run_dir_inspects_like_its_overrides(smoke_run):

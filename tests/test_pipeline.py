@@ -20,14 +20,9 @@ from vlm_resampler.training.run import resolved_container, run_stage
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One CLI smoke run of all three stages, shared by the layout and eval tests."""
-    root = tmp_path_factory.mktemp("smoke")
-    run_dir = root / "runs" / "smoke"
-    done = run_cli("train.py", "debug=smoke", "experiment.name=smoke", f"hydra.run.dir={run_dir}", cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir, done.stdout
+@pytest.fixture
+def smoke_run(cli_smoke_run):
+    return cli_smoke_run
 
 
 def test_run_directory_has_the_documented_layout(smoke_run):
