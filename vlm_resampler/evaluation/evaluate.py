@@ -195,6 +195,13 @@ def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, 
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    # METEOR's JVM spends seconds loading its tables: started first, it does so while the model
+    # loads and generates (and a machine without Java fails before any of that).
+    with CaptionScorer() as scorer:
+        return evaluate_with(cfg, scorer)
+
+
+def evaluate_with(cfg: DictConfig, scorer: CaptionScorer) -> dict:
     stage_dir = resolve_checkpoint_dir(Path(cfg.checkpoint_dir))
     if stage_dir != Path(cfg.checkpoint_dir):
         print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
@@ -226,14 +233,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         "split": cfg.split,
         "n_items": len(items),
     }
-    with CaptionScorer() as scorer:
-        scored = scorer.score_items(predictions, references)
-        results["model"] = scored.corpus
-        results["unavailable"] = dict(scorer.unavailable)
-        if cfg.baselines:
-            results["baselines"] = baselines(loaded, meta, items, data_cfg, int(cfg.batch_size), generation, scorer)
-        if data_cfg.name == "synthpano":
-            results["subsets"] = seam_subsets(items, predictions, data_cfg, cfg.split, scorer)
+    scored = scorer.score_items(predictions, references)
+    results["model"] = scored.corpus
+    results["unavailable"] = dict(scorer.unavailable)
+    if cfg.baselines:
+        results["baselines"] = baselines(loaded, meta, items, data_cfg, int(cfg.batch_size), generation, scorer)
+    if data_cfg.name == "synthpano":
+        results["subsets"] = seam_subsets(items, predictions, data_cfg, cfg.split, scorer)
     if data_cfg.name == "synthpano" and cfg.qa:
         qa = qa_items_for(items, data_cfg, cfg.split)
         # Every answer is a few words ("a red circle."): no need to let a wrong one run on for long.
