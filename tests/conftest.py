@@ -106,6 +106,16 @@ def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_RO
     )
 
 
+def inspect_in_process(capsys, *args: str) -> tuple[int, str]:
+    """launch/inspect.py's main in this process: (exit code, stdout). For tests of what inspect
+    reports; its command line itself (exit 2, no traceback, a fresh interpreter) is run_cli's."""
+    from vlm_resampler.inspection.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
+
+
 # Small enough to train in seconds; non-default heads and frequency show where values come from.
 FINETUNE_RUN_TYPES = {
     "mlp": ["resampler=mlp", "resampler.hidden_dim=96"],

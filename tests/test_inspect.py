@@ -14,7 +14,7 @@ import pytest
 from vlm_resampler.inspection.counts import inspect_source
 from vlm_resampler.inspection.sources import source_from_args
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, inspect_in_process, run_cli
 
 # The offline default backbones (conf/backbone/tiny.yaml): tiny SigLIP and tiny Qwen3.
 VISION_WIDTH = 64  # the resampler's input_dim
@@ -233,24 +233,24 @@ def test_cli_prints_the_resolved_resampler_counts_and_tokens():
     assert "Traceback" not in done.stderr
 
 
-def test_compare_puts_configs_side_by_side_and_json_is_machine_readable():
+def test_compare_puts_configs_side_by_side_and_json_is_machine_readable(capsys):
     # backbone=tiny: the guide's resampler sizes (backbone=tiny_reader has sizes of its own, conf/resampler/size/)
     configs = [
         "backbone=tiny resampler=bimamba resampler.expand=1.75",
         "backbone=tiny resampler=bimamba resampler.expand=2.0",
         "backbone=tiny resampler=mlp",
     ]
-    done = run_cli("inspect.py", "--compare", *configs)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+    code, out = inspect_in_process(capsys, "--compare", *configs)
+    assert code == 0
+    lines = out.splitlines()
     for i, config in enumerate(configs, 1):
         assert f"[{i}] {config}" in lines
     expand = next(line for line in lines if line.split()[:1] == ["expand"])
     assert expand.split()[1:] == ["1.75", "2.0", "-"]
 
-    done = run_cli("inspect.py", "--json", "--compare", *configs)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reports = json.loads(done.stdout)
+    code, out = inspect_in_process(capsys, "--json", "--compare", *configs)
+    assert code == 0
+    reports = json.loads(out)
     assert [r["source"]["label"] for r in reports] == configs
     counts = [r["parameters"]["resampler"] for r in reports]
     assert counts[0] < counts[1] and counts[2] < counts[0]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import inspect_in_process, run_cli
 
 
 def siglip_vision_params(width: int, mlp: int, layers: int, patch: int, image: int) -> int:
@@ -63,7 +63,7 @@ finally:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tmp_path):
+def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tmp_path, capsys):
     """SigLIP-base-224 + Qwen3-0.6B at their real sizes (random weights, built locally): one
     resampler-stage step and one finetune (LoRA) step at batch 1, 4 views of 224 px, in float32."""
     import math
@@ -99,23 +99,23 @@ def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tm
     assert 2.5 < peak_gib < 16
     # inspect's memory plan of the same run (its largest stage, at batch 1, on a CPU) within 1.5x of the measured peak
     setup = ["backbone=random_siglip_base_qwen3_0_6b", "resampler=perceiver", "stages=[resampler,finetune]"]
-    plans = inspect_json(*setup, "--batch-size", "1", cwd=tmp_path)["memory"]
+    plans = inspect_json(capsys, *setup, "--batch-size", "1")["memory"]
     planned_gib = max(plans[s]["peak"] for s in ("resampler", "finetune")) / 2**30
     print(f"memory plan: {planned_gib:.2f} GiB; measured peak RSS / plan = {peak_gib / planned_gib:.2f}")
     assert 1 / 1.5 < peak_gib / planned_gib < 1.5
 
 
-def inspect_json(*args: str, cwd) -> dict:
-    done = run_cli("inspect.py", "--json", *args, cwd=cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+def inspect_json(capsys, *args: str) -> dict:
+    code, out = inspect_in_process(capsys, "--json", *args)
+    assert code == 0
+    return json.loads(out)
 
 
-def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, monkeypatch):
+def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, monkeypatch, capsys):
     """The issue's question: does siglip2-so400m + Qwen3-1.7B + bimamba at finetune batch 8 fit 80 GB?"""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     setup = ["backbone=siglip2_so400m_qwen3_1_7b", "resampler=bimamba", "stage.finetune.batch_size=8"]
-    report = inspect_json(*setup, "--gpu-mem", "80", cwd=tmp_path)
+    report = inspect_json(capsys, *setup, "--gpu-mem", "80")
     stage, plan = report["stages"]["finetune"], report["memory"]["finetune"]
     assert plan["batch_size"] == 8 and plan["gpu_gib"] == 80
     assert plan["weights"] == 4 * stage["total"]  # float32 master weights
@@ -131,15 +131,15 @@ def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, mon
     assert f"largest batch that fits{largest:>10,}".replace(" ", "") in text.replace(" ", "")
 
     # bf16 keeps 16-bit activations (plus autocast's weight copies); checkpointing keeps a layer's input only.
-    bf16 = inspect_json(*setup, "precision=bf16", "--gpu-mem", "80", cwd=tmp_path)["memory"]["finetune"]
+    bf16 = inspect_json(capsys, *setup, "precision=bf16", "--gpu-mem", "80")["memory"]["finetune"]
     assert bf16["activations_per_sample"] < plan["activations_per_sample"] and bf16["weights"] == 1.5 * plan["weights"]
-    light = inspect_json(*setup, "gradient_checkpointing=true", "--batch-size", "8", cwd=tmp_path)["memory"]["finetune"]
+    light = inspect_json(capsys, *setup, "gradient_checkpointing=true", "--batch-size", "8")["memory"]["finetune"]
     assert light["activations_per_sample"] < plan["activations_per_sample"] / 3
     assert "gpu_gib" not in light, "without --gpu-mem the plan is for this CPU"
 
     # Eager attention keeps each LLM layer's attention probabilities: 28 layers x 16 heads x s^2
     # float32 values over the sequence (the image's tokens, the prompt and the answer); sdpa keeps none.
-    eager_report = inspect_json(*setup, "attn_implementation=eager", "--gpu-mem", "80", cwd=tmp_path)
+    eager_report = inspect_json(capsys, *setup, "attn_implementation=eager", "--gpu-mem", "80")
     eager = eager_report["memory"]["finetune"]
     sequence = eager_report["tokens"]["tokens_per_image"] + 32 + 48
     assert eager["activations_per_sample"] - plan["activations_per_sample"] == 4 * 28 * 16 * sequence**2
