@@ -159,12 +159,38 @@ def cli_smoke_run(tmp_path_factory):
     return run_dir, done.stdout
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The directory `build(directory)` fills, built once per test session however many xdist
+    workers ask (the first builds under a lock, the others wait and reuse it). Only for what the
+    tests never change: a worker's writes would show in another's tests."""
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this session's directory, above every worker's own (popen-gw0, ...)
+    target = base / f"built-once-{name}"
+    with FileLock(f"{target}.lock"):
+        if not (target / ".built").exists():
+            shutil.rmtree(target, ignore_errors=True)  # what a failed build left
+            target.mkdir()
+            build(target)
+            (target / ".built").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def finetune_runs(tmp_path_factory):
     """One run per FINETUNE_RUN_TYPES entry, shared by the tests that rebuild checkpoints: they
-    change only copies of these runs."""
-    root = tmp_path_factory.mktemp("runs")
-    return {name: train_smoke_finetune(root, name, overrides) for name, overrides in FINETUNE_RUN_TYPES.items()}
+    change only copies of these runs (two CLI trainings of ~20 s: built once for all workers)."""
+
+    def build(root: Path) -> None:
+        for name, overrides in FINETUNE_RUN_TYPES.items():
+            train_smoke_finetune(root, name, overrides)
+
+    root = built_once(tmp_path_factory, "finetune-runs", build)
+    return {name: root / name for name in FINETUNE_RUN_TYPES}
 
 
 @pytest.fixture(scope="module")
