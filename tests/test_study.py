@@ -20,7 +20,14 @@ from vlm_resampler.sweeps.search_space import search_space
 from conftest import run_cli
 
 # One stage, small widths: each trial trains for seconds, then evaluates 4 val items.
-TRIAL = ["debug=smoke", "stages=[resampler]", "num_threads=1", "resampler.latent_dimension=32"]
+# A trial's eval scores its captions (the objective) and skips what the study does not read.
+TRIAL = [
+    "debug=smoke",
+    "stages=[resampler]",
+    "num_threads=1",
+    "resampler.latent_dimension=32",
+    "eval_args=['split=val','baselines=false','qa=false','max_new_tokens=4']",
+]
 
 
 def study_trials(sweep: Path, name: str = "perceiver_tokens"):
