@@ -157,19 +157,11 @@ STAGE_VALUE_CHECKS = {
 
 
 def check_stage_values(name: str, stage: DictConfig) -> None:
-    from transformers.trainer_utils import SchedulerType
-
     from vlm_resampler.training.stages import TRAINABLE_MODULES
 
     for key, (ok, expected) in STAGE_VALUE_CHECKS.items():
         if key in stage and not ok(stage[key]):
             raise ConfigError(f"stage.{name}.{key}={stage[key]!r}: expected {expected}")
-    schedulers = [s.value for s in SchedulerType]
-    if stage.get("lr_scheduler") not in schedulers:
-        raise ConfigError(
-            f"stage.{name}.lr_scheduler={stage.get('lr_scheduler')!r}: no such scheduler."
-            f"{did_you_mean(str(stage.get('lr_scheduler')), schedulers)}\n  expected one of: {', '.join(schedulers)}"
-        )
     for module in stage.train:
         if module not in TRAINABLE_MODULES:
             raise ConfigError(
@@ -249,7 +241,7 @@ def check_attention_setting(cfg: DictConfig) -> None:
     """`attn_implementation` is known, and both backbone loaders of the model tree take it (a
     backbone option without `attn_implementation: ${oc.select:attn_implementation,sdpa}` would
     silently keep the loaders' default)."""
-    from vlm_resampler.models.backbones import ATTENTION_IMPLEMENTATIONS
+    from vlm_resampler.models.attention import ATTENTION_IMPLEMENTATIONS
 
     wanted = cfg.get("attn_implementation", "sdpa")
     if wanted not in ATTENTION_IMPLEMENTATIONS:
@@ -304,25 +296,44 @@ def check_objective(cfg: DictConfig) -> None:
         )
 
 
+def check_lr_schedulers(cfg: DictConfig) -> None:
+    """Each stage's lr_scheduler is one transformers has (its list costs the transformers import,
+    about 3 s: this set runs after the model's, which imports it anyway)."""
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    for name in cfg.stages:
+        wanted = cfg.stage[name].get("lr_scheduler")
+        if wanted not in schedulers:
+            raise ConfigError(
+                f"stage.{name}.lr_scheduler={wanted!r}: no such scheduler."
+                f"{did_you_mean(str(wanted), schedulers)}\n  expected one of: {', '.join(schedulers)}"
+            )
+
+
 def check_model(cfg: DictConfig) -> None:
     walk_targets(cfg.model, "model")
     check_resampler_builds(cfg)
 
 
-# Named check sets, in the order a train command runs them. Every entry point runs sets from
-# here: train.py all of them; inspect and the legacy importer those that concern the model they
-# describe (their data and backbones live on another machine).
+# Named check sets, in the order a train command runs them: those that need no transformers
+# first (a bad stage value is refused in 2 s; the model's signature walk imports transformers:
+# 5 s, 6 Dec, idle). Every entry point runs sets from here: train.py all of them;
+# inspect and the legacy importer those that concern the model they describe (their data and
+# backbones live on another machine).
 CHECK_SETS: dict[str, tuple] = {
     "objective": (check_objective,),
-    "model": (check_model,),
     "stages": (check_stages,),
-    "settings": (check_logger, check_compute),
-    "views": (check_views,),
+    "compute": (check_compute,),
     "data": (check_data,),
+    "model": (check_model,),
+    "schedulers": (check_lr_schedulers,),
+    "tracking": (check_logger,),
+    "views": (check_views,),
     "continuation": (check_init_from,),
     "backbones": (check_backbones_available,),
 }
-MODEL_CHECKS = ("model", "stages", "continuation")
+MODEL_CHECKS = ("model", "stages", "schedulers", "continuation")
 
 
 def run_checks(cfg: DictConfig, sets: tuple[str, ...]) -> None:

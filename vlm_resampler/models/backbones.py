@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from vlm_resampler.models.attention import check_attention
 from vlm_resampler.models.local_backbones import (
     LOCAL_BACKBONES,
     LOCAL_PREFIX,
@@ -40,11 +41,6 @@ from vlm_resampler.models.vision_encoder import VisionEncoder, normalisation, vi
 # ---------------------------------------------------------------------------------------------
 # Resolution: registry name, local directory or hub id.
 # ---------------------------------------------------------------------------------------------
-
-# How the towers and the LLM compute attention (train.yaml `attn_implementation`). Both are exact
-# attention and give the same numbers up to float rounding; sdpa (torch's fused kernels) keeps no
-# attention matrix for the backward pass, eager keeps one per layer (heads x tokens^2 values).
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
@@ -114,13 +110,6 @@ def load_vision_encoder(
         model = _from_pretrained_checked(AutoModel, path, config, revision, attn_implementation)
     image_mean, image_std = normalisation(path, revision, family)
     return VisionEncoder(model, image_mean=image_mean, image_std=image_std)
-
-
-def check_attention(attn_implementation: str, where: str) -> None:
-    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(
-            f"{where}.attn_implementation={attn_implementation!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
-        )
 
 
 def _from_pretrained_checked(
