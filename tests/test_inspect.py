@@ -370,3 +370,15 @@ def test_a_run_dir_inspects_like_its_overrides(smoke_run):
 def test_a_directory_is_inspected_on_its_own(smoke_run):
     done = run_cli("inspect.py", str(smoke_run), "resampler.hidden_dim=8")
     assert done.returncode == 2 and "on its own" in done.stderr
+
+
+def test_a_damaged_stage_dir_is_refused_naming_its_metadata(smoke_run, tmp_path):
+    import shutil
+
+    stage = tmp_path / "finetune"
+    shutil.copytree(smoke_run / "finetune", stage)
+    (stage / "checkpoint_metadata.json").write_text("{not json")
+    done = run_cli("inspect.py", str(stage), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{stage / 'checkpoint_metadata.json'} is not valid JSON" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.runs import layout
 
 FORMAT_VERSION = 1
@@ -93,12 +94,17 @@ def build_metadata(
     }
 
 
+class MetadataError(UserFacingError, ValueError):
+    """A checkpoint_metadata.json this code cannot read (damaged, or in another format): a short
+    message for every command that meets it."""
+
+
 def read_metadata(stage_dir: Path) -> dict:
     path = Path(stage_dir) / layout.METADATA
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+        raise MetadataError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         from vlm_resampler.runs.guide_metadata import is_guide_format
@@ -106,9 +112,9 @@ def read_metadata(stage_dir: Path) -> dict:
         if is_guide_format(meta):
             # CheckpointRecord.read rebuilds such a checkpoint (from its weights, the file's values
             # checked against them) for eval and inspect; training continues only from our format.
-            raise ValueError(
+            raise MetadataError(
                 f"{path} is in the earlier system's (guide) format: `python launch/eval.py checkpoint_dir={Path(stage_dir)}` "
                 "rebuilds it from its weights; init_from reads only the format this code writes"
             )
-        raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+        raise MetadataError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}")
     return meta
