@@ -241,11 +241,13 @@ def check_attention_setting(cfg: DictConfig) -> None:
     """`attn_implementation` is known, and both backbone loaders of the model tree take it (a
     backbone option without `attn_implementation: ${oc.select:attn_implementation,sdpa}` would
     silently keep the loaders' default)."""
-    from vlm_resampler.models.attention import ATTENTION_IMPLEMENTATIONS
+    from vlm_resampler.models.attention import check_attention
 
     wanted = cfg.get("attn_implementation", "sdpa")
-    if wanted not in ATTENTION_IMPLEMENTATIONS:
-        raise ConfigError(f"attn_implementation={wanted!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    try:
+        check_attention(wanted, "attn_implementation")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for part in ("vision_encoder", "language_model"):
         loader = cfg.model.get(part)
         given = loader.get("attn_implementation", "sdpa") if OmegaConf.is_dict(loader) else wanted

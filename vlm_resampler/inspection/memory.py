@@ -9,10 +9,11 @@ Everything is computed from the model built on the meta device, nothing is measu
   "Reducing activation recomputation in large transformer models") for a layer of width h over
   s tokens: 34 * s * h bytes at 16 bits (17 * s * h values); attention probabilities are not kept
   with attn_implementation=sdpa, and with eager each layer of `a` heads keeps a * s * s more (no
-  dropout: Korthikanti's 5 * a * s * s bytes less the dropout mask and output); with gradient checkpointing, each layer keeps its input (s * h values) and one layer is
-  recomputed at a time. They count for the LLM whenever its loss is trained through (resampler,
-  finetune: the gradient reaches the visual tokens through every layer), for the tower's blocks
-  that train, and for the resampler's layers. The answer's logits and their gradient are kept in
+  dropout: Korthikanti's 5 * a * s * s bytes less the dropout mask and output); with gradient
+  checkpointing, each layer keeps its input (s * h values) and one layer is recomputed at a time.
+  They count for the LLM whenever its loss is trained through (resampler, finetune: the gradient
+  reaches the visual tokens through every layer), for the tower's blocks that train, and for the
+  resampler's layers. The answer's logits and their gradient are kept in
   float32 (Transformers upcasts them);
 - the process itself: the CUDA context and allocator reserve on a GPU, Python, torch and the
   data on a CPU (RUNTIME_BYTES, a fixed allowance).
@@ -48,7 +49,7 @@ def per_sample_activation_bytes(model, stage: dict, tokens_per_image: int, answe
     """Bytes of activations one training example adds in `stage` (see the module's rule)."""
     act = BYTES[compute["precision"]]
     checkpointed = bool(compute["gradient_checkpointing"])
-    eager = compute.get("attn_implementation", "sdpa") == "eager"
+    eager = compute["attn_implementation"] == "eager"
     gh, gw = model.view_grid
     view_tokens = gh * gw
     # the resampler over every view, its layers at its input width (an approximation for every type)

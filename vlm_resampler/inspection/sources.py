@@ -23,9 +23,7 @@ class Source:
     recorded_trainable: dict[str, int] | None = None  # a stage dir's own record
     notes: list[str] = field(default_factory=list)
     # for the memory plan (inspection/memory.py): precision, gradient checkpointing; answer length
-    compute: dict = field(
-        default_factory=lambda: {"precision": "fp32", "gradient_checkpointing": False, "attn_implementation": "sdpa"}
-    )
+    compute: dict = field(default_factory=lambda: compute_of({}))
     answer_tokens: int = 48
 
 

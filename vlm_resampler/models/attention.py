@@ -9,8 +9,7 @@ from __future__ import annotations
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
-def check_attention(attn_implementation: str, where: str) -> None:
+def check_attention(attn_implementation: str, key: str) -> None:
+    """`key`: the setting's name in messages (train.yaml's, or a loader's in the model tree)."""
     if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(
-            f"{where}.attn_implementation={attn_implementation!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
-        )
+        raise ValueError(f"{key}={attn_implementation!r}: expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")

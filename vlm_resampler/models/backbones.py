@@ -94,7 +94,7 @@ def load_vision_encoder(
     name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"
 ) -> VisionEncoder:
     """Load the vision tower of a checkpoint (a full CLIP/SigLIP model or a vision-only one) in fp32."""
-    check_attention(attn_implementation, "vision_encoder")
+    check_attention(attn_implementation, "vision_encoder.attn_implementation")
     path = resolve_backbone(name_or_path, revision)
     config = AutoConfig.from_pretrained(path, revision=revision)
     vision_config = getattr(config, "vision_config", None)
@@ -136,7 +136,7 @@ def _from_pretrained_checked(
 def load_language_model(
     name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"
 ) -> PreTrainedModel:
-    check_attention(attn_implementation, "language_model")
+    check_attention(attn_implementation, "language_model.attn_implementation")
     path = resolve_backbone(name_or_path, revision)
     config = AutoConfig.from_pretrained(path, revision=revision)
     return _from_pretrained_checked(AutoModelForCausalLM, path, config, revision, attn_implementation)
