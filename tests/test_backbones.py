@@ -162,6 +162,20 @@ def test_tokenizer_save_and_reload(qwen3_tokenizer, tmp_path: Path) -> None:
     assert (reloaded.eos_token_id, reloaded.pad_token_id) == (151_645, 151_643)
 
 
+def test_a_tokenizer_loads_once_per_process_until_its_files_change(qwen3_tokenizer, tmp_path: Path) -> None:
+    from vlm_resampler.models.backbones import load_tokenizer
+
+    qwen3_tokenizer.save_pretrained(tmp_path)
+    first = load_tokenizer(str(tmp_path))
+    assert load_tokenizer(str(tmp_path)) is first, "the same files: the loaded tokenizer is shared"
+    config = tmp_path / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["model_max_length"] = 77
+    config.write_text(json.dumps(settings))
+    changed = load_tokenizer(str(tmp_path))
+    assert changed is not first and changed.model_max_length == 77, "changed files load afresh"
+
+
 # ---------------------------------------------------------------------------------------------
 # Cache: atomic builds
 # ---------------------------------------------------------------------------------------------

@@ -142,9 +142,31 @@ def load_language_model(
     return _from_pretrained_checked(AutoModelForCausalLM, path, config, revision, attn_implementation)
 
 
+# One tokenizer per (source, files) in a process: a Qwen tokenizer.json is ~19 MB and parsing it
+# took about 1 s, and a three-stage run loaded it four times (each stage's data, each stage's start
+# from the previous checkpoint). Callers share the object, so nothing may change it after loading.
+_TOKENIZERS: dict[tuple, PreTrainedTokenizerBase] = {}
+
+
+def _tokenizer_files_signature(path: str) -> tuple:
+    """(name, size, mtime) of a local directory's files, so a rebuilt directory loads afresh."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        return ()  # a hub id: its cached revision does not change under a running process
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in directory.iterdir() if f.is_file()))
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """AutoTokenizer that is guaranteed to have a pad token. Never adds tokens: that would resize embeddings."""
+    """AutoTokenizer that is guaranteed to have a pad token. Never adds tokens: that would resize
+    embeddings. Loaded once per process and shared: treat it as read-only."""
     path = resolve_backbone(name_or_path, revision)
+    key = (path, revision, _tokenizer_files_signature(path))
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _load_tokenizer_checked(name_or_path, path, revision)
+    return _TOKENIZERS[key]
+
+
+def _load_tokenizer_checked(name_or_path: str, path: str, revision: str | None) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if tokenizer.pad_token is None:
         raise ValueError(
