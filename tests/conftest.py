@@ -91,24 +91,38 @@ def smoke_config():
     return make
 
 
+_zygote = None
+
+
 def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_ROOT):
-    """Run a launch/ script in a fresh interpreter, as a user would."""
+    """Run a launch/ script as its own process, as a user would: a fork of this worker's warm
+    interpreter (tests/cli_zygote.py), or a fresh one when the environment changes what imports
+    read. Tests about import state run their own subprocess."""
     import subprocess
     import sys
+    import tempfile
 
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "launch" / script), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-    )
+    global _zygote
+    argv = [str(REPO_ROOT / "launch" / script), *args]
+    env = os.environ.copy()
+    if _zygote is None:
+        from cli_zygote import Zygote
+
+        _zygote = Zygote()
+    if _zygote.can_run(env):
+        with tempfile.TemporaryDirectory(prefix="cli-") as out:
+            return _zygote.run(argv, cwd=Path(cwd), env=env, timeout=timeout, out_dir=Path(out))
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def pytest_unconfigure(config):
+    if _zygote is not None:
+        _zygote.close()
 
 
 def inspect_in_process(capsys, *args: str) -> tuple[int, str]:
     """launch/inspect.py's main in this process: (exit code, stdout). For tests of what inspect
-    reports; its command line itself (exit 2, no traceback, a fresh interpreter) is run_cli's."""
+    reports; its command line itself (exit 2, no traceback, its own process) is run_cli's."""
     from vlm_resampler.inspection.cli import main
 
     capsys.readouterr()

@@ -533,6 +533,20 @@ def test_cached_hub_ids_resolve_offline_and_fingerprint_to_their_commit(
     assert backbone_fingerprint("google/not-cached") is None
 
 
+def test_the_hub_decision_follows_the_users_choice_and_is_made_before_transformers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vlm_resampler.hub import configure_hub_access
+
+    assert "transformers" in sys.modules  # this module imported it
+    for choice, offline in (("1", True), ("0", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", choice)  # what transformers read too: no decision to make
+        assert configure_hub_access(["Qwen/Qwen3-0.6B"]) is offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(RuntimeError, match="before transformers is imported"):
+        configure_hub_access(["Qwen/Qwen3-0.6B"])
+
+
 def test_fingerprint_of_a_local_dir_covers_its_weights(tiny_cache: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "siglip"
     shutil.copytree(resolve_backbone(TINY_SIGLIP), checkpoint)

@@ -34,10 +34,10 @@ def _resolves(host: str, timeout_s: float) -> bool:
 def configure_hub_access(backbone_names: list[str]) -> bool:
     """Set HF_HUB_OFFLINE=1 unless the user chose, or a hub name needs a hub that resolves.
     Returns True when offline."""
+    if "HF_HUB_OFFLINE" in os.environ:  # the user's choice, which transformers read too
+        return os.environ["HF_HUB_OFFLINE"] not in ("0", "", "false", "False")
     if "transformers" in __import__("sys").modules:
         raise RuntimeError("configure_hub_access must run before transformers is imported")
-    if "HF_HUB_OFFLINE" in os.environ:
-        return os.environ["HF_HUB_OFFLINE"] not in ("0", "", "false", "False")
     needs_hub = [n for n in backbone_names if not n.startswith(LOCAL_PREFIX) and not os.path.isdir(n)]
     offline = not needs_hub or not _resolves(HUB_HOST, timeout_s=3.0)
     if offline:
