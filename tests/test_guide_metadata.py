@@ -164,6 +164,7 @@ def test_eval_of_a_guide_format_checkpoint_says_so_and_is_the_saved_model(finetu
         "data.num_val=4",
         "data.num_test=4",
         "baselines=false",
+        "meteor=false",
         "max_new_tokens=4",
     )
     assert done.returncode == 0, done.stderr[-3000:]

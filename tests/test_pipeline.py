@@ -80,9 +80,14 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
 
 def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):
     run_dir, _ = smoke_run
-    done = run_cli("eval.py", f"checkpoint_dir={run_dir}", "debug=smoke", "baselines=false")
+    done = run_cli("eval.py", f"checkpoint_dir={run_dir}", "debug=smoke", "baselines=false", "meteor=false")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "evaluating its last completed stage, finetune" in done.stdout
+    # meteor=false: no Java VM for METEOR, and the metrics say why it is missing
+    metrics = json.loads((run_dir / "finetune" / "eval" / "synthpano-test" / "metrics.json").read_text())
+    assert "METEOR" not in metrics["model"] and {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(metrics["model"])
+    assert metrics["unavailable"]["METEOR"] == "switched off (meteor=false)"
+    assert "METEOR not computed: switched off (meteor=false)" in done.stdout
 
 
 def test_a_damaged_weight_file_is_refused_by_name(smoke_run, tmp_path):

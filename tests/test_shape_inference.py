@@ -288,7 +288,9 @@ def same_model(a, b):
 @pytest.mark.parametrize("kind", list(TYPES))
 def test_eval_without_metadata_infers_and_says_so(finetune_runs, tmp_path, kind):
     stage_dir = without_metadata(finetune_runs[kind], tmp_path)
-    done = run_cli("eval.py", f"checkpoint_dir={stage_dir}", "debug=smoke", "baselines=false", "max_new_tokens=4")
+    done = run_cli(
+        "eval.py", f"checkpoint_dir={stage_dir}", "debug=smoke", "baselines=false", "meteor=false", "max_new_tokens=4"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert f"inferred from weight shapes: resampler type={kind}" in log
@@ -428,11 +430,18 @@ def test_eval_from_the_dir_alone_and_without_metadata(kind, tmp_path):
 
     run_dir = train_smoke_finetune(tmp_path, kind, SLOW_TYPES[kind])
     done = run_cli(
-        "eval.py", f"checkpoint_dir={run_dir / 'finetune'}", "debug=smoke", "baselines=false", "max_new_tokens=4"
+        "eval.py",
+        f"checkpoint_dir={run_dir / 'finetune'}",
+        "debug=smoke",
+        "baselines=false",
+        "meteor=false",
+        "max_new_tokens=4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     stage_dir = without_metadata(run_dir, tmp_path / "copy")
-    done = run_cli("eval.py", f"checkpoint_dir={stage_dir}", "debug=smoke", "baselines=false", "max_new_tokens=4")
+    done = run_cli(
+        "eval.py", f"checkpoint_dir={stage_dir}", "debug=smoke", "baselines=false", "meteor=false", "max_new_tokens=4"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"inferred from weight shapes: resampler type={kind}" in done.stdout + done.stderr
     assert same_model(load_from_run(run_dir / "finetune"), load_from_run(stage_dir))

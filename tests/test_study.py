@@ -26,7 +26,7 @@ TRIAL = [
     "stages=[resampler]",
     "num_threads=1",
     "resampler.latent_dimension=32",
-    "eval_args=['split=val','baselines=false','qa=false','max_new_tokens=4']",
+    "eval_args=['split=val','baselines=false','qa=false','meteor=false','max_new_tokens=4']",
 ]
 
 

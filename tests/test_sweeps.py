@@ -352,7 +352,7 @@ def test_eval_after_training_puts_metrics_in_the_summary(tmp_path):
         "resampler=mlp",
         *SMALL,
         "eval_after=true",
-        'eval_args=["baselines=false"]',
+        'eval_args=["baselines=false","meteor=false"]',
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
         timeout=900,

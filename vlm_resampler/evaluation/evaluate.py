@@ -197,7 +197,7 @@ def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # METEOR's JVM spends seconds loading its tables: started first, it does so while the model
     # loads and generates (and a machine without Java fails before any of that).
-    with CaptionScorer() as scorer:
+    with CaptionScorer(with_meteor=bool(cfg.meteor)) as scorer:
         return evaluate_with(cfg, scorer)
 
 

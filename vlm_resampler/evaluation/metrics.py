@@ -73,6 +73,8 @@ class CaptionScorer:
             from pycocoevalcap.meteor.meteor import Meteor
 
             self._meteor = Meteor()
+        else:
+            self.unavailable["METEOR"] = "switched off (meteor=false)"
         if with_spice is not False:
             reason = spice_unavailable_reason()
             if reason is None:

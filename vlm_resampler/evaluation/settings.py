@@ -86,10 +86,16 @@ class ReportSettings:
         return cls(**{k: cfg.report[k] for k in ("enabled", "panorama_width", "view_size", "jpeg_quality")})
 
 
+EVAL_SWITCHES = ("qa", "baselines", "verify", "meteor")  # conf/eval.yaml's true/false settings
+
+
 def check_eval_settings(cfg) -> None:
     """Called from the eval's preflight: a bad generation or report setting stops before loading."""
     threads = cfg.num_threads
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         raise ConfigError(f"num_threads={threads!r}: expected an int >= 1, or null for torch's default")
+    for switch in EVAL_SWITCHES:
+        if not isinstance(cfg[switch], bool):
+            raise ConfigError(f"{switch}={cfg[switch]!r}: expected true or false")
     GenerationSettings.from_eval_config(cfg)
     ReportSettings.from_eval_config(cfg)
