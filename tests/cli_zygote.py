@@ -103,11 +103,11 @@ def _child(request: dict, replies_fd: int) -> None:
         os._exit(code)
 
 
-def serve() -> None:
+def serve(warm_modules: list[str]) -> None:
     """The zygote's loop: one request per line on stdin, answers on stdout."""
     import importlib
 
-    for name in WARM_MODULES:
+    for name in warm_modules:
         importlib.import_module(name)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     print(json.dumps({"ready": True}), file=replies)
@@ -126,10 +126,10 @@ def serve() -> None:
 class Zygote:
     """The test worker's side: starts the zygote, sends it commands one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm_modules: tuple[str, ...] = WARM_MODULES) -> None:
         self.env = dict(os.environ)
         self.process = subprocess.Popen(
-            [sys.executable, __file__],
+            [sys.executable, __file__, *warm_modules],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -178,4 +178,4 @@ def _kill_group(pid: int) -> int:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])
