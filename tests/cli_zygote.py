@@ -98,7 +98,7 @@ def _child(request: dict, replies_fd: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001 - a closed stream at exit; the status still counts
+            except (OSError, ValueError):  # a closed or broken stream at exit: the status still counts
                 pass
         os._exit(code)
 
@@ -107,9 +107,10 @@ def serve(warm_modules: list[str]) -> None:
     """The zygote's loop: one request per line on stdin, answers on stdout."""
     import importlib
 
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # what the zygote itself prints (an import, say) must not mix with the replies
     for name in warm_modules:
         importlib.import_module(name)
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
     print(json.dumps({"ready": True}), file=replies)
     for line in sys.stdin:
         request = json.loads(line)
@@ -150,17 +151,23 @@ class Zygote:
             request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
-            pid = json.loads(self.process.stdout.readline())["pid"]
+            pid = self._reply()["pid"]
             killed: list[int] = []
             timer = threading.Timer(timeout, lambda: killed.append(_kill_group(pid)))
             timer.start()
             try:
-                returncode = json.loads(self.process.stdout.readline())["returncode"]
+                returncode = self._reply()["returncode"]
             finally:
                 timer.cancel()
         if killed:
             raise subprocess.TimeoutExpired(argv, timeout, stdout.read_text(), stderr.read_text())
         return subprocess.CompletedProcess(argv, returncode, stdout.read_text(), stderr.read_text())
+
+    def _reply(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the CLI zygote exited (status {self.process.wait()}) before answering")
+        return json.loads(line)
 
     def close(self) -> None:
         self.process.stdin.close()
