@@ -123,3 +123,32 @@ def test_experiment_preset_sets_the_guide_template(smoke_config):
 def test_resampler_input_width_is_never_in_the_config(smoke_config):
     cfg = smoke_config()
     assert "input_dim" not in cfg.model.resampler
+
+
+def _just_outside(declared) -> object:
+    """A value its Range refuses, next to what it accepts."""
+    if declared.kind is bool:
+        return 1  # an int is not a switch
+    if declared.ge is not None:
+        return declared.ge - 1 if declared.kind is int else declared.ge - 0.5
+    return declared.gt if declared.gt is not None else declared.lt
+
+
+@pytest.mark.parametrize("resampler", GROUPS["resampler"])
+def test_every_resampler_parameter_declares_its_range_and_a_value_outside_is_refused_by_name(resampler, smoke_config):
+    import inspect
+
+    from vlm_resampler.ranges import declared_ranges
+
+    cfg = smoke_config(f"resampler={resampler}")
+    factory = instantiate(cfg.model.resampler)
+    cls = factory.func
+    own = set(inspect.signature(cls).parameters) - {"input_dim", "latent_dimension"}  # the base declares these
+    ranges = declared_ranges(cls.__init__.__wrapped__)
+    assert own <= set(ranges), f"{cls.__name__}: no Range declared for {sorted(own - set(ranges))}"
+    for key, declared in ranges.items():
+        bad = _just_outside(declared)
+        assert not declared.accepts(bad)
+        with pytest.raises(ValueError) as refused:
+            factory(**{key: bad}, input_dim=16)
+        assert str(refused.value) == f"resampler.{key}={bad!r}: expected {declared.expected}"

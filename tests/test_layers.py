@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlm_resampler"
 # Bottom first. A unit is a subpackage (vlm_resampler/<name>/) or a top-level module
 # (vlm_resampler/<name>.py); "" is the package's own __init__ (the public API: load_from_run).
 LAYERS = [
-    {"errors", "suggest", "version", "cache", "hub", "catalog", "guide_names", "ops"},
+    {"errors", "suggest", "version", "cache", "hub", "catalog", "guide_names", "ops", "ranges"},
     {"panorama", "resamplers"},
     {"data"},
     {"models"},

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_resampler.catalog import unknown_resampler_key
 from vlm_resampler.config.external import check_backbones_available, check_data, check_init_from
 from vlm_resampler.errors import ConfigError, UnknownResamplerKey
+from vlm_resampler.ranges import BOOL, Range
 from vlm_resampler.runs.layout import STAGE_NAMES
 from vlm_resampler.runs.targets import refusal
 from vlm_resampler.suggest import did_you_mean
@@ -128,40 +129,37 @@ def check_resampler_builds(cfg: DictConfig) -> None:
         )
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# key -> (test, what is expected); every stage option is a number with a range, so a value
-# like `stage.finetune.lr=abc` is refused here, not as a TypeError deep in the trainer.
-STAGE_VALUE_CHECKS = {
-    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "warmup_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "epochs": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "max_steps": (lambda v: _is_int(v) and (v == -1 or v > 0), "an int > 0, or -1 to run `epochs`"),
-    "batch_size": (lambda v: _is_int(v) and v > 0, "an int > 0"),
-    "grad_accum": (lambda v: _is_int(v) and v > 0, "an int > 0"),
-    "logging_steps": (lambda v: _is_int(v) and v > 0, "an int > 0"),
-    "save_steps": (lambda v: _is_int(v) and v > 0, "an int > 0 (steps between resumable checkpoints)"),
-    "vision_trainable_blocks": (lambda v: _is_int(v) and v >= -1, "an int >= 0, or -1 for all blocks"),
-    "object_code_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
-    "object_code_warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "cache_vision_features": (lambda v: isinstance(v, bool), "true or false"),
+# Every stage option is a number with a range (or a switch), so a value like
+# `stage.finetune.lr=abc` is refused here, not as a TypeError deep in the trainer.
+POSITIVE_NUMBER = Range(float, "a number > 0", gt=0)
+POSITIVE_COUNT = Range(int, "an int > 0", gt=0)
+STAGE_VALUE_RANGES = {
+    "lr": POSITIVE_NUMBER,
+    "weight_decay": Range(float, "a number >= 0", ge=0),
+    "warmup_ratio": Range(float, "a number in [0, 1)", ge=0, lt=1),
+    "max_grad_norm": POSITIVE_NUMBER,
+    "epochs": POSITIVE_NUMBER,
+    "max_steps": Range(int, "an int > 0, or -1 to run `epochs`", gt=0, also=(-1,)),
+    "batch_size": POSITIVE_COUNT,
+    "grad_accum": POSITIVE_COUNT,
+    "logging_steps": POSITIVE_COUNT,
+    "save_steps": Range(int, "an int > 0 (steps between resumable checkpoints)", gt=0),
+    "vision_trainable_blocks": Range(int, "an int >= 0, or -1 for all blocks", ge=-1),
+    "object_code_weight": Range(float, "a number >= 0 (0: off)", ge=0),
+    "object_code_warmup_steps": Range(int, "an int >= 0", ge=0),
+    "cache_vision_features": BOOL,
 }
 
 
 def check_stage_values(name: str, stage: DictConfig) -> None:
     from vlm_resampler.training.stages import TRAINABLE_MODULES
 
-    for key, (ok, expected) in STAGE_VALUE_CHECKS.items():
-        if key in stage and not ok(stage[key]):
-            raise ConfigError(f"stage.{name}.{key}={stage[key]!r}: expected {expected}")
+    for key, declared in STAGE_VALUE_RANGES.items():
+        if key in stage:
+            try:
+                declared.check(f"stage.{name}.{key}", stage[key])
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
     for module in stage.train:
         if module not in TRAINABLE_MODULES:
             raise ConfigError(

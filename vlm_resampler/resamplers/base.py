@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
+
+from vlm_resampler.ranges import POSITIVE_INT, checks_ranges
 
 
 def require(condition: bool, key: str, value, expected: str) -> None:
-    """Raise a ValueError that names the config key, the value found and what was expected."""
+    """Raise a ValueError that names the config key, the value found and what was expected. For
+    what relates several values; a single value's range is declared on its parameter (ranges.py)."""
     if not condition:
         raise ValueError(f"resampler.{key}={value!r}: expected {expected}")
 
@@ -23,15 +28,9 @@ class Resampler(nn.Module):
     type_name: str = ""
     keeps_token_grid: bool = True
 
-    def __init__(self, input_dim: int, latent_dimension: int) -> None:
+    @checks_ranges("resampler")
+    def __init__(self, input_dim: Annotated[int, POSITIVE_INT], latent_dimension: Annotated[int, POSITIVE_INT]) -> None:
         super().__init__()
-        require(isinstance(input_dim, int) and input_dim > 0, "input_dim", input_dim, "a positive int")
-        require(
-            isinstance(latent_dimension, int) and latent_dimension > 0,
-            "latent_dimension",
-            latent_dimension,
-            "a positive int",
-        )
         self.input_dim = input_dim
         self.latent_dimension = latent_dimension
 

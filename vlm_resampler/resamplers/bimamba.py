@@ -5,12 +5,14 @@ the official kernels."""
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlm_resampler.ops.selective_scan import selective_scan
+from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, POSITIVE_INT, Range, checks_ranges
 from vlm_resampler.resamplers.base import Resampler, require
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
@@ -87,38 +89,36 @@ class BiMambaBlock(nn.Module):
         return x if self.norm_first else self.norm(x)
 
 
+EXPAND = Range(float, "> 0 (d_inner = int(expand * hidden_dim))", gt=0)
+
+
 class BiMambaResampler(Resampler):
     """input projection -> `depth` bidirectional blocks -> final norm -> output projection."""
 
     type_name = "bimamba"
     keeps_token_grid = True
 
+    @checks_ranges("resampler")
     def __init__(
         self,
         input_dim: int,
         latent_dimension: int,
-        hidden_dim: int,
-        depth: int,
-        expand: float,
-        d_state: int,
-        d_conv: int,
-        use_ln: bool,
-        dropout: float,
-        norm_first: bool,
+        hidden_dim: Annotated[int, POSITIVE_INT],
+        depth: Annotated[int, AT_LEAST_ONE],
+        expand: Annotated[float, EXPAND],
+        d_state: Annotated[int, AT_LEAST_ONE],
+        d_conv: Annotated[int, AT_LEAST_ONE],
+        use_ln: Annotated[bool, BOOL],
+        dropout: Annotated[float, DROPOUT_RATE],
+        norm_first: Annotated[bool, BOOL],
     ) -> None:
         super().__init__(input_dim, latent_dimension)
-        require(isinstance(hidden_dim, int) and hidden_dim > 0, "hidden_dim", hidden_dim, "a positive int")
-        require(isinstance(depth, int) and depth >= 1, "depth", depth, "an int >= 1")
-        require(float(expand) > 0, "expand", expand, "> 0 (d_inner = int(expand * hidden_dim))")
         require(
             int(expand * hidden_dim) >= 1,
             "expand",
             expand,
             f"a value with d_inner = int(expand * hidden_dim) >= 1; with hidden_dim={hidden_dim} it is {int(expand * hidden_dim)}",
         )
-        require(isinstance(d_state, int) and d_state >= 1, "d_state", d_state, "an int >= 1")
-        require(isinstance(d_conv, int) and d_conv >= 1, "d_conv", d_conv, "an int >= 1")
-        require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
         self.hidden_dim = hidden_dim
         self.input_proj = nn.Linear(input_dim, hidden_dim)
         self.blocks = nn.ModuleList(

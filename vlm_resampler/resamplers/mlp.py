@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlm_resampler.resamplers.base import Resampler, require
+from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, POSITIVE_INT, Range, checks_ranges
+from vlm_resampler.resamplers.base import Resampler
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
     InferredResampler,
@@ -22,6 +24,8 @@ from vlm_resampler.resamplers.shape_rules import (
     target_of,
     tensor_shape,
 )
+
+POOL = Range(int, "null (keep every patch token) or an int >= 1 (a pool x pool grid per view)", ge=1, also=(None,))
 
 
 class MLPResampler(Resampler):
@@ -37,27 +41,18 @@ class MLPResampler(Resampler):
     type_name = "mlp"
     keeps_token_grid = True
 
+    @checks_ranges("resampler")
     def __init__(
         self,
         input_dim: int,
         latent_dimension: int,
-        hidden_dim: int,
-        depth: int,
-        use_ln: bool,
-        dropout: float,
-        pool: int | None = None,
+        hidden_dim: Annotated[int, POSITIVE_INT],
+        depth: Annotated[int, AT_LEAST_ONE],
+        use_ln: Annotated[bool, BOOL],
+        dropout: Annotated[float, DROPOUT_RATE],
+        pool: Annotated[int | None, POOL] = None,
     ) -> None:
         super().__init__(input_dim, latent_dimension)
-        require(isinstance(hidden_dim, int) and hidden_dim > 0, "hidden_dim", hidden_dim, "a positive int")
-        require(isinstance(depth, int) and depth >= 1, "depth", depth, "an int >= 1")
-        require(isinstance(use_ln, bool), "use_ln", use_ln, "true or false")
-        require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
-        require(
-            pool is None or (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1),
-            "pool",
-            pool,
-            "null (keep every patch token) or an int >= 1 (a pool x pool grid per view)",
-        )
         self.hidden_dim = hidden_dim
         self.depth = depth
         self.pool = pool

@@ -3,9 +3,12 @@ are the tokens and the latents together), each layer followed by a feed-forward 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from vlm_resampler.ranges import AT_LEAST_ONE, DROPOUT_RATE, checks_ranges
 from vlm_resampler.resamplers.base import Resampler, require
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
@@ -57,29 +60,20 @@ class PerceiverResampler(Resampler):
     type_name = "perceiver"
     keeps_token_grid = False
 
+    @checks_ranges("resampler")
     def __init__(
         self,
         input_dim: int,
         latent_dimension: int,
-        num_latents: int,
-        depth: int,
-        heads: int,
-        hidden_dim: int,
-        dim_head: int,
-        ff_mult: int,
-        dropout: float,
+        num_latents: Annotated[int, AT_LEAST_ONE],
+        depth: Annotated[int, AT_LEAST_ONE],
+        heads: Annotated[int, AT_LEAST_ONE],
+        hidden_dim: Annotated[int, AT_LEAST_ONE],
+        dim_head: Annotated[int, AT_LEAST_ONE],
+        ff_mult: Annotated[int, AT_LEAST_ONE],
+        dropout: Annotated[float, DROPOUT_RATE],
     ) -> None:
         super().__init__(input_dim, latent_dimension)
-        for key, value in (
-            ("num_latents", num_latents),
-            ("depth", depth),
-            ("heads", heads),
-            ("hidden_dim", hidden_dim),
-            ("dim_head", dim_head),
-            ("ff_mult", ff_mult),
-        ):
-            require(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
-        require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
         self.hidden_dim = hidden_dim
         self.num_latents = num_latents
         self.input_proj = nn.Linear(input_dim, hidden_dim)

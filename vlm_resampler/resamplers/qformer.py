@@ -4,9 +4,12 @@ tokens every `cross_attention_frequency` layers, and a feed-forward block."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from vlm_resampler.ranges import AT_LEAST_ONE, DROPOUT_RATE, checks_ranges
 from vlm_resampler.resamplers.base import Resampler, require
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
@@ -47,35 +50,26 @@ class QFormerResampler(Resampler):
     type_name = "qformer"
     keeps_token_grid = False
 
+    @checks_ranges("resampler")
     def __init__(
         self,
         input_dim: int,
         latent_dimension: int,
-        num_query_tokens: int,
-        num_hidden_layers: int,
-        num_attention_heads: int,
-        hidden_dim: int,
-        intermediate_size: int,
-        cross_attention_frequency: int,
-        dropout: float,
+        num_query_tokens: Annotated[int, AT_LEAST_ONE],
+        num_hidden_layers: Annotated[int, AT_LEAST_ONE],
+        num_attention_heads: Annotated[int, AT_LEAST_ONE],
+        hidden_dim: Annotated[int, AT_LEAST_ONE],
+        intermediate_size: Annotated[int, AT_LEAST_ONE],
+        cross_attention_frequency: Annotated[int, AT_LEAST_ONE],
+        dropout: Annotated[float, DROPOUT_RATE],
     ) -> None:
         super().__init__(input_dim, latent_dimension)
-        for key, value in (
-            ("num_query_tokens", num_query_tokens),
-            ("num_hidden_layers", num_hidden_layers),
-            ("num_attention_heads", num_attention_heads),
-            ("hidden_dim", hidden_dim),
-            ("intermediate_size", intermediate_size),
-            ("cross_attention_frequency", cross_attention_frequency),
-        ):
-            require(isinstance(value, int) and value >= 1, key, value, "an int >= 1")
         require(
             hidden_dim % num_attention_heads == 0,
             "num_attention_heads",
             num_attention_heads,
             f"a divisor of hidden_dim={hidden_dim}",
         )
-        require(0.0 <= float(dropout) < 1.0, "dropout", dropout, "a float in [0, 1)")
         self.hidden_dim = hidden_dim
         self.num_query_tokens = num_query_tokens
         self.query_tokens = nn.Parameter(torch.randn(num_query_tokens, hidden_dim) * 0.02)

@@ -1,0 +1,84 @@
+"""What a single config value may be: a type, bounds and the words an error uses for them.
+
+One declaration serves every check of a value: a component declares its constructor's parameters
+as `Annotated[int, AT_LEAST_ONE]` (its typed parameter schema), and `@checks_ranges` refuses a
+value outside it when the component is built, which validation does on the meta device before a
+run starts; stage values are declared the same way (config/validate.STAGE_VALUE_RANGES). Checks
+that relate several values (heads dividing a width) stay in the component's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Range:
+    """`kind` is int, float (any number) or bool; ge/gt/lt bound it; `also` lists values allowed
+    besides (-1 meaning all, None meaning off); `expected` is how an error says what fits."""
+
+    kind: type
+    expected: str
+    ge: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+    also: tuple = ()
+
+    def accepts(self, value) -> bool:
+        if any(value is allowed or (type(value) is type(allowed) and value == allowed) for allowed in self.also):
+            return True
+        if self.kind is bool or isinstance(value, bool):
+            return self.kind is bool and isinstance(value, bool)
+        if not isinstance(value, int if self.kind is int else (int, float)):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def check(self, key: str, value) -> None:
+        """Raise a ValueError naming the key, the value found and what was expected."""
+        if not self.accepts(value):
+            raise ValueError(f"{key}={value!r}: expected {self.expected}")
+
+
+BOOL = Range(bool, "true or false")
+POSITIVE_INT = Range(int, "a positive int", ge=1)
+AT_LEAST_ONE = Range(int, "an int >= 1", ge=1)
+DROPOUT_RATE = Range(float, "a float in [0, 1)", ge=0, lt=1)
+
+
+@functools.cache
+def declared_ranges(function) -> dict[str, Range]:
+    """The Range each parameter of `function` is annotated with (`Annotated[type, Range]`)."""
+    hints = typing.get_type_hints(function, include_extras=True)
+    ranges = {}
+    for name, hint in hints.items():
+        declared = [meta for meta in getattr(hint, "__metadata__", ()) if isinstance(meta, Range)]
+        if declared:
+            ranges[name] = declared[-1]
+    return ranges
+
+
+def checks_ranges(prefix: str):
+    """Decorate a constructor: each argument is checked against its declared Range before the
+    body runs; an error names the value as `<prefix>.<parameter>`, the key a user writes."""
+
+    def decorate(init):
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            for name, declared in declared_ranges(init).items():
+                declared.check(f"{prefix}.{name}", bound.arguments[name])
+            return init(*args, **kwargs)
+
+        return checked
+
+    return decorate
