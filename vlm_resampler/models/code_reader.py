@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vlm_resampler.data.collate import IGNORE_INDEX, left_pad
 from vlm_resampler.data.object_facts import view_directions, view_facts
-from vlm_resampler.data.prompts import PromptFormat, answer_ids, end_of_turn_id, prompt_ids
+from vlm_resampler.data.prompts import DEFAULT_PROMPT, PromptFormat, answer_ids, end_of_turn_id, prompt_ids
 from vlm_resampler.data.synthpano.scene import pretext_scene
 from vlm_resampler.data.synthpano.text import DEFAULT_QUERY, question_answers
 from vlm_resampler.models.object_codes import ObjectCodes
@@ -48,7 +48,7 @@ RECIPE = {
     "tokens_per_view": [1, 4, 16, 49],
     "view_yaws_deg": [0.0, 90.0, 180.0, -90.0],  # conf/view/e2p's four views
     "code_init_std": 0.5,
-    "prompt": {"system_prompt": None, "user_template": "<image>\n{query}"},  # conf/train.yaml's
+    "prompt": dict(DEFAULT_PROMPT),  # conf/train.yaml's (tests keep the two equal)
     # The loss's softmax runs over the tokens of SynthPano's answers only (the 151k-row output layer
     # would cost most of each step); generation and the stages still use the full vocabulary.
     "softmax": "answer_tokens",
