@@ -12,7 +12,7 @@ from vlm_resampler.config.preflight import compose
 from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.errors import ConfigError
 from vlm_resampler.evaluation.generate import HoldEndOfTurn, generate_tokens, predict_items
-from vlm_resampler.evaluation.settings import GenerationSettings, check_eval_settings
+from vlm_resampler.evaluation.settings import GenerationSettings, check_eval_settings, scores_meteor
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,15 @@ def test_sampling_with_a_seed_is_reproducible_differs_from_greedy_and_leaves_the
     assert len(greedy) == len(first) == len(items)
     assert first != greedy, "sampling at temperature 1.5 from a random LLM gave the greedy captions"
     assert first != other_seed, "another seed gave the same samples"
+
+
+def test_an_eval_config_from_before_the_meteor_switch_still_checks_and_scores_meteor():
+    """A sweep's conf/ snapshot, taken before `meteor` existed, is what its resumed jobs' evals compose."""
+    from omegaconf import open_dict
+
+    cfg = compose("eval", ["checkpoint_dir=/nowhere"])
+    with open_dict(cfg):
+        del cfg["meteor"]
+    check_eval_settings(cfg)
+    assert scores_meteor(cfg) is True
+    assert scores_meteor(compose("eval", ["checkpoint_dir=/nowhere", "meteor=false"])) is False

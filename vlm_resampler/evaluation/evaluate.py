@@ -18,7 +18,7 @@ from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
 from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer
 from vlm_resampler.evaluation.report import Card, example_images, render_report
-from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings
+from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, scores_meteor
 from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.runs import layout
@@ -197,7 +197,7 @@ def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # METEOR's JVM spends seconds loading its tables: started first, it does so while the model
     # loads and generates (and a machine without Java fails before any of that).
-    with CaptionScorer(with_meteor=bool(cfg.meteor)) as scorer:
+    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer:
         return evaluate_with(cfg, scorer)
 
 

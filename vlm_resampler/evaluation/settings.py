@@ -89,13 +89,18 @@ class ReportSettings:
 EVAL_SWITCHES = ("qa", "baselines", "verify", "meteor")  # conf/eval.yaml's true/false settings
 
 
+def scores_meteor(cfg) -> bool:
+    # A sweep's conf/ snapshot from before the `meteor` switch has none: METEOR, as it had then.
+    return bool(cfg.get("meteor", True))
+
+
 def check_eval_settings(cfg) -> None:
     """Called from the eval's preflight: a bad generation or report setting stops before loading."""
     threads = cfg.num_threads
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         raise ConfigError(f"num_threads={threads!r}: expected an int >= 1, or null for torch's default")
     for switch in EVAL_SWITCHES:
-        if not isinstance(cfg[switch], bool):
+        if switch in cfg and not isinstance(cfg[switch], bool):  # a sweep's older conf/ snapshot may lack one
             raise ConfigError(f"{switch}={cfg[switch]!r}: expected true or false")
     GenerationSettings.from_eval_config(cfg)
     ReportSettings.from_eval_config(cfg)
