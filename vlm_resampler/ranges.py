@@ -40,10 +40,11 @@ class Range:
             and (self.lt is None or value < self.lt)
         )
 
-    def check(self, key: str, value) -> None:
-        """Raise a ValueError naming the key, the value found and what was expected."""
+    def check(self, key: str, value, error: type[Exception] = ValueError) -> None:
+        """Raise `error` naming the key, the value found and what was expected (a component's
+        constructor raises ValueError; the command-line checks pass errors.ConfigError)."""
         if not self.accepts(value):
-            raise ValueError(f"{key}={value!r}: expected {self.expected}")
+            raise error(f"{key}={value!r}: expected {self.expected}")
 
 
 BOOL = Range(bool, "true or false")

@@ -156,10 +156,7 @@ def check_stage_values(name: str, stage: DictConfig) -> None:
 
     for key, declared in STAGE_VALUE_RANGES.items():
         if key in stage:
-            try:
-                declared.check(f"stage.{name}.{key}", stage[key])
-            except ValueError as err:
-                raise ConfigError(str(err)) from err
+            declared.check(f"stage.{name}.{key}", stage[key], error=ConfigError)
     for module in stage.train:
         if module not in TRAINABLE_MODULES:
             raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlm_resampler.errors import ConfigError
+from vlm_resampler.ranges import BOOL, Range
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ReportSettings:
 
 
 EVAL_SWITCHES = ("qa", "baselines", "verify", "meteor")  # conf/eval.yaml's true/false settings
+NUM_THREADS = Range(int, "an int >= 1, or null for torch's default", ge=1, also=(None,))
 
 
 def scores_meteor(cfg) -> bool:
@@ -96,11 +98,9 @@ def scores_meteor(cfg) -> bool:
 
 def check_eval_settings(cfg) -> None:
     """Called from the eval's preflight: a bad generation or report setting stops before loading."""
-    threads = cfg.num_threads
-    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        raise ConfigError(f"num_threads={threads!r}: expected an int >= 1, or null for torch's default")
+    NUM_THREADS.check("num_threads", cfg.num_threads, error=ConfigError)
     for switch in EVAL_SWITCHES:
-        if switch in cfg and not isinstance(cfg[switch], bool):  # a sweep's older conf/ snapshot may lack one
-            raise ConfigError(f"{switch}={cfg[switch]!r}: expected true or false")
+        if switch in cfg:  # a sweep's older conf/ snapshot may lack one
+            BOOL.check(switch, cfg[switch], error=ConfigError)
     GenerationSettings.from_eval_config(cfg)
     ReportSettings.from_eval_config(cfg)

@@ -153,7 +153,8 @@ def _tokenizer_files_signature(path: str) -> tuple:
     directory = Path(path).expanduser()
     if not directory.is_dir():
         return ()  # a hub id: its cached revision does not change under a running process
-    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in directory.iterdir() if f.is_file()))
+    stats = {f.name: f.stat() for f in directory.iterdir() if f.is_file()}
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats.items()))
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
