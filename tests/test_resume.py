@@ -206,6 +206,19 @@ def test_a_finished_or_failed_run_is_not_resumed(smoke_config, tmp_path, status)
     assert f"already holds a run (status '{status}')" in done.stderr
 
 
+def test_a_run_whose_status_is_damaged_is_refused_by_name_not_resumed(smoke_config, tmp_path):
+    run_dir = tmp_path / "runs" / "damaged"
+    write_unfinished_run(run_dir, smoke_config("experiment.name=damaged"))
+    (run_dir / layout.STATUS).write_text('{"status": "runn')  # cut short
+    done = run_cli("train.py", "debug=smoke", "experiment.name=damaged", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        f"runs/damaged/{layout.STATUS} is not valid JSON" in done.stderr
+        and "choose another experiment.name" in done.stderr
+    )
+    assert (run_dir / layout.STATUS).read_text() == '{"status": "runn', "the damaged file is left as it was"
+
+
 def test_only_complete_checkpoints_count_and_the_others_are_removed(tmp_path):
     stage_dir = tmp_path / "resampler"
     for step, complete in ((2, True), (4, True), (6, False)):

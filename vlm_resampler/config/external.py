@@ -91,12 +91,19 @@ def check_run_dir_free(cfg: DictConfig) -> None:
     """Never train into a directory that already holds a run (its checkpoints would be mixed),
     except to resume it: an unfinished run (status running or interrupted) of the identical
     resolved config, which no live process is training into."""
+    from vlm_resampler.runs.locate import DamagedStatus, read_status
     from vlm_resampler.training import resume
 
     run_dir = Path(cfg.hydra.run.dir)
     if not (run_dir / STATUS).exists() and not any(is_stage_dir(run_dir / s) for s in STAGE_NAMES):
         return
-    status = (resume.read_status(run_dir) or {}).get("status")
+    try:
+        status = (read_status(run_dir) or {}).get("status")
+    except DamagedStatus as err:
+        raise ConfigError(
+            f"{err}: whether the run in {run_dir} may be resumed is unknown (experiment.name="
+            f"{cfg.experiment.name!r}); choose another experiment.name, or repair the file to resume it"
+        ) from err
     if status not in RESUMABLE:
         ended = f" (status {status!r})" if status else ""
         raise ConfigError(

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from vlm_resampler.errors import UserFacingError
 from vlm_resampler.resamplers.shape_rules import Shapes
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.checkpoint import CheckpointMismatch
@@ -72,9 +73,23 @@ def resolve_checkpoint_dir(path: Path | str) -> Path:
     return layout.resolve_stage_dir(path)
 
 
+class DamagedStatus(UserFacingError, ValueError):
+    """A run's status.json that does not parse (named in the message)."""
+
+
+def read_status(run_dir: Path) -> dict | None:
+    """A run's status.json (None before it has one)."""
+    path = Path(run_dir) / layout.STATUS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DamagedStatus(f"{path} is not valid JSON ({err})") from err
+
+
 def completed(run_dir: Path, stage: str) -> bool:
-    status = Path(run_dir) / layout.STATUS
-    return status.is_file() and stage in json.loads(status.read_text(encoding="utf-8")).get("completed", [])
+    return stage in (read_status(run_dir) or {}).get("completed", [])
 
 
 def saved_config_path(stage_dir: Path) -> Path:
@@ -119,12 +134,11 @@ def split_modules(shapes: Shapes) -> dict[str, Shapes]:
 
 def check_stage_completed(stage_dir: Path) -> None:
     """A run's status.json knows whether this stage finished; weights of one that did not may be partial."""
-    status = stage_dir.parent / layout.STATUS
-    if not status.is_file() or stage_dir.name not in layout.STAGE_NAMES:
+    record = read_status(stage_dir.parent)
+    if record is None or stage_dir.name not in layout.STAGE_NAMES:
         return
-    record = json.loads(status.read_text(encoding="utf-8"))
-    if stage_dir.name in record.get("stages", []) and not completed(stage_dir.parent, stage_dir.name):
+    if stage_dir.name in record.get("stages", []) and stage_dir.name not in record.get("completed", []):
         raise CheckpointMismatch(
-            f"{stage_dir}: {status} says stage {stage_dir.name} never completed (status {record.get('status')!r}); "
+            f"{stage_dir}: {stage_dir.parent / layout.STATUS} says stage {stage_dir.name} never completed (status {record.get('status')!r}); "
             f"its weights may be an interrupted save, and it has no {layout.METADATA}"
         )

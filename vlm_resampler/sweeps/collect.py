@@ -70,7 +70,8 @@ def listed_jobs(sweep_dir: Path, manifest: dict | None) -> list[tuple[int, Path,
 # ---------------------------------------------------------------------------------------------
 
 
-def read_status(job: JobSummary, sweep_alive: list[str]) -> None:
+def judge_status(job: JobSummary, sweep_alive: list[str]) -> None:
+    """The job's status and, unless done, why, in words (a damaged status.json is a state here, not an error)."""
     if not job.dir.is_dir():
         job.status, job.reason = "missing", "no job directory"
         return
@@ -221,7 +222,7 @@ def collect(sweep_dir: Path, counts: bool = True) -> tuple[list[JobSummary], dic
         warnings.simplefilter("ignore")
         for num, job_dir, overrides in listed_jobs(sweep_dir, manifest):
             job = JobSummary(num=num, dir=job_dir, overrides=overrides)
-            read_status(job, alive)
+            judge_status(job, alive)
             read_stages(job)
             read_eval(job)
             if counts:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
+from vlm_resampler.runs.locate import read_status
 from vlm_resampler.runs.run_meta import REPO_ROOT
 from vlm_resampler.sweeps import dirs  # noqa: F401  (registers the job-directory resolver in job processes)
 
@@ -24,13 +25,6 @@ EVAL_LOG = "eval.log"
 def on_rank_zero() -> bool:
     """Rank 0 of a torchrun (RANK) or of a multi-task SLURM job (SLURM_PROCID), or a single process."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-
-
-def read_status(run_dir: Path) -> dict:
-    import json
-
-    path = Path(run_dir) / layout.STATUS
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def primary_conf_dir() -> Path | None:
@@ -64,7 +58,7 @@ def eval_command(cfg: DictConfig, stage_dir: Path) -> list[str]:
 
 def evaluate_after_training(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
     """launch/eval.py on the finished run's last stage; a failure marks the job failed."""
-    status = read_status(run_dir)
+    status = read_status(run_dir) or {}
     write_json(run_dir / layout.STATUS, status | {"status": "running", "step": "eval"})
     command = eval_command(cfg, stage_dir)
     print("eval_after: " + " ".join(command), flush=True)
@@ -114,7 +108,8 @@ def evaluate_if_asked(cfg: DictConfig, run_dir: Path, stage_dir: Path) -> None:
         write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
         write_json(
             run_dir / layout.STATUS,
-            read_status(run_dir) | {"status": "failed", "step": "eval", "error": f"{type(err).__name__}: {err}"},
+            (read_status(run_dir) or {})
+            | {"status": "failed", "step": "eval", "error": f"{type(err).__name__}: {err}"},
         )
         raise
 

@@ -17,7 +17,6 @@ seeded sampler, consumed batches skipped).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from transformers import TrainerCallback
 
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_text
+from vlm_resampler.runs.locate import completed, read_status
 from vlm_resampler.training import distributed
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -96,20 +96,8 @@ class ResumableCheckpoints(TrainerCallback):
 
 
 # ---- one run: which stages are done, and whether it may be resumed --------------------------
-def read_status(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / layout.STATUS
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-
-
 def completed_stages(run_dir: Path, stages: list[str]) -> list[str]:
     """Stages of `stages` that a previous attempt completed (in status.json and with metadata)."""
-    from vlm_resampler.runs.locate import completed
-
     return [s for s in stages if completed(run_dir, s) and layout.is_stage_dir(Path(run_dir) / s)]
 
 

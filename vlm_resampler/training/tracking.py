@@ -139,7 +139,7 @@ class JobTracking:
     def end(self) -> None:
         """The parent run ends as the run did (status.json): finished, failed, or killed (resumable)."""
         if self.mlflow is not None:
-            from vlm_resampler.training.resume import read_status
+            from vlm_resampler.runs.locate import read_status
 
             state = (read_status(self.run_dir) or {}).get("status")
             self.attempt(
