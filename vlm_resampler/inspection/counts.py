@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from vlm_resampler.errors import ConfigError
 from vlm_resampler.inspection.meta import build_on_meta
 from vlm_resampler.inspection.sources import Source
+from vlm_resampler.runs.metadata import resampler_record
 
 MODULES = ("vision", "resampler", "projector", "overlap_head", "llm", "lora")  # and any other part with parameters
 
@@ -134,9 +135,7 @@ def _inspect(source: Source, gpu_gib: float | None = None, batch_size: int | Non
     return {
         "source": {"kind": source.kind, "label": source.label},
         "resampler_type": model.resampler.type_name,
-        # As recorded in checkpoint_metadata.json: every parameter, plus the input width it got.
-        "resampler": {k: v for k, v in tree["resampler"].items() if k != "_partial_"}
-        | {"input_dim": model.resampler.input_dim},
+        "resampler": resampler_record(tree["resampler"], model.resampler.input_dim),  # as in the metadata
         "backbones": {
             "vision": {
                 "name_or_path": tree["vision_encoder"]["name_or_path"],

@@ -50,6 +50,12 @@ def describe_model(model) -> dict:
     }
 
 
+def resampler_record(resampler_node: dict, input_dim: int) -> dict:
+    """The metadata's `resampler` entry: every parameter of the config node, plus the input width
+    it was built with (which the node leaves to the vision tower)."""
+    return {k: v for k, v in resampler_node.items() if k != "_partial_"} | {"input_dim": input_dim}
+
+
 def build_metadata(
     *,
     stage: str,
@@ -72,8 +78,7 @@ def build_metadata(
         "stage": stage,
         "seed": seed,  # fresh weights (and the untrained baseline) are drawn with it
         "resampler_type": model.resampler.type_name,
-        "resampler": {k: v for k, v in model_tree["resampler"].items() if k != "_partial_"}
-        | {"input_dim": model.resampler.input_dim},
+        "resampler": resampler_record(model_tree["resampler"], model.resampler.input_dim),
         "model": model_tree,
         "derived": describe_model(model),
         "backbones": backbones,

@@ -43,6 +43,7 @@ from vlm_resampler.runs.locate import (
     split_modules,
     weight_shapes,
 )
+from vlm_resampler.runs.metadata import resampler_record
 from vlm_resampler.runs.provenance import RECONSTRUCTED, Provenance, UserSettings, brief_node
 from vlm_resampler.runs.reconstruct_guide import guide_lora, guide_resampler_node, guide_run_settings
 from vlm_resampler.runs.reconstruct_parts import lora_tree, resampler_node, run_settings, token_mlp_node
@@ -88,7 +89,7 @@ def reconstruct_metadata(stage_dir: Path, user: UserSettings | None = None, guid
         "stage": stage_dir.name,
         "seed": settings["seed"],
         "resampler_type": prov.inferred["resampler type"],
-        "resampler": {k: v for k, v in resampler.items() if k != "_partial_"} | {"input_dim": input_dim},
+        "resampler": resampler_record(resampler, input_dim),
         "model": model,
         "backbones": {
             role: {
