@@ -129,9 +129,13 @@ def _just_outside(declared) -> object:
     """A value its Range refuses, next to what it accepts."""
     if declared.kind is bool:
         return 1  # an int is not a switch
+    if declared.kind is str:
+        return "none-of-these"
     if declared.ge is not None:
         return declared.ge - 1 if declared.kind is int else declared.ge - 0.5
-    return declared.gt if declared.gt is not None else declared.lt
+    if declared.gt is not None:
+        return declared.gt
+    return declared.le + 1 if declared.le is not None else declared.lt
 
 
 @pytest.mark.parametrize("resampler", GROUPS["resampler"])
@@ -152,3 +156,39 @@ def test_every_resampler_parameter_declares_its_range_and_a_value_outside_is_ref
         with pytest.raises(ValueError) as refused:
             factory(**{key: bad}, input_dim=16)
         assert str(refused.value) == f"resampler.{key}={bad!r}: expected {declared.expected}"
+
+
+# The model parts a config group (or train.yaml) sets, each with the key its settings are written under.
+PART_NODES = [
+    *[("views", "view", f"view={option}") for option in GROUPS["view"]],
+    *[("stitch", "stitch", f"stitch={option}") for option in GROUPS["stitch"]],
+    *[("projector", "projector", f"projector={option}") for option in GROUPS["projector"]],
+    ("overlap_head", "model.overlap_head", "stitch=concat"),
+]
+
+
+@pytest.mark.parametrize(("node_key", "shown", "choice"), PART_NODES)
+def test_every_view_stitch_and_head_setting_declares_its_range_and_a_value_outside_is_refused_by_name(
+    node_key, shown, choice, smoke_config
+):
+    """As for resamplers: each scalar a part's config sets is declared (ranges.Range) on its
+    constructor, and the config checks refuse a value outside it under the key a user writes."""
+    from omegaconf import open_dict
+
+    from vlm_resampler.config.validate import check_model, import_target
+    from vlm_resampler.ranges import declared_ranges
+
+    cfg = smoke_config(choice)
+    node = cfg.model[node_key]
+    cls = import_target(node._target_, shown)
+    ranges = declared_ranges(cls.__init__)
+    scalars = {k for k, v in node.items() if not k.startswith("_") and not OmegaConf.is_list(v)}
+    assert scalars <= set(ranges), f"{cls.__name__}: no Range declared for {sorted(scalars - set(ranges))}"
+    for key in sorted(scalars):
+        bad = _just_outside(ranges[key])
+        broken = smoke_config(choice)
+        with open_dict(broken):
+            broken.model[node_key][key] = bad  # as a command-line override lands
+        with pytest.raises(ConfigError) as refused:
+            check_model(broken)
+        assert str(refused.value) == f"{shown}.{key}={bad!r}: expected {ranges[key].expected}"

@@ -84,20 +84,22 @@ def test_bad_sweep_is_refused_before_submission_with_every_bad_job(tmp_path):
 
 
 def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
-    """projector.depth=0 passes the config checks; the meta-device build of the model refuses it."""
+    """view.size=40 passes the config checks (a size >= 8); the meta-device build of the model
+    refuses it: the tiny tower's 16-pixel patches do not tile 40 pixels."""
     sweep = tmp_path / "sweep"
     done = run_cli(
         "train.py",
         "-m",
         "hydra/launcher=slurm",
-        "projector.depth=0,2",
+        "view.size=40,48",
         *SMALL,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "1 of 2 job(s) have an invalid config" in done.stderr
-    assert "[projector.depth=0 " in done.stderr and "cannot be built" in done.stderr and "depth=0" in done.stderr
+    assert "[view.size=40 " in done.stderr and "cannot be built" in done.stderr
+    assert "view.size=40: expected a multiple of the vision encoder's patch size 16" in done.stderr
     assert not sweep.exists()
 
 
@@ -154,7 +156,7 @@ def test_jobs_a_preset_sweeps_through_hydra_sweeper_params_are_validated_like_th
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "1 of 2 job(s) have an invalid config" in err
-    assert "[projector.depth=0 experiment=depth_sweep debug=smoke]" in err and "cannot be built" in err
+    assert "[projector.depth=0 experiment=depth_sweep debug=smoke] projector.depth=0: expected an int >= 1" in err
     assert not sweep.exists()
 
 

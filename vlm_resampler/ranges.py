@@ -15,15 +15,29 @@ import typing
 from dataclasses import dataclass
 
 
+class OutOfRange(ValueError):
+    """A value its declared Range refuses; `key` is the config key it was given as."""
+
+    def __init__(self, key: str, value, expected: str) -> None:
+        super().__init__(f"{key}={value!r}: expected {expected}")
+        self.key, self.value, self.expected = key, value, expected
+
+    def under(self, prefix: str) -> OutOfRange:
+        """The same refusal, named by the key of the config node the component was built from."""
+        return OutOfRange(f"{prefix}.{self.key}", self.value, self.expected)
+
+
 @dataclass(frozen=True)
 class Range:
-    """`kind` is int, float (any number) or bool; ge/gt/lt bound it; `also` lists values allowed
-    besides (-1 meaning all, None meaning off); `expected` is how an error says what fits."""
+    """`kind` is int, float (any number), bool, or str for a choice among `also`; ge/gt/le/lt bound
+    a number; `also` lists values allowed besides (-1 meaning all, None meaning off); `expected` is
+    how an error says what fits."""
 
     kind: type
     expected: str
     ge: float | None = None
     gt: float | None = None
+    le: float | None = None
     lt: float | None = None
     also: tuple = ()
 
@@ -32,23 +46,30 @@ class Range:
             return True
         if self.kind is bool or isinstance(value, bool):
             return self.kind is bool and isinstance(value, bool)
-        if not isinstance(value, int if self.kind is int else (int, float)):
+        if self.kind not in (int, float) or not isinstance(value, int if self.kind is int else (int, float)):
             return False
         return (
             (self.ge is None or value >= self.ge)
             and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
             and (self.lt is None or value < self.lt)
         )
 
-    def check(self, key: str, value, error: type[Exception] = ValueError) -> None:
-        """Raise `error` naming the key, the value found and what was expected (a component's
-        constructor raises ValueError; the command-line checks pass errors.ConfigError)."""
+    def check(self, key: str, value, error: type[Exception] | None = None) -> None:
+        """Raise OutOfRange naming the key, the value found and what was expected (the command-line
+        checks pass error=errors.ConfigError for the same message)."""
         if not self.accepts(value):
+            if error is None:
+                raise OutOfRange(key, value, self.expected)
             raise error(f"{key}={value!r}: expected {self.expected}")
 
 
+def one_of(*choices: str) -> Range:
+    """A choice among names (a mode, a kind)."""
+    return Range(str, f"one of {list(choices)}", also=choices)
+
+
 BOOL = Range(bool, "true or false")
-POSITIVE_INT = Range(int, "a positive int", ge=1)
 AT_LEAST_ONE = Range(int, "an int >= 1", ge=1)
 DROPOUT_RATE = Range(float, "a float in [0, 1)", ge=0, lt=1)
 
@@ -65,9 +86,11 @@ def declared_ranges(function) -> dict[str, Range]:
     return ranges
 
 
-def checks_ranges(prefix: str):
+def checks_ranges(prefix: str | None):
     """Decorate a constructor: each argument is checked against its declared Range before the
-    body runs; an error names the value as `<prefix>.<parameter>`, the key a user writes."""
+    body runs; an error names the value as `<prefix>.<parameter>`, the key a user writes. A
+    component built under several keys (a TokenMLP is the projector and the overlap head) passes
+    None, and whoever builds it names the key (OutOfRange.under)."""
 
     def decorate(init):
         signature = inspect.signature(init)
@@ -77,7 +100,7 @@ def checks_ranges(prefix: str):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             for name, declared in declared_ranges(init).items():
-                declared.check(f"{prefix}.{name}", bound.arguments[name])
+                declared.check(name if prefix is None else f"{prefix}.{name}", bound.arguments[name])
             return init(*args, **kwargs)
 
         return checked

@@ -1,5 +1,6 @@
 """Checks on a composed config that Hydra does not make: `_target_` arguments against the
-class signature (unknown names, missing values, types, ranges via a meta-device build), the
+class signature (unknown names, missing values, types, the ranges its constructor declares; what
+relates several values, through a meta-device build of the resampler), the
 stage list and values, the compute and tracking settings; with config/external.py's checks of what
 the config points at, run as the named sets of CHECK_SETS. Runs in seconds, before any backbone is
 loaded."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 import typing
 
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_resampler.catalog import unknown_resampler_key
 from vlm_resampler.config.external import check_backbones_available, check_data, check_init_from
 from vlm_resampler.errors import ConfigError, UnknownResamplerKey
-from vlm_resampler.ranges import BOOL, Range
+from vlm_resampler.ranges import BOOL, OutOfRange, Range, declared_ranges
 from vlm_resampler.runs.layout import STAGE_NAMES
 from vlm_resampler.runs.targets import refusal
 from vlm_resampler.suggest import did_you_mean
@@ -68,13 +70,16 @@ def _allows_none(annotation) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def check_target_node(node: DictConfig, where: str) -> None:
-    target = import_target(str(node._target_), where)
+def check_target_node(node: DictConfig, where: str, shown: str) -> None:
+    """`where` is the node's place in the model tree, `shown` the key a user writes for it."""
+    target = import_target(str(node._target_), shown)
     init = target.__init__ if inspect.isclass(target) else target
     params = dict(inspect.signature(init).parameters)
     params.pop("self", None)
     hints = typing.get_type_hints(init)
+    ranges = declared_ranges(init)
     injected = INJECTED.get(where, set())
+    where = shown
     given = {k for k in node.keys() if k not in HYDRA_KEYS}
     for key in sorted(given - set(params)):
         if where == "model.resampler":
@@ -96,18 +101,30 @@ def check_target_node(node: DictConfig, where: str) -> None:
                 raise ConfigError(f"{where}.{key} is ??? (mandatory): give it a value")
             if isinstance(value, (DictConfig, ListConfig)):
                 continue
-            if not _type_ok(value, hints.get(key, param.annotation)):
+            if key in ranges:  # the declared Range says the type too, in the same words as the constructor
+                ranges[key].check(f"{where}.{key}", value, error=ConfigError)
+            elif not _type_ok(value, hints.get(key, param.annotation)):
                 expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
                 raise ConfigError(f"{where}.{key}={value!r}: expected {expected}, found {type(value).__name__}")
 
 
-def walk_targets(node, where: str) -> None:
+def walk_targets(node, where: str, shown: str | None = None) -> None:
+    """Check every `_target_` node under `node` (at `where`); messages name a node by the key a user
+    writes for it: `view.size` for model.views: ${view}."""
+    shown = shown or where
     if isinstance(node, DictConfig):
         if "_target_" in node:
-            check_target_node(node, where)
+            check_target_node(node, where, shown)
         for key in node.keys():
             if key not in HYDRA_KEYS:
-                walk_targets(node[key], f"{where}.{key}")
+                walk_targets(node[key], f"{where}.{key}", interpolated_key(node, key) or f"{shown}.{key}")
+
+
+def interpolated_key(node: DictConfig, key: str) -> str | None:
+    """`view` for a child written `${view}` (a config group the model tree takes whole), else None."""
+    raw = node._get_node(key)._value()
+    match = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+    return match.group(1) if match else None
 
 
 def check_resampler_builds(cfg: DictConfig) -> None:
@@ -119,7 +136,7 @@ def check_resampler_builds(cfg: DictConfig) -> None:
     with torch.device("meta"):
         try:
             resampler = instantiate(node, _convert_="all")(input_dim=8)
-        except ValueError as err:
+        except OutOfRange as err:
             raise ConfigError(str(err)) from err
     stitch = cfg.model.get("stitch")
     if stitch is not None and stitch.get("mode") == "dedupe_overlap" and not resampler.keeps_token_grid:

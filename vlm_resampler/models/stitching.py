@@ -17,9 +17,12 @@ only tell views apart by their place in the sequence. Optionally a learned separ
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
+
+from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, checks_ranges, one_of
 
 MODES = ("concat", "dedupe_overlap")
 
@@ -38,6 +41,8 @@ def view_features(
 
 
 class ViewStitcher(nn.Module):
+    # The first six come from the built model (PanoramaVLM); the last four are conf/stitch's.
+    @checks_ranges("stitch")
     def __init__(
         self,
         latent_dimension: int,
@@ -46,16 +51,12 @@ class ViewStitcher(nn.Module):
         keeps_token_grid: bool,
         grid_hw: tuple[int, int],
         tokens_per_view: int,
-        mode: str,
-        view_position: bool,
-        yaw_harmonics: int,
-        separator: bool,
+        mode: Annotated[str, one_of(*MODES)],
+        view_position: Annotated[bool, BOOL],
+        yaw_harmonics: Annotated[int, AT_LEAST_ONE],
+        separator: Annotated[bool, BOOL],
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"stitch.mode={mode!r}: expected one of {list(MODES)}")
-        if not isinstance(yaw_harmonics, int) or yaw_harmonics < 1:
-            raise ValueError(f"stitch.yaw_harmonics={yaw_harmonics!r}: expected an int >= 1")
         self.mode = mode
         metas = views.metadata()
         self.num_views = len(metas)

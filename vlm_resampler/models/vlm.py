@@ -14,6 +14,7 @@ from torch import nn
 
 from vlm_resampler.data.prompts import IMAGE_SLOT
 from vlm_resampler.models.lora import attach_lora
+from vlm_resampler.ranges import OutOfRange
 
 
 class PanoramaVLM(nn.Module):
@@ -31,10 +32,13 @@ class PanoramaVLM(nn.Module):
         super().__init__()
         self.vision = vision_encoder
         self.views = views
+        check_views_fit_patches(views, vision_encoder.patch_size)
         self.resampler = resampler(input_dim=vision_encoder.hidden_size)
         llm_width = language_model.get_input_embeddings().embedding_dim
-        self.projector = projector(input_dim=self.resampler.latent_dimension, output_dim=llm_width)
-        self.overlap_head = overlap_head(input_dim=self.resampler.latent_dimension)
+        self.projector = build_part(
+            "projector", projector, input_dim=self.resampler.latent_dimension, output_dim=llm_width
+        )
+        self.overlap_head = build_part("model.overlap_head", overlap_head, input_dim=self.resampler.latent_dimension)
         self.stitch = stitch(
             latent_dimension=self.resampler.latent_dimension,
             llm_width=llm_width,
@@ -120,6 +124,25 @@ class PanoramaVLM(nn.Module):
         tokens [N]. `visual`: visual_embeddings of the batch's panoramas."""
         hidden, targets = answer_hidden_states(self.llm, self.splice(input_ids, attention_mask, visual, labels))
         return self.llm.get_output_embeddings()(hidden), targets
+
+
+def check_views_fit_patches(views, patch_size: int) -> None:
+    """The tower cuts each view into patch_size squares: a view it cannot cut evenly is refused here,
+    where the model is built (on the meta device before a sweep), not at the first forward."""
+    h, w = views.metadata()[0].size  # one size for all views (they are batched)
+    if h % patch_size or w % patch_size:
+        raise ValueError(
+            f"view.size={h if h == w else (h, w)}: expected a multiple of the vision encoder's patch size "
+            f"{patch_size} (view.size=${{backbone.image_size}} follows the backbone)"
+        )
+
+
+def build_part(key: str, factory: Callable[..., nn.Module], **wiring) -> nn.Module:
+    """factory(**wiring); a setting outside its declared range is named by the part's config key."""
+    try:
+        return factory(**wiring)
+    except OutOfRange as err:
+        raise err.under(key) from None
 
 
 def answer_hidden_states(llm: nn.Module, spliced: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 from vlm_resampler.panorama.base import (
+    FOV_DEG,
+    NUM_VIEWS,
+    OVERLAP,
+    PITCH_DEG,
+    VIEW_SIZE,
     ViewMeta,
     ViewStrategy,
-    check_fov,
-    check_num_views,
-    check_overlap,
-    check_pitch,
-    check_size,
     cyclic_pairs,
     horizon_view_count,
 )
 from vlm_resampler.panorama.geometry import wrap_yaw
 from vlm_resampler.panorama.resize import global_erp_view
+from vlm_resampler.ranges import checks_ranges
 
 
 class AnyResViews(ViewStrategy):
@@ -28,18 +30,16 @@ class AnyResViews(ViewStrategy):
 
     name = "anyres_e2p"
 
+    @checks_ranges("view")
     def __init__(
         self,
-        size: int = 112,
-        fov_deg: float = 90.0,
-        overlap: float = 0.5,
-        num_views: int | None = None,
-        row_pitches_deg: Sequence[float] = (0.0,),
+        size: Annotated[int, VIEW_SIZE] = 112,
+        fov_deg: Annotated[float, FOV_DEG] = 90.0,
+        overlap: Annotated[float, OVERLAP] = 0.5,
+        num_views: Annotated[int | None, NUM_VIEWS] = None,
+        row_pitches_deg: Sequence[float] = (0.0,),  # each a PITCH_DEG, checked below
     ) -> None:
-        self.size = check_size(size)
-        self.fov_deg = check_fov("fov_deg", fov_deg)
-        self.overlap = check_overlap(overlap)
-        count = check_num_views(num_views)
+        self.size, self.fov_deg, self.overlap = size, float(fov_deg), float(overlap)
         if (
             isinstance(row_pitches_deg, (str, bytes))
             or not isinstance(row_pitches_deg, Sequence)
@@ -48,8 +48,10 @@ class AnyResViews(ViewStrategy):
             raise ValueError(
                 f"view.row_pitches_deg={row_pitches_deg!r}: expected a non-empty list of pitches in degrees, e.g. [0.0] or [-30.0, 30.0]"
             )
-        self.row_pitches_deg = [check_pitch("row_pitches_deg", p) for p in row_pitches_deg]
-        self.tiles_per_row = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
+        for pitch in row_pitches_deg:
+            PITCH_DEG.check("view.row_pitches_deg", pitch)
+        self.row_pitches_deg = [float(p) for p in row_pitches_deg]
+        self.tiles_per_row = num_views if num_views is not None else horizon_view_count(self.fov_deg, self.overlap)
         step = 360.0 / self.tiles_per_row
         meta = [global_erp_view(0, self.size)]
         for pitch in self.row_pitches_deg:

@@ -33,6 +33,7 @@ from vlm_resampler.panorama.geometry import (
     view_xy_to_pixel,
     wrap_yaw,
 )
+from vlm_resampler.ranges import Range
 
 TokenPairs = list[tuple[int, int, Tensor, Tensor]]
 PROJECTIONS = ("perspective", "equirect")
@@ -316,38 +317,10 @@ class ViewStrategy(ABC):
         return self._pair_cache[key]
 
 
-# --------------------------------------------------------------------------- argument checks
-
-
-def check_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or int(size) != size or size < 8:
-        raise ValueError(f"view.size={size!r}: expected an integer >= 8 (pixels; the vision encoder's image_size)")
-    return int(size)
-
-
-def check_fov(name: str, value, high: float = 180.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < high:
-        raise ValueError(f"view.{name}={value!r}: expected degrees in (0, {high:g})")
-    return float(value)
-
-
-def check_overlap(value, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < high:
-        raise ValueError(f"view.overlap={value!r}: expected a float in [0, {high:g})")
-    return float(value)
-
-
-def check_num_views(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
-        raise ValueError(
-            f"view.num_views={value!r}: expected an integer >= 1, or null to derive it from fov_deg and overlap"
-        )
-    return int(value)
-
-
-def check_pitch(name: str, value, limit: float = 90.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -limit <= value <= limit:
-        raise ValueError(f"view.{name}={value!r}: expected degrees in [-{limit:g}, {limit:g}]")
-    return float(value)
+# --------------------------------------------------------------------------- parameter ranges
+# What a strategy's settings may be (its constructor annotates each with one of these).
+VIEW_SIZE = Range(int, "an integer >= 8 (pixels; the vision encoder's image_size)", ge=8)
+FOV_DEG = Range(float, "degrees in (0, 180)", gt=0, lt=180)
+OVERLAP = Range(float, "a float in [0, 1)", ge=0, lt=1)
+NUM_VIEWS = Range(int, "an integer >= 1, or null to derive it from fov_deg and overlap", ge=1, also=(None,))
+PITCH_DEG = Range(float, "degrees in [-90, 90]", ge=-90, le=90)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from vlm_resampler.panorama.base import ViewMeta, ViewStrategy, check_overlap, check_size
+from typing import Annotated
+
+from vlm_resampler.panorama.base import VIEW_SIZE, ViewMeta, ViewStrategy
+from vlm_resampler.ranges import Range, checks_ranges
 
 # (label, yaw, pitch) in py360convert's face order F R B L U D. With pitch +-90 and yaw 0 the image's
 # top edge of U touches B and its bottom edge touches F (and the reverse for D), as in a cube net.
@@ -16,6 +19,8 @@ FACES = (
 )
 # The cube's 12 edges: the four around the horizon, then each side face with up and with down.
 EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (0, 4), (1, 4), (2, 4), (3, 4), (0, 5), (1, 5), (2, 5), (3, 5))
+# At overlap 0.5 a face would be 180 degrees wide: no pinhole camera sees that.
+FACE_OVERLAP = Range(float, "a float in [0, 0.5)", ge=0, lt=0.5)
 
 
 class CubemapViews(ViewStrategy):
@@ -28,9 +33,10 @@ class CubemapViews(ViewStrategy):
 
     name = "cubemap"
 
-    def __init__(self, size: int = 112, overlap: float = 0.1) -> None:
-        self.size = check_size(size)
-        self.overlap = check_overlap(overlap, high=0.5)
+    @checks_ranges("view")
+    def __init__(self, size: Annotated[int, VIEW_SIZE] = 112, overlap: Annotated[float, FACE_OVERLAP] = 0.1) -> None:
+        self.size = size
+        self.overlap = float(overlap)
         self.fov_deg = 90.0 / (1.0 - self.overlap)
         super().__init__(
             [

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from vlm_resampler.panorama.base import (
+    FOV_DEG,
+    NUM_VIEWS,
+    OVERLAP,
+    PITCH_DEG,
+    VIEW_SIZE,
     ViewStrategy,
-    check_fov,
-    check_num_views,
-    check_overlap,
-    check_pitch,
-    check_size,
     cyclic_pairs,
     horizon_view_count,
     ring_of_views,
 )
+from vlm_resampler.ranges import checks_ranges
 
 
 class HorizonViews(ViewStrategy):
@@ -25,20 +28,18 @@ class HorizonViews(ViewStrategy):
 
     name = "e2p"
 
+    @checks_ranges("view")
     def __init__(
         self,
-        fov_deg: float = 120.0,
-        overlap: float = 0.25,
-        size: int = 112,
-        num_views: int | None = None,
-        pitch_deg: float = 0.0,
+        fov_deg: Annotated[float, FOV_DEG] = 120.0,
+        overlap: Annotated[float, OVERLAP] = 0.25,
+        size: Annotated[int, VIEW_SIZE] = 112,
+        num_views: Annotated[int | None, NUM_VIEWS] = None,
+        pitch_deg: Annotated[float, PITCH_DEG] = 0.0,
     ) -> None:
-        self.fov_deg = check_fov("fov_deg", fov_deg)
-        self.overlap = check_overlap(overlap)
-        self.size = check_size(size)
-        count = check_num_views(num_views)
-        self.pitch_deg = check_pitch("pitch_deg", pitch_deg)
-        self._num_views = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
+        self.fov_deg, self.overlap, self.size = float(fov_deg), float(overlap), size
+        self.pitch_deg = float(pitch_deg)
+        self._num_views = num_views if num_views is not None else horizon_view_count(self.fov_deg, self.overlap)
         super().__init__(ring_of_views(self._num_views, self.pitch_deg, self.fov_deg, self.size, "yaw"))
 
     def settings(self) -> dict:

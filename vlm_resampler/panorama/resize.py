@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from vlm_resampler.panorama.base import ViewMeta, ViewStrategy, check_size
+from typing import Annotated
+
+from vlm_resampler.panorama.base import VIEW_SIZE, ViewMeta, ViewStrategy
+from vlm_resampler.ranges import checks_ranges
 
 
 class ResizeView(ViewStrategy):
@@ -14,8 +17,9 @@ class ResizeView(ViewStrategy):
 
     name = "resize"
 
-    def __init__(self, size: int = 112) -> None:
-        self.size = check_size(size)
+    @checks_ranges("view")
+    def __init__(self, size: Annotated[int, VIEW_SIZE] = 112) -> None:
+        self.size = size
         super().__init__([global_erp_view(0, self.size)])
 
     def settings(self) -> dict:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from vlm_resampler.panorama.base import (
+    NUM_VIEWS,
+    OVERLAP,
+    PITCH_DEG,
+    VIEW_SIZE,
     ViewStrategy,
-    check_fov,
-    check_num_views,
-    check_overlap,
-    check_pitch,
-    check_size,
     cyclic_pairs,
     horizon_view_count,
     ring_of_views,
 )
+from vlm_resampler.ranges import Range, checks_ranges
+
+# An ERP tile is no pinhole view: it may span up to the whole circle of longitude, and from pole to pole.
+TILE_WIDTH_DEG = Range(float, "degrees in (0, 360)", gt=0, lt=360)
+TILE_HEIGHT_DEG = Range(float, "degrees in (0, 180], or null for as high as fov_deg", gt=0, le=180, also=(None,))
 
 
 class SlidingWindowViews(ViewStrategy):
@@ -27,21 +33,19 @@ class SlidingWindowViews(ViewStrategy):
 
     name = "sliding_window"
 
+    @checks_ranges("view")
     def __init__(
         self,
-        fov_deg: float = 120.0,
-        overlap: float = 0.25,
-        size: int = 112,
-        num_views: int | None = None,
-        pitch_deg: float = 0.0,
-        height_deg: float | None = None,
+        fov_deg: Annotated[float, TILE_WIDTH_DEG] = 120.0,
+        overlap: Annotated[float, OVERLAP] = 0.25,
+        size: Annotated[int, VIEW_SIZE] = 112,
+        num_views: Annotated[int | None, NUM_VIEWS] = None,
+        pitch_deg: Annotated[float, PITCH_DEG] = 0.0,
+        height_deg: Annotated[float | None, TILE_HEIGHT_DEG] = None,
     ) -> None:
-        self.fov_deg = check_fov("fov_deg", fov_deg, high=360.0)
-        self.overlap = check_overlap(overlap)
-        self.size = check_size(size)
-        count = check_num_views(num_views)
-        self.pitch_deg = check_pitch("pitch_deg", pitch_deg)
-        self.height_deg = self.fov_deg if height_deg is None else check_fov("height_deg", height_deg, high=180.0 + 1e-9)
+        self.fov_deg, self.overlap, self.size = float(fov_deg), float(overlap), size
+        self.pitch_deg = float(pitch_deg)
+        self.height_deg = self.fov_deg if height_deg is None else float(height_deg)
         if abs(self.pitch_deg) + self.height_deg / 2.0 > 90.0 + 1e-9:
             hint = " (height_deg null = fov_deg)" if height_deg is None else ""
             raise ValueError(
@@ -49,7 +53,7 @@ class SlidingWindowViews(ViewStrategy):
                 f"latitudes {self.pitch_deg - self.height_deg / 2:g}..{self.pitch_deg + self.height_deg / 2:g}; "
                 "expected them within [-90, 90] (lower height_deg or move pitch_deg towards 0)"
             )
-        self._num_views = count if count is not None else horizon_view_count(self.fov_deg, self.overlap)
+        self._num_views = num_views if num_views is not None else horizon_view_count(self.fov_deg, self.overlap)
         super().__init__(
             ring_of_views(
                 self._num_views,

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from torch import nn
 
-from vlm_resampler.ranges import POSITIVE_INT, checks_ranges
+from vlm_resampler.ranges import AT_LEAST_ONE, OutOfRange, checks_ranges
 
 
 def require(condition: bool, key: str, value, expected: str) -> None:
-    """Raise a ValueError that names the config key, the value found and what was expected. For
-    what relates several values; a single value's range is declared on its parameter (ranges.py)."""
+    """Raise OutOfRange naming the config key, the value found and what was expected. For what
+    relates several values; a single value's range is declared on its parameter (ranges.py)."""
     if not condition:
-        raise ValueError(f"resampler.{key}={value!r}: expected {expected}")
+        raise OutOfRange(f"resampler.{key}", value, expected)
 
 
 class Resampler(nn.Module):
@@ -29,7 +29,7 @@ class Resampler(nn.Module):
     keeps_token_grid: bool = True
 
     @checks_ranges("resampler")
-    def __init__(self, input_dim: Annotated[int, POSITIVE_INT], latent_dimension: Annotated[int, POSITIVE_INT]) -> None:
+    def __init__(self, input_dim: Annotated[int, AT_LEAST_ONE], latent_dimension: Annotated[int, AT_LEAST_ONE]) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.latent_dimension = latent_dimension

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm_resampler.ops.selective_scan import selective_scan
-from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, POSITIVE_INT, Range, checks_ranges
+from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, Range, checks_ranges
 from vlm_resampler.resamplers.base import Resampler, require
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
@@ -103,7 +103,7 @@ class BiMambaResampler(Resampler):
         self,
         input_dim: int,
         latent_dimension: int,
-        hidden_dim: Annotated[int, POSITIVE_INT],
+        hidden_dim: Annotated[int, AT_LEAST_ONE],
         depth: Annotated[int, AT_LEAST_ONE],
         expand: Annotated[float, EXPAND],
         d_state: Annotated[int, AT_LEAST_ONE],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, POSITIVE_INT, Range, checks_ranges
+from vlm_resampler.ranges import AT_LEAST_ONE, BOOL, DROPOUT_RATE, Range, checks_ranges
 from vlm_resampler.resamplers.base import Resampler
 from vlm_resampler.resamplers.shape_rules import (
     DROPOUT,
@@ -46,7 +46,7 @@ class MLPResampler(Resampler):
         self,
         input_dim: int,
         latent_dimension: int,
-        hidden_dim: Annotated[int, POSITIVE_INT],
+        hidden_dim: Annotated[int, AT_LEAST_ONE],
         depth: Annotated[int, AT_LEAST_ONE],
         use_ln: Annotated[bool, BOOL],
         dropout: Annotated[float, DROPOUT_RATE],

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from vlm_resampler.catalog import conf_options
+from vlm_resampler.ranges import OutOfRange
 from vlm_resampler.resamplers.infer import infer_resampler
 from vlm_resampler.resamplers.shape_rules import ShapeInferenceError, Shapes
 from vlm_resampler.runs import layout
@@ -64,9 +65,7 @@ def guide_resampler_node(
     sources.append((COMMAND_LINE, user.resampler))
     try:
         resolved = inferred.resolve(sources)
-    except ShapeInferenceError:
-        raise
-    except ValueError as err:  # a stated head count that the width fixed by the weights does not allow
+    except OutOfRange as err:  # a stated head count that the width fixed by the weights does not allow
         raise CheckpointMismatch(
             f"a stated resampler value does not fit the weights ({guide.path} first): {err}"
         ) from err
