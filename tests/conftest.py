@@ -21,7 +21,26 @@ import pytest  # noqa: E402
 
 # A real local SLURM for the tests marked `slurm` (tests/slurm_cluster.py): the session fixture
 # `slurm`, which every such test gets; skipped without a SLURM, failed when one is required (CI).
-from slurm_cluster import pytest_collection_modifyitems, slurm  # noqa: E402,F401
+from slurm_cluster import group_slurm_tests, slurm  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(items) -> None:
+    group_slurm_tests(items)
+    group_module_fixture_users(items)
+
+
+def group_module_fixture_users(items) -> None:
+    """Under pytest-xdist (`--dist loadgroup`) the tests of a module that share a module-scoped
+    fixture run on one worker, so the fixture (a reference training run, a sweep, METEOR's JVM) is
+    built once instead of once per worker that happens to get one of them."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(defs and defs[-1].scope == "module" for defs in definitions):
+            item.add_marker(pytest.mark.xdist_group(f"module fixtures of {item.module.__name__}"))
+
 
 # With VLM_RESAMPLER_ONLY_EXPECTED_SKIPS=1 (CI) a skip for any other reason fails the run: a missing
 # browser, SmolLM2 package or SLURM must not turn CI green by skipping what needs it.

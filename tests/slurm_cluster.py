@@ -152,7 +152,7 @@ def slurm() -> SlurmCluster:
     return SlurmCluster()
 
 
-def pytest_collection_modifyitems(items) -> None:
+def group_slurm_tests(items) -> None:
     """Every test marked `slurm` gets the `slurm` fixture: skipped, or failed when required; and
     under pytest-xdist they all run on one worker, one after another (the local cluster has as many
     CPUs as the machine, so two sweeps at once would queue behind each other and time out)."""
