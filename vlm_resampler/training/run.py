@@ -258,6 +258,32 @@ def record_stage(cfg: dict, name: str, run_dir: Path, result, records: list[dict
     return summary
 
 
+def resume_point(stage_dir: Path, name: str) -> Path | None:
+    """The newest complete resumable checkpoint an earlier attempt of the stage left, if any; the
+    incomplete ones (an interrupted save) are removed."""
+    checkpoint = resume.latest_checkpoint(stage_dir)
+    if distributed.is_main_process():
+        resume.remove_other_checkpoints(stage_dir / layout.RESUME_DIR, keep=checkpoint)
+    distributed.barrier()
+    if checkpoint is not None and distributed.is_main_process():
+        print(f"stage {name}: resuming from step {resume.checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
+    return checkpoint
+
+
+def stage_objective(model, stage: DictConfig, code_target) -> tuple[StageObjective, int]:
+    """The stage's loss around the model, and how many first steps train the object codes alone."""
+    objective = StageObjective(
+        model,
+        str(stage.objective),
+        OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
+        code_target=code_target,
+        code_weight=float(stage.get("object_code_weight", 0.0)),
+        grad_accum=int(stage.grad_accum),
+    )
+    code_warmup_steps = int(stage.get("object_code_warmup_steps", 0)) if code_target is not None else 0
+    return objective, code_warmup_steps
+
+
 def run_stage(
     cfg: dict,
     name: str,
@@ -278,24 +304,11 @@ def run_stage(
     dataset, collator, code_target = stage_dataset(cfg, model, stage)
 
     resume_dir = stage_dir / layout.RESUME_DIR
-    checkpoint = resume.latest_checkpoint(stage_dir)
-    if main:  # what an interrupted save left behind
-        resume.remove_other_checkpoints(resume_dir, keep=checkpoint)
-    distributed.barrier()
-    if checkpoint is not None and main:
-        print(f"stage {name}: resuming from step {resume.checkpoint_step(checkpoint)} ({checkpoint})", flush=True)
+    checkpoint = resume_point(stage_dir, name)
     resume_step = resume.checkpoint_step(checkpoint) if checkpoint else None
     journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume_step)
     stop = StopOnSignal(signals)
-    objective = StageObjective(
-        model,
-        str(stage.objective),
-        OmegaConf.to_container(stage.vicreg) if stage.vicreg else None,
-        code_target=code_target,
-        code_weight=float(stage.get("object_code_weight", 0.0)),
-        grad_accum=int(stage.grad_accum),
-    )
-    code_warmup_steps = int(stage.get("object_code_warmup_steps", 0)) if code_target is not None else 0
+    objective, code_warmup_steps = stage_objective(model, stage, code_target)
     warmup = [CodeWarmup(objective, code_warmup_steps)] if code_warmup_steps else []
     tracking = tracking or JobTracking({}, run_dir)
     with tracking.stage(name, stage_dir, resume_step, model, rows) as trackers:  # the stage's MLflow run ends here
