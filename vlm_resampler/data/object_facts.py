@@ -13,7 +13,6 @@ has. Data without object annotations (QuIC-360) has no facts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,19 +71,3 @@ def facts_by_image(data_root: Path, split: str, view_yaws: Sequence[float]) -> d
             "(data without them, such as QuIC-360, cannot use an object-code target)"
         )
     return {str(Path(data_root) / url): view_facts(objs, view_yaws) for url, objs in load_objects(objects_file).items()}
-
-
-def describe_facts(table: torch.Tensor) -> list[str]:
-    """One line per view, for people and error messages."""
-    lines = []
-    for v, view in enumerate(table.tolist()):
-        parts = []
-        for role, row in zip(ROLES, view):
-            if row[0] != NOTHING:
-                parts.append(f"{role}: " + " ".join(ATTRIBUTES[a][i] for a, i in zip(ATTRIBUTES, row)))
-        lines.append(f"view {v}: " + (", ".join(parts) or "nothing"))
-    return lines
-
-
-def facts_json(table: torch.Tensor) -> str:
-    return json.dumps(table.tolist())

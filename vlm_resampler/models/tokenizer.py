@@ -55,9 +55,7 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<think>", False),
     ("</think>", False),
 )
-QWEN3_VOCAB_SIZE_WITH_ADDED = FIRST_ADDED_TOKEN_ID + len(
-    QWEN3_ADDED_TOKENS
-)  # 151669; the model pads its matrix to 151936
+# FIRST_ADDED_TOKEN_ID + len(QWEN3_ADDED_TOKENS) = 151669 tokens; the model pads its matrix to 151936.
 
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"

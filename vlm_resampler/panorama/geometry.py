@@ -120,15 +120,6 @@ def lonlat_to_directions(lonlat: Tensor) -> Tensor:
     return torch.stack([cos_lat * torch.sin(lon), torch.sin(lat), cos_lat * torch.cos(lon)], dim=-1)
 
 
-def erp_pixel_lonlat(erp_hw: tuple[int, int], dtype: torch.dtype = torch.float64) -> Tensor:
-    """(lon, lat) in radians [H, W, 2] of every ERP pixel centre."""
-    h, w = _check_hw("erp_hw", erp_hw)
-    lon = ((torch.arange(w, dtype=dtype) + 0.5) / w - 0.5) * (2.0 * math.pi)
-    lat = (0.5 - (torch.arange(h, dtype=dtype) + 0.5) / h) * math.pi
-    lat_grid, lon_grid = torch.meshgrid(lat, lon, indexing="ij")
-    return torch.stack([lon_grid, lat_grid], dim=-1)
-
-
 def lonlat_to_erp_pixels(lonlat: Tensor, erp_hw: tuple[int, int]) -> Tensor:
     """(lon, lat) radians [..., 2] -> continuous ERP pixel coordinates (column, row) [..., 2]."""
     h, w = _check_hw("erp_hw", erp_hw)

@@ -56,10 +56,6 @@ def object_extent_deg(shape: str, size: str) -> float:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-# The largest extent of any object (a large triangle: 41.6 deg).
-OBJECT_BOUND_DEG = max(object_extent_deg(shape, size) for shape in SHAPES for size in SIZES)
-
-
 @dataclass(frozen=True)
 class SceneObject:
     shape: str
