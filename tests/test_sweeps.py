@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
 
@@ -83,9 +84,8 @@ def test_bad_sweep_is_refused_before_submission_with_every_bad_job(tmp_path):
     assert not sweep.exists(), "nothing may be written (or submitted) for a refused sweep"
 
 
-def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
-    """view.size=40 passes the config checks (a size >= 8); the meta-device build of the model
-    refuses it: the tiny tower's 16-pixel patches do not tile 40 pixels."""
+def test_a_job_whose_views_the_tower_cannot_cut_stops_the_sweep(tmp_path):
+    """view.size=40 is a size (>= 8), but the tiny tower's 16-pixel patches do not tile it."""
     sweep = tmp_path / "sweep"
     done = run_cli(
         "train.py",
@@ -98,9 +98,24 @@ def test_a_job_whose_model_cannot_be_built_stops_the_sweep(tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "1 of 2 job(s) have an invalid config" in done.stderr
-    assert "[view.size=40 " in done.stderr and "cannot be built" in done.stderr
+    assert "[view.size=40 " in done.stderr
     assert "view.size=40: expected a multiple of the vision encoder's patch size 16" in done.stderr
     assert not sweep.exists()
+
+
+def test_what_the_config_checks_miss_the_meta_device_build_of_each_job_refuses(monkeypatch):
+    """The last net of a sweep's preflight: each job's model is built on the meta device. With the
+    config check of the view size taken out, the model's own refusal stops the job."""
+    from vlm_resampler.config import validate
+    from vlm_resampler.config.preflight import compose
+    from vlm_resampler.sweeps.check import validate_sweep_job
+
+    monkeypatch.setitem(validate.CHECK_SETS, "backbones", (validate.check_backbones_available,))
+    cfg = compose("train", [*SMALL, "view.size=40"])
+    with pytest.raises(ConfigError) as refused:
+        validate_sweep_job(cfg)
+    assert "cannot be built" in str(refused.value)
+    assert "view.size=40: expected a multiple of the vision encoder's patch size 16" in str(refused.value)
 
 
 def test_type_specific_keys_are_swept_through_per_type_presets():

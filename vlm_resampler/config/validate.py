@@ -194,6 +194,19 @@ def build_views(cfg: DictConfig):
         raise ConfigError(f"view ({cfg.model.views._target_}): {cause}") from err
 
 
+def check_views_fit_tower(cfg: DictConfig) -> None:
+    """The tower cuts each view into patch_size squares: its config says the size (no weights)."""
+    from vlm_resampler.models.backbones import backbone_config
+    from vlm_resampler.models.vlm import check_views_fit_patches
+
+    node = cfg.model.vision_encoder
+    config = backbone_config(str(node.name_or_path), node.revision, "model.vision_encoder")
+    try:
+        check_views_fit_patches(build_views(cfg), (getattr(config, "vision_config", None) or config).patch_size)
+    except OutOfRange as err:
+        raise ConfigError(str(err)) from err
+
+
 # Overlap between two views hardly depends on the token grid: a coarse one answers "any overlap?"
 OVERLAP_PROBE_GRID = (8, 8)
 
@@ -345,7 +358,7 @@ CHECK_SETS: dict[str, tuple] = {
     "tracking": (check_logger,),
     "views": (check_views,),
     "continuation": (check_init_from,),
-    "backbones": (check_backbones_available,),
+    "backbones": (check_backbones_available, check_views_fit_tower),
 }
 MODEL_CHECKS = ("model", "stages", "schedulers", "continuation")
 

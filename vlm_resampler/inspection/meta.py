@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlm_resampler.errors import ConfigError
+from vlm_resampler.models.backbones import backbone_config
 
 # The backbone loaders a model tree may name; each is replaced by a build from its config alone.
 BACKBONE_TARGETS = {
@@ -19,35 +20,6 @@ BACKBONE_TARGETS = {
 # ---------------------------------------------------------------------------------------------
 # The model on the meta device.
 # ---------------------------------------------------------------------------------------------
-
-
-def backbone_config(name_or_path: str, revision: str | None, where: str):
-    """The backbone's transformers config, from local files only."""
-    from transformers import AutoConfig
-
-    from vlm_resampler.models.backbones import resolve_backbone
-    from vlm_resampler.models.local_backbones import DECLARED_ARCHITECTURES, LOCAL_PREFIX, BackboneUnavailableError
-
-    if name_or_path in DECLARED_ARCHITECTURES:  # a build that trains for minutes: not built to be inspected
-        return DECLARED_ARCHITECTURES[name_or_path]()
-    try:
-        if name_or_path.startswith(LOCAL_PREFIX) or Path(name_or_path).expanduser().is_dir():
-            # Another locally built backbone is built once (seconds, as train.py's checks do); its config is in its directory.
-            return AutoConfig.from_pretrained(resolve_backbone(name_or_path, revision), local_files_only=True)
-        return AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
-    except BackboneUnavailableError as err:
-        raise ConfigError(f"{where}.name_or_path={name_or_path!r}: {err}") from err
-    except (OSError, ValueError) as err:
-        from vlm_resampler.models.hub_architectures import known_architecture
-
-        known = known_architecture(name_or_path, revision)
-        if known is not None:  # the project's copy of its config facts (models/hub_architectures.py)
-            return known
-        raise ConfigError(
-            f"{where}.name_or_path={name_or_path!r}: its config.json (revision {revision or 'main'}) is not "
-            "available locally, and inspect reads configs only, it downloads nothing. Fetch the config once "
-            f"(`hf download {name_or_path} config.json`), or inspect with backbone=tiny."
-        ) from err
 
 
 def meta_vision_encoder(name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"):

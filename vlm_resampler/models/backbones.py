@@ -27,8 +27,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from vlm_resampler.errors import ConfigError
 from vlm_resampler.models.attention import check_attention
 from vlm_resampler.models.local_backbones import (
+    DECLARED_ARCHITECTURES,
     LOCAL_BACKBONES,
     LOCAL_PREFIX,
     OFFLINE_DEFAULT_HINT,
@@ -140,6 +142,31 @@ def load_language_model(
     path = resolve_backbone(name_or_path, revision)
     config = AutoConfig.from_pretrained(path, revision=revision)
     return _from_pretrained_checked(AutoModelForCausalLM, path, config, revision, attn_implementation)
+
+
+def backbone_config(name_or_path: str, revision: str | None, where: str):
+    """The backbone's transformers config, from local files only (what inspect builds on the meta
+    device, and what train.py's checks compare the views with)."""
+    if name_or_path in DECLARED_ARCHITECTURES:  # a build that trains for minutes: not built to be inspected
+        return DECLARED_ARCHITECTURES[name_or_path]()
+    try:
+        if name_or_path.startswith(LOCAL_PREFIX) or Path(name_or_path).expanduser().is_dir():
+            # Another locally built backbone is built once (seconds, as train.py's checks do); its config is in its directory.
+            return AutoConfig.from_pretrained(resolve_backbone(name_or_path, revision), local_files_only=True)
+        return AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
+    except BackboneUnavailableError as err:
+        raise ConfigError(f"{where}.name_or_path={name_or_path!r}: {err}") from err
+    except (OSError, ValueError) as err:
+        from vlm_resampler.models.hub_architectures import known_architecture
+
+        known = known_architecture(name_or_path, revision)
+        if known is not None:  # the project's copy of its config facts (models/hub_architectures.py)
+            return known
+        raise ConfigError(
+            f"{where}.name_or_path={name_or_path!r}: its config.json (revision {revision or 'main'}) is not "
+            "available locally, and reading a config here downloads nothing. Fetch the config once "
+            f"(`hf download {name_or_path} config.json`), or choose backbone=tiny."
+        ) from err
 
 
 # One tokenizer per (source, files) in a process: a Qwen tokenizer.json is ~19 MB and parsing it

@@ -131,9 +131,11 @@ def check_views_fit_patches(views, patch_size: int) -> None:
     where the model is built (on the meta device before a sweep), not at the first forward."""
     h, w = views.metadata()[0].size  # one size for all views (they are batched)
     if h % patch_size or w % patch_size:
-        raise ValueError(
-            f"view.size={h if h == w else (h, w)}: expected a multiple of the vision encoder's patch size "
-            f"{patch_size} (view.size=${{backbone.image_size}} follows the backbone)"
+        raise OutOfRange(
+            "view.size",
+            h if h == w else (h, w),
+            f"a multiple of the vision encoder's patch size {patch_size} (view.size=${{backbone.image_size}} "
+            "follows the backbone)",
         )
 
 
