@@ -72,6 +72,8 @@ def one_of(*choices: str) -> Range:
 BOOL = Range(bool, "true or false")
 AT_LEAST_ONE = Range(int, "an int >= 1", ge=1)
 DROPOUT_RATE = Range(float, "a float in [0, 1)", ge=0, lt=1)
+# Torch threads of a train or eval process; null leaves them to the CPUs the job was given.
+NUM_THREADS = Range(int, "an int >= 1, or null for torch's default", ge=1, also=(None,))
 
 
 @functools.cache

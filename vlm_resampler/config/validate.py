@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_resampler.catalog import unknown_resampler_key
 from vlm_resampler.config.external import check_backbones_available, check_data, check_init_from
 from vlm_resampler.errors import ConfigError, UnknownResamplerKey
-from vlm_resampler.ranges import BOOL, OutOfRange, Range, declared_ranges
+from vlm_resampler.ranges import BOOL, NUM_THREADS, OutOfRange, Range, declared_ranges
 from vlm_resampler.runs.layout import STAGE_NAMES
 from vlm_resampler.runs.targets import refusal
 from vlm_resampler.suggest import did_you_mean
@@ -246,19 +246,24 @@ def check_stages(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.{name}.vicreg: the overlap objective needs its weights")
 
 
+COMPUTE_VALUE_RANGES = {
+    "num_threads": NUM_THREADS,
+    "gradient_checkpointing": BOOL,
+    "dataloader_workers": Range(int, "an integer >= 0", ge=0),
+}
+
+
 def check_compute(cfg: DictConfig) -> None:
-    """precision, gradient_checkpointing, dataloader_workers (whether this machine can run the
+    """precision, num_threads, gradient_checkpointing, dataloader_workers (whether this machine can run the
     precision is decided where the run trains: training/precision.py)."""
     from vlm_resampler.training.precision import PRECISIONS
 
     precision = cfg.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if not isinstance(cfg.get("gradient_checkpointing", False), bool):
-        raise ConfigError(f"gradient_checkpointing={cfg.gradient_checkpointing!r}: expected true or false")
-    workers = cfg.get("dataloader_workers", 0)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"dataloader_workers={workers!r}: expected an integer >= 0")
+    for key, declared in COMPUTE_VALUE_RANGES.items():
+        if key in cfg:
+            declared.check(key, cfg[key], error=ConfigError)
     check_attention_setting(cfg)
 
 

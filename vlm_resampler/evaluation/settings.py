@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlm_resampler.errors import ConfigError
-from vlm_resampler.ranges import BOOL, Range
+from vlm_resampler.ranges import BOOL, NUM_THREADS
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,6 @@ class ReportSettings:
 
 
 EVAL_SWITCHES = ("qa", "baselines", "verify", "meteor")  # conf/eval.yaml's true/false settings
-NUM_THREADS = Range(int, "an int >= 1, or null for torch's default", ge=1, also=(None,))
 
 
 def scores_meteor(cfg) -> bool:
