@@ -414,6 +414,21 @@ def test_the_target_registry_names_exactly_what_the_model_trees_of_conf_use():
     assert ALLOWED_TARGETS == conf_model_targets()
 
 
+def test_a_new_resampler_or_view_strategy_is_allowed_by_being_defined_on_its_base(tmp_path):
+    """No registry line to add: the classes are found in the source, and a view strategy under the
+    name panorama/views.py exports it by."""
+    from vlm_resampler.runs.targets import resampler_classes, view_classes
+
+    (tmp_path / "fifth.py").write_text("class Gated(Resampler):\n    pass\n\nclass Helper:\n    pass\n")
+    assert resampler_classes(tmp_path) == {"vlm_resampler.resamplers.fifth.Gated"}
+    (tmp_path / "fisheye.py").write_text("class FisheyeViews(ViewStrategy):\n    pass\n")
+    (tmp_path / "hidden.py").write_text("class HiddenViews(ViewStrategy):\n    pass\n")
+    (tmp_path / "views.py").write_text(
+        "from vlm_resampler.panorama.fisheye import FisheyeViews\nfrom vlm_resampler.panorama.fifth import Helper\n"
+    )
+    assert view_classes(tmp_path) == {"vlm_resampler.panorama.views.FisheyeViews"}, "only what views.py exports"
+
+
 def public_callables() -> set[str]:
     """Every public class and function of the package, by the names it is reachable under, and of
     os, subprocess, shutil and builtins."""

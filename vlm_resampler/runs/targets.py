@@ -1,10 +1,11 @@
 """`_target_`s read from a run directory are untrusted: only the registry below is instantiated.
 
 The registry names, exactly, every class and function that a model tree of ours uses (the
-`_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new view
-strategy or backbone loader is added here by name, beside its conf/ file; a new resampler needs
-no line: every `Resampler` subclass defined in a module of vlm_resampler/resamplers/ is allowed,
-found by parsing those files (never importing them)."""
+`_target_`s of conf/'s model groups; tests/test_hardening.py checks the two agree). A new backbone
+loader or model part is added here by name, beside its conf/ file. A new resampler or view
+strategy needs no line: every `Resampler` subclass defined in a module of vlm_resampler/resamplers/
+is allowed, and every `ViewStrategy` subclass of vlm_resampler/panorama/ under the name
+panorama/views.py exports it by, both found by parsing those files (never importing them)."""
 
 from __future__ import annotations
 
@@ -13,35 +14,54 @@ from pathlib import Path
 
 from vlm_resampler.errors import UserFacingError
 
-RESAMPLERS_DIR = Path(__file__).resolve().parent.parent / "resamplers"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+RESAMPLERS_DIR = PACKAGE_DIR / "resamplers"
+PANORAMA_DIR = PACKAGE_DIR / "panorama"
 
 
-def resampler_classes(folder: Path = RESAMPLERS_DIR) -> frozenset[str]:
-    """`vlm_resampler.resamplers.<module>.<Class>` of every class that the package's resampler
-    modules define on `Resampler` (their source parsed, nothing imported or run)."""
-    names = set()
+def subclasses_defined(folder: Path, base: str) -> dict[str, str]:
+    """{class: module} of every class that a module of `folder` defines directly on `base`."""
+    found = {}
     for path in sorted(folder.glob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.ClassDef) and any(
-                isinstance(base, ast.Name) and base.id == "Resampler" for base in node.bases
+                isinstance(parent, ast.Name) and parent.id == base for parent in node.bases
             ):
-                names.add(f"vlm_resampler.resamplers.{path.stem}.{node.name}")
-    return frozenset(names)
+                found[node.name] = path.stem
+    return found
 
 
-ALLOWED_TARGETS = resampler_classes() | frozenset(
-    {
-        "vlm_resampler.models.backbones.load_language_model",
-        "vlm_resampler.models.backbones.load_vision_encoder",
-        "vlm_resampler.models.projector.TokenMLP",
-        "vlm_resampler.models.stitching.ViewStitcher",
-        "vlm_resampler.models.vlm.PanoramaVLM",
-        "vlm_resampler.panorama.views.AnyResViews",
-        "vlm_resampler.panorama.views.CubemapViews",
-        "vlm_resampler.panorama.views.HorizonViews",
-        "vlm_resampler.panorama.views.ResizeView",
-        "vlm_resampler.panorama.views.SlidingWindowViews",
-    }
+def resampler_classes(folder: Path = RESAMPLERS_DIR) -> frozenset[str]:
+    """`vlm_resampler.resamplers.<module>.<Class>` of every resampler the package defines."""
+    return frozenset(
+        f"vlm_resampler.resamplers.{module}.{name}" for name, module in subclasses_defined(folder, "Resampler").items()
+    )
+
+
+def view_classes(folder: Path = PANORAMA_DIR) -> frozenset[str]:
+    """`vlm_resampler.panorama.views.<Class>` of every view strategy that views.py (the import path
+    conf/view/ and saved run directories name) imports from the module that defines it."""
+    defined = subclasses_defined(folder, "ViewStrategy")
+    exported = set()
+    for node in ast.parse((folder / "views.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vlm_resampler.panorama."):
+            module = node.module.rsplit(".", 1)[1]
+            exported |= {alias.name for alias in node.names if defined.get(alias.name) == module}
+    return frozenset(f"vlm_resampler.panorama.views.{name}" for name in exported)
+
+
+ALLOWED_TARGETS = (
+    resampler_classes()
+    | view_classes()
+    | frozenset(
+        {
+            "vlm_resampler.models.backbones.load_language_model",
+            "vlm_resampler.models.backbones.load_vision_encoder",
+            "vlm_resampler.models.projector.TokenMLP",
+            "vlm_resampler.models.stitching.ViewStitcher",
+            "vlm_resampler.models.vlm.PanoramaVLM",
+        }
+    )
 )
 
 
