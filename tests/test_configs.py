@@ -192,3 +192,19 @@ def test_every_view_stitch_and_head_setting_declares_its_range_and_a_value_outsi
         with pytest.raises(ConfigError) as refused:
             check_model(broken)
         assert str(refused.value) == f"{shown}.{key}={bad!r}: expected {ranges[key].expected}"
+
+
+def test_a_key_of_another_resampler_type_set_by_a_preset_is_refused_as_such(smoke_config):
+    """Set in a yaml (not on the command line, whose names preflight checks first): the model's
+    checks still tell which resampler types take the key, as a typed UnknownResamplerKey."""
+    from omegaconf import open_dict
+
+    from vlm_resampler.config.validate import check_model
+    from vlm_resampler.errors import UnknownResamplerKey
+
+    cfg = smoke_config("resampler=mlp")
+    with open_dict(cfg):
+        cfg.resampler.d_state = 16  # where a preset's `resampler:` section lands
+    with pytest.raises(UnknownResamplerKey) as refused:
+        check_model(cfg)
+    assert "resampler.d_state" in str(refused.value) and "bimamba" in str(refused.value)

@@ -70,19 +70,19 @@ def _allows_none(annotation) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def check_target_node(node: DictConfig, where: str, shown: str) -> None:
-    """`where` is the node's place in the model tree, `shown` the key a user writes for it."""
-    target = import_target(str(node._target_), shown)
+def check_target_node(node: DictConfig, path: str, where: str) -> None:
+    """`path` is the node's place in the model tree (model.resampler), `where` the key a user
+    writes for it (resampler), which messages name."""
+    target = import_target(str(node._target_), where)
     init = target.__init__ if inspect.isclass(target) else target
     params = dict(inspect.signature(init).parameters)
     params.pop("self", None)
     hints = typing.get_type_hints(init)
     ranges = declared_ranges(init)
-    injected = INJECTED.get(where, set())
-    where = shown
+    injected = INJECTED.get(path, set())
     given = {k for k in node.keys() if k not in HYDRA_KEYS}
     for key in sorted(given - set(params)):
-        if where == "model.resampler":
+        if path == "model.resampler":
             message = unknown_resampler_key(key, sorted(set(params) - injected), target.__name__)
             raise UnknownResamplerKey(f"{message}\n  valid keys: {', '.join(k for k in params if k not in injected)}")
         raise ConfigError(
