@@ -384,7 +384,11 @@ def test_show_views_writes_a_png_of_the_expected_size(show_views, tmp_path, caps
     [
         (["view=cubemp"], "view=cubemp: no such option"),
         (["view=cubemap", "view.overlp=0.2"], "Did you mean 'overlap'"),
-        (["view=cubemap", "view.overlap=0.7"], "view.overlap=0.7: expected a float in [0, 0.5)"),
+        (
+            ["view=cubemap", "view.overlap=0.7"],
+            "error: 1 of 1 job(s) have an invalid config; nothing was started.\n"
+            "  view.overlap=0.7: expected a float in [0, 0.5)",
+        ),
     ],
 )
 def test_show_views_reports_bad_overrides_like_train(

@@ -59,9 +59,8 @@ class Range:
         """Raise OutOfRange naming the key, the value found and what was expected (the command-line
         checks pass error=errors.ConfigError for the same message)."""
         if not self.accepts(value):
-            if error is None:
-                raise OutOfRange(key, value, self.expected)
-            raise error(f"{key}={value!r}: expected {self.expected}")
+            refusal = OutOfRange(key, value, self.expected)
+            raise refusal if error is None else error(str(refusal))
 
 
 def one_of(*choices: str) -> Range:

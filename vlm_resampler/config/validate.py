@@ -108,16 +108,16 @@ def check_target_node(node: DictConfig, path: str, where: str) -> None:
                 raise ConfigError(f"{where}.{key}={value!r}: expected {expected}, found {type(value).__name__}")
 
 
-def walk_targets(node, where: str, shown: str | None = None) -> None:
-    """Check every `_target_` node under `node` (at `where`); messages name a node by the key a user
-    writes for it: `view.size` for model.views: ${view}."""
-    shown = shown or where
+def walk_targets(node, path: str, where: str | None = None) -> None:
+    """Check every `_target_` node under `node` (at `path`); messages name a node by the key a user
+    writes for it (`where`): `view.size` for model.views: ${view}."""
+    where = where or path
     if isinstance(node, DictConfig):
         if "_target_" in node:
-            check_target_node(node, where, shown)
+            check_target_node(node, path, where)
         for key in node.keys():
             if key not in HYDRA_KEYS:
-                walk_targets(node[key], f"{where}.{key}", interpolated_key(node, key) or f"{shown}.{key}")
+                walk_targets(node[key], f"{path}.{key}", interpolated_key(node, key) or f"{where}.{key}")
 
 
 def interpolated_key(node: DictConfig, key: str) -> str | None:
@@ -196,13 +196,13 @@ def build_views(cfg: DictConfig):
 
 def check_views_fit_tower(cfg: DictConfig) -> None:
     """The tower cuts each view into patch_size squares: its config says the size (no weights)."""
-    from vlm_resampler.models.backbones import backbone_config
+    from vlm_resampler.models.backbones import vision_tower_config
     from vlm_resampler.models.vlm import check_views_fit_patches
 
     node = cfg.model.vision_encoder
-    config = backbone_config(str(node.name_or_path), node.revision, "model.vision_encoder")
+    config = vision_tower_config(str(node.name_or_path), node.revision)
     try:
-        check_views_fit_patches(build_views(cfg), (getattr(config, "vision_config", None) or config).patch_size)
+        check_views_fit_patches(build_views(cfg), config.patch_size)
     except OutOfRange as err:
         raise ConfigError(str(err)) from err
 

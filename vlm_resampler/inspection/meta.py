@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vlm_resampler.errors import ConfigError
-from vlm_resampler.models.backbones import backbone_config
+from vlm_resampler.models.backbones import backbone_config, vision_tower_config
 
 # The backbone loaders a model tree may name; each is replaced by a build from its config alone.
 BACKBONE_TARGETS = {
@@ -29,9 +29,7 @@ def meta_vision_encoder(name_or_path: str, revision: str | None = None, attn_imp
 
     from vlm_resampler.models.vision_encoder import VisionEncoder, vision_family
 
-    config = backbone_config(name_or_path, revision, "model.vision_encoder")
-    # A full image-text checkpoint: only its vision tower is loaded (as in load_vision_encoder).
-    config = getattr(config, "vision_config", None) or config
+    config = vision_tower_config(name_or_path, revision)
     try:
         family = vision_family(config)
     except ValueError as err:

@@ -169,6 +169,13 @@ def backbone_config(name_or_path: str, revision: str | None, where: str):
         ) from err
 
 
+def vision_tower_config(name_or_path: str, revision: str | None):
+    """The config of the tower load_vision_encoder loads (of a full image-text checkpoint, only its
+    vision side), from local files only."""
+    config = backbone_config(name_or_path, revision, "model.vision_encoder")
+    return getattr(config, "vision_config", None) or config
+
+
 # One tokenizer per (source, files) in a process: a Qwen tokenizer.json is ~19 MB and parsing it
 # took about 1 s, and a three-stage run loaded it four times (each stage's data, each stage's start
 # from the previous checkpoint). Callers share the object, so nothing may change it after loading.

@@ -76,10 +76,11 @@ def enable_gradient_checkpointing(model) -> None:
     """Recompute the LLM's and the vision tower's layer activations in the backward pass instead of
     keeping them (less memory, about a third more compute). Non-reentrant: the frozen LLM's inputs
     (the visual tokens) carry the gradient, its weights need none."""
+    options = {"use_reentrant": False}
     for part in (model.llm, model.vision.model):
         # transformers 5.25 renamed it (the old name still works, with a FutureWarning); setup.cfg allows 5.x
         enable = getattr(part, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=options)
         else:
-            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
