@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
 from vlm_resampler.evaluation.generate import predict_items
-from vlm_resampler.evaluation.metrics import CaptionScorer
+from vlm_resampler.evaluation.metrics import CaptionScorer, require_java
 from vlm_resampler.evaluation.report import Card, example_images, render_report
 from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, scores_meteor
 from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
-from vlm_resampler.runs.load import build_model, load_stage
+from vlm_resampler.runs.load import LoadedStage, build_model, load_stage
 from vlm_resampler.runs.locate import resolve_checkpoint_dir
 from vlm_resampler.runs.provenance import RECONSTRUCTED, UserSettings
 from vlm_resampler.runs.reconstruct_parts import BACKBONE_PARTS, GROUP_OF_PART
@@ -195,13 +195,6 @@ def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, 
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
-    # METEOR's JVM spends seconds loading its tables: started first, it does so while the model
-    # loads and generates (and a machine without Java fails before any of that).
-    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer:
-        return evaluate_with(cfg, scorer)
-
-
-def evaluate_with(cfg: DictConfig, scorer: CaptionScorer) -> dict:
     stage_dir = resolve_checkpoint_dir(Path(cfg.checkpoint_dir))
     if stage_dir != Path(cfg.checkpoint_dir):
         print(f"{cfg.checkpoint_dir} is a run directory: evaluating its last completed stage, {stage_dir.name}")
@@ -209,7 +202,17 @@ def evaluate_with(cfg: DictConfig, scorer: CaptionScorer) -> dict:
     from vlm_resampler.training.distributed import set_threads
 
     set_threads(cfg.num_threads)
+    require_java()  # a machine without Java fails before the model loads
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
+    # METEOR's JVM spends seconds (and ~7 s of CPU) loading its tables: started once the checkpoint
+    # has loaded (a damaged one is refused without it), it does so while the model generates.
+    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer:
+        return evaluate_loaded(cfg, stage_dir, loaded, scorer, started)
+
+
+def evaluate_loaded(
+    cfg: DictConfig, stage_dir: Path, loaded: LoadedStage, scorer: CaptionScorer, started: float
+) -> dict:
     meta = loaded.metadata
     source = loaded.described_by + (" (see the log above)" if RECONSTRUCTED in meta else "")
     print(
