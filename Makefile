@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 export HF_HUB_OFFLINE ?= 1
+# Python caches compiled modules in __pycache__ unless told not to (some sandboxes export
+# PYTHONDONTWRITEBYTECODE=1). `make test` starts some forty interpreters (xdist workers, CLI
+# commands, DDP ranks); without the cache each compiles the package again and pytest rewrites every
+# test module again: about 1 s of CPU per interpreter.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-all lint install clean-venv
 
