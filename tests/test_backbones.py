@@ -176,6 +176,38 @@ def test_a_tokenizer_loads_once_per_process_until_its_files_change(qwen3_tokeniz
     assert changed is not first and changed.model_max_length == 77, "changed files load afresh"
 
 
+def test_a_process_converts_the_qwen_ranks_once_per_ranks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlm_resampler.models import tokenizer
+
+    ranks = tmp_path / "qwen.tiktoken"
+    shutil.copy(tokenizer.find_qwen_tiktoken_file(), ranks)
+    monkeypatch.setattr(tokenizer, "find_qwen_tiktoken_file", lambda: ranks)
+    conversions: list[Path] = []
+    convert = tokenizer.build_qwen3_backend
+
+    class ConvertedAgain(Exception):
+        pass
+
+    def count_conversions(ranks_file: Path):
+        conversions.append(ranks_file)
+        if len(conversions) > 1:
+            raise ConvertedAgain  # proof enough, without a second ~3 s conversion
+        return convert(ranks_file)
+
+    monkeypatch.setattr(tokenizer, "build_qwen3_backend", count_conversions)
+    first = tokenizer.build_qwen3_tokenizer(tmp_path / "first")
+    second = tokenizer.build_qwen3_tokenizer(tmp_path / "second")
+    assert conversions == [ranks], "the second build writes what the first conversion made"
+    names = sorted(p.name for p in first.iterdir())
+    assert "tokenizer.json" in names and names == sorted(p.name for p in second.iterdir())
+    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in names)
+    assert AutoTokenizer.from_pretrained(second)("Hello").input_ids == [9707]
+    stat = ranks.stat()
+    os.utime(ranks, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the ranks file changed: convert again
+    with pytest.raises(ConvertedAgain):
+        tokenizer.build_qwen3_tokenizer(tmp_path / "third")
+
+
 # ---------------------------------------------------------------------------------------------
 # Cache: atomic builds
 # ---------------------------------------------------------------------------------------------
