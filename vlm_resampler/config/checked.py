@@ -9,8 +9,7 @@ def compose_checked(overrides: list[str], validate, config_name: str = "train") 
     """Compose `config_name` with `overrides` through preflight's checks (unknown groups, options
     and keys, with the closest valid names), then `validate(cfg)`, which may return notes.
     Raises ConfigError with the message preflight would print."""
-    from vlm_resampler.config.preflight import check_override_names, compose, config_groups
+    from vlm_resampler.config.preflight import compose_job, config_groups
 
-    check_override_names(overrides, config_name, config_groups())
-    cfg = compose(config_name, overrides)
+    cfg, _ = compose_job(config_name, overrides, config_groups())
     return cfg, list(validate(cfg) or [])
