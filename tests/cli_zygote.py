@@ -48,6 +48,7 @@ WARM_MODULES = (
     "vlm_resampler.training.run",
     "vlm_resampler.evaluation.evaluate",
     "vlm_resampler.inspection.cli",
+    "matplotlib.pyplot",  # each stage plots its loss curve (0.36 s to import)
 )
 
 
@@ -146,10 +147,10 @@ def serve(warm_modules: list[str]) -> None:
 class Zygote:
     """The test worker's side: starts the zygote, sends it commands one at a time."""
 
-    def __init__(self, warm_modules: tuple[str, ...] = WARM_MODULES) -> None:
+    def __init__(self) -> None:
         self.env = dict(os.environ)
         self.process = subprocess.Popen(
-            [sys.executable, __file__, *warm_modules],
+            [sys.executable, __file__, *WARM_MODULES],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

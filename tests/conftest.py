@@ -149,17 +149,23 @@ def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_RO
     import sys
     import tempfile
 
-    global _zygote
     argv = [str(REPO_ROOT / "launch" / script), *args]
     env = os.environ.copy()
+    zygote = worker_zygote()
+    if zygote.can_run(env):
+        with tempfile.TemporaryDirectory(prefix="cli-") as out:
+            return zygote.run(argv, cwd=Path(cwd), env=env, timeout=timeout, out_dir=Path(out))
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def worker_zygote():
+    """This test worker's CLI zygote (tests/cli_zygote.py), started on first use."""
+    global _zygote
     if _zygote is None:
         from cli_zygote import Zygote
 
         _zygote = Zygote()
-    if _zygote.can_run(env):
-        with tempfile.TemporaryDirectory(prefix="cli-") as out:
-            return _zygote.run(argv, cwd=Path(cwd), env=env, timeout=timeout, out_dir=Path(out))
-    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return _zygote
 
 
 def pytest_unconfigure(config):

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from cli_zygote import Zygote
+
+from conftest import worker_zygote
 
 SCRIPT = """
 import os, sys
@@ -32,12 +33,9 @@ if mode == "path":
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def zygote():
-    # What is warm does not change how a command is run; the suite's run_cli warms torch & co.
-    warm = Zygote(warm_modules=("json",))
-    yield warm
-    warm.close()
+    return worker_zygote()  # run_cli's: the zygote the suite's commands are forked from
 
 
 @pytest.mark.parametrize(
