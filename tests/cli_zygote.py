@@ -118,13 +118,13 @@ def warm_tokenizer() -> None:
     load_tokenizer(smoke_backbone.language_model.name_or_path, smoke_backbone.tokenizer.revision)
 
 
-def serve(warm_modules: list[str]) -> None:
+def serve() -> None:
     """The zygote's loop: one request per line on stdin, answers on stdout."""
     import importlib
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what the zygote itself prints (an import, say) must not mix with the replies
-    for name in warm_modules:
+    for name in WARM_MODULES:
         importlib.import_module(name)
     warm_tokenizer()
     # What the zygote holds now lives as long as every child: out of the collector's sight, a
@@ -150,7 +150,7 @@ class Zygote:
     def __init__(self) -> None:
         self.env = dict(os.environ)
         self.process = subprocess.Popen(
-            [sys.executable, __file__, *WARM_MODULES],
+            [sys.executable, __file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -205,4 +205,4 @@ def _kill_group(pid: int) -> int:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1:])
+    serve()
