@@ -4,6 +4,7 @@ hand-written caption set, and sanity that could fail if the wiring were wrong.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,17 @@ def test_an_exact_reference_scores_higher_than_a_wrong_caption():
         wrong = scorer.score(["a green triangle on the right."] * 2, REFERENCES)
     assert exact["BLEU-4"] > 0.9 and exact["ROUGE-L"] > 0.9
     assert exact["CIDEr"] > wrong["CIDEr"] and wrong["BLEU-4"] < 0.1
+
+
+def test_a_java_that_fails_is_an_error_not_empty_captions(tmp_path, monkeypatch):
+    # A JVM that cannot start the tokenizer (a cut-down runtime lacking java.logging did exactly
+    # this) prints to stderr and writes nothing; the toolkit then returns one empty caption.
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'NoClassDefFoundError: java/util/logging/Logger' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=rf"PTB tokenizer \(Java, {tmp_path}/java\) returned 1 of 3 captions"):
+        metrics.tokenize(["a cat"], [["a dog", "one dog"]])
 
 
 def test_mismatched_or_empty_inputs_are_errors():

@@ -145,4 +145,13 @@ def tokenize(predictions: list[str], references: list[list[str]]) -> tuple[dict,
     captions = {i: [{"caption": r.translate(LINE_BREAKS)} for r in refs] for i, refs in enumerate(references)}
     captions.update({n + i: [{"caption": p.translate(LINE_BREAKS)}] for i, p in enumerate(predictions)})
     tokens = PTBTokenizer().tokenize(captions)
+    # The toolkit pairs the JVM's output lines with the captions and keeps going when there are
+    # fewer: a JVM that failed (its error went to stderr) yields one empty caption, not an error.
+    returned = sum(len(tokens.get(i, ())) for i in captions)
+    expected = sum(len(c) for c in captions.values())
+    if returned != expected:
+        raise RuntimeError(
+            f"the PTB tokenizer (Java, {shutil.which('java')}) returned {returned} of {expected} captions; "
+            "Java's own error, if it printed one, is above"
+        )
     return {i: tokens[i] for i in range(n)}, {i: tokens[n + i] for i in range(n)}
