@@ -241,6 +241,8 @@ def test_a_stage_regresses_onto_the_readers_codes(mini_reader, mini_tower, smoke
     assert "object_code_loss" in steps[1] and "answer_loss" not in steps[1]  # warm-up: codes alone
     assert "object_code_loss" in steps[3] and "answer_loss" in steps[3]
     assert steps[3]["loss"] == pytest.approx(steps[3]["answer_loss"] + steps[3]["object_code_loss"], rel=1e-4)
+    seconds = [r["seconds"] for r in log]  # wall time since training began, on every line
+    assert 0 < seconds[0] and seconds == sorted(seconds)
 
 
 def test_the_learning_rate_schedule_restarts_when_the_code_warm_up_ends(tmp_path):

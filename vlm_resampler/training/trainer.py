@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,7 +227,8 @@ class StageTrainer(Trainer):
 
 
 class JsonlLog(TrainerCallback):
-    """Every Trainer log line, appended to train_log.jsonl as it happens (by rank 0).
+    """Every Trainer log line, appended to train_log.jsonl as it happens (by rank 0), with `seconds`:
+    wall time since this process began training (a resumed run counts from its resume).
 
     Resuming at step N keeps the lines up to N (the rest was logged after that checkpoint)."""
 
@@ -239,8 +241,12 @@ class JsonlLog(TrainerCallback):
         if distributed.is_main_process():
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        record = {"step": state.global_step, **(logs or {})}
+        # A logged loss has been read back from the device, so the time is the step's, not its launch's.
+        record = {"step": state.global_step, **(logs or {}), "seconds": round(time.perf_counter() - self.started, 4)}
         self.records.append(record)
         if state.is_world_process_zero:
             with open(self.path, "a", encoding="utf-8") as f:
