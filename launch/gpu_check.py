@@ -7,6 +7,9 @@ Without a GPU the same parts run on the CPU, smaller.
 
     python launch/gpu_check.py                          # writes gpu_check.json
     python launch/gpu_check.py --out $OUT/gpu_check.json --quick
+    python launch/gpu_check.py --parts scan,mamba_ssm      # only these (the device is always described)
+
+On a lent GPU machine, `.ci/gpu-check` runs it with what `.ci/gpu-kit` packed for that machine.
 
 Exit status 0 when every part passed. The logic is in vlm_resampler/inspection/device_check.py.
 """
@@ -21,6 +24,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the lent machine reaches no hub; everything is built locally
 
+# device_check.PARTS, kept here so that a bad --parts exits before torch is imported.
+PARTS = ("device", "scan", "mamba_ssm", "smoke", "real_size")
+
+
+def part_list(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list from {','.join(PARTS)}")
+    return parts
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch/gpu_check.py", description=__doc__.split("\n\n")[0])
@@ -29,13 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, help="where the runs go (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="fewer real-size steps")
+    parser.add_argument(
+        "--parts", type=part_list, default=PARTS, help=f"comma-separated, from {','.join(PARTS)} (default: all)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     from vlm_resampler.inspection.device_check import run_all, summary
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as scratch:
-        report = run_all(args.out.resolve(), (args.work or Path(scratch)).resolve(), args.quick)
+        report = run_all(args.out.resolve(), (args.work or Path(scratch)).resolve(), args.quick, args.parts)
     print(summary(report))
     print(f"report written to {args.out}")
     return 0 if report["ok"] else 1

@@ -4,6 +4,7 @@ recorded without stopping the others."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -11,17 +12,49 @@ import torch
 
 from vlm_resampler.inspection import device_check
 
-from conftest import run_cli
+from conftest import REPO_ROOT, run_cli
 
 
 def test_the_scan_check_passes_our_scan_and_catches_a_wrong_one(monkeypatch):
     assert device_check.scan("cpu")["within_tolerance"]
     from vlm_resampler.ops import selective_scan as ops
 
-    right = ops.selective_scan
-    monkeypatch.setattr(ops, "selective_scan", lambda **kw: right(**kw) * 1.001)
+    right = ops.selective_scan_cpu
+    monkeypatch.setattr(ops, "selective_scan_cpu", lambda **kw: right(**kw) * 1.001)
     result = device_check.scan("cpu")
     assert not result["within_tolerance"] and result["max_differences"]["y"] > 1e-4
+
+
+def test_the_step_time_leaves_out_the_first_step(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    lines = [{"step": 1, "loss": 3.0, "seconds": 9.0}, {"step": 2, "loss": 2.9, "seconds": 9.5}]
+    lines += [{"step": 4, "loss": 2.7, "seconds": 10.5}, {"step": 4, "train_runtime": 10.6, "seconds": 10.6}]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert device_check.steady_step_seconds(log) == (0.5, 3)  # (10.5 - 9.0) / (4 - 1): warm-up left out
+    log.write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(ValueError, match="one logged step"):
+        device_check.steady_step_seconds(log)
+
+
+def test_a_scan_that_disagrees_fails_the_whole_check_and_parts_can_be_chosen(tmp_path, monkeypatch):
+    from vlm_resampler.ops import selective_scan as ops
+
+    right = ops.selective_scan_cpu
+    monkeypatch.setattr(ops, "selective_scan_cpu", lambda **kw: right(**kw) * 1.001)
+    report = device_check.run_all(tmp_path / "r.json", tmp_path, quick=True, only=("scan",))
+    assert set(report) == {"started", "on_gpu", "device", "scan", "ok"}
+    assert report["scan"]["ok"] and not report["scan"]["within_tolerance"] and report["ok"] is False
+    assert "java" in report["device"]  # where eval's tokenizer runs from (the kit's JRE on a lent GPU)
+
+
+def test_the_command_line_refuses_an_unknown_part_with_exit_2(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "launch" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.PARTS == device_check.PARTS  # the script's copy (checked before torch loads)
+    done = run_cli("gpu_check.py", "--parts", "scan,warp", cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "'scan,warp': expected a comma-separated list from device,scan,mamba_ssm,smoke,real_size" in done.stderr
 
 
 def test_a_failing_part_is_recorded_with_its_error_and_the_next_parts_run(tmp_path, monkeypatch):
@@ -47,3 +80,33 @@ def test_gpu_check_runs_its_cpu_parts_here_and_writes_the_report(tmp_path):
     real = report["real_size"]
     assert real["seconds_per_step"] > 0 and real["tokens_per_second"] > 0 and real["planned_peak_gib"] > 2.5
     assert "report written to" in done.stdout and "real-size step" in done.stdout
+
+
+SETUP_WITH_ARCHITECTURES = """\
+cc_flag = []
+if True:
+    cc_flag.append("-gencode")
+    cc_flag.append("arch=compute_80,code=sm_80")
+    if version >= 11.8:
+        cc_flag.append("-gencode")
+        cc_flag.append("arch=compute_90,code=sm_90")
+    if version >= 12.8:
+        cc_flag.append("-gencode")
+        cc_flag.append("arch=compute_100,code=sm_100")
+"""
+
+
+def test_mamba_setup_is_cut_to_one_architecture_and_stays_valid_python(tmp_path):
+    spec = importlib.util.spec_from_file_location("mamba_one_arch", REPO_ROOT / ".ci" / "mamba_one_arch.py")
+    one_arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(one_arch)
+
+    cut = one_arch.keep_one_architecture(SETUP_WITH_ARCHITECTURES, "90")
+    flags = {}
+    exec(compile(cut, "setup.py", "exec"), {"version": 13.0}, flags)  # the emptied `if` block still parses
+    assert flags["cc_flag"] == ["-gencode", "arch=compute_90,code=sm_90"]
+    with pytest.raises(ValueError, match=r"0 -gencode pairs for sm_89 \(expected 1\); it lists \['80', '90', '100'\]"):
+        one_arch.keep_one_architecture(SETUP_WITH_ARCHITECTURES, "89")
+    setup = tmp_path / "setup.py"
+    setup.write_text(SETUP_WITH_ARCHITECTURES)
+    assert one_arch.main([str(setup), "100"]) == 0 and "sm_90" not in setup.read_text()
