@@ -186,6 +186,7 @@ def test_sampling_plan_rejects_another_erp_size() -> None:
         sample_erp_plan(torch.rand(1, 3, 8, 16), plan)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_e2p_on_cuda_matches_cpu() -> None:
     erp = smooth_erp().float()

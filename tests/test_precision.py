@@ -41,6 +41,7 @@ def test_compute_settings_are_checked_naming_the_key(override, message, smoke_co
     assert str(err.value) == message
 
 
+@pytest.mark.cuda
 def test_fp16_without_a_gpu_stops_the_run_with_one_line_saying_why(tmp_path):
     done = run_cli("train.py", "debug=smoke", "precision=fp16", "stages=[finetune]", "experiment.name=f", cwd=tmp_path)
     if torch.cuda.is_available():  # a GPU machine runs it
@@ -50,6 +51,7 @@ def test_fp16_without_a_gpu_stops_the_run_with_one_line_saying_why(tmp_path):
     assert "precision=fp16: mixed fp16 needs a CUDA GPU" in done.stderr
 
 
+@pytest.mark.cuda
 def test_bf16_on_a_cpu_is_allowed_only_where_a_measured_step_is_fast(monkeypatch):
     ratio = precision.cpu_bf16_slowdown()  # the real measurement: a positive, finite ratio
     assert math.isfinite(ratio) and ratio > 0

@@ -323,6 +323,7 @@ def test_every_view_config_builds_with_the_encoder_size(smoke_config, name: str)
     assert out.shape == (2, strategy.num_views, 3, *strategy.view_size)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
     "strategy",
