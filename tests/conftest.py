@@ -44,7 +44,8 @@ def group_module_fixture_users(items) -> None:
 
 
 # With VLM_RESAMPLER_ONLY_EXPECTED_SKIPS=1 (CI) a skip for any other reason fails the run: a missing
-# browser, SmolLM2 package or SLURM must not turn CI green by skipping what needs it.
+# browser, SmolLM2 package or SLURM must not turn CI green by skipping what needs it. A test skipped
+# for want of CUDA must be marked `cuda`, or `.ci/gpu-check` (pytest -m cuda) would not run it either.
 EXPECTED_SKIP_REASONS = ("needs a CUDA device",)
 _unexpected_skips: list[str] = []
 
@@ -54,6 +55,8 @@ def pytest_runtest_logreport(report):
         reason = str(report.longrepr[2]).removeprefix("Skipped: ")
         if reason not in EXPECTED_SKIP_REASONS:
             _unexpected_skips.append(f"{report.nodeid}: {reason}")
+        elif "cuda" not in report.keywords:
+            _unexpected_skips.append(f"{report.nodeid}: {reason}, but not marked `cuda` (.ci/gpu-check runs -m cuda)")
 
 
 def _skips_fail() -> bool:
