@@ -44,11 +44,12 @@ def torchrun(*args: str, cwd: Path, nproc: int = 2, timeout: float = 400.0, pope
         str(REPO_ROOT / "launch" / "train.py"),
         *args,
     ]
+    # torch's elastic agent leaves a log dir (tempfile.mkdtemp) per run; in the test's own dir it
+    # goes with pytest's cleanup instead of piling up in /tmp.
+    env = os.environ | {"TMPDIR": str(cwd)}
     if popen:
-        return subprocess.Popen(
-            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-        )
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_close_weights(found_dir: Path, expected_dir: Path, atol: float = 1e-5) -> None:
@@ -125,7 +126,7 @@ def test_each_process_leaves_the_process_group_before_interpreter_teardown(tmp_p
     script = tmp_path / "group_at_exit.py"
     script.write_text(PROCESS_GROUP_AT_EXIT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp_path)}  # TMPDIR: as in torchrun()
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     alive = {path.name: path.read_text() for path in tmp_path.glob("alive_at_exit_*")}
