@@ -161,6 +161,31 @@ def run_cli(script: str, *args: str, timeout: float = 300.0, cwd: Path = REPO_RO
     return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def training_batch(cfg: dict, n: int = 3) -> dict:
+    """The first `n` training examples of a resolved config, collated as the Trainer gets them."""
+    from omegaconf import OmegaConf
+
+    from vlm_resampler.data.collate import CaptionCollator
+    from vlm_resampler.data.datasets import CaptionExamples, prepare_split
+    from vlm_resampler.data.prompts import PromptFormat
+    from vlm_resampler.models.backbones import load_tokenizer
+
+    data = OmegaConf.create(cfg["data"])
+    examples = CaptionExamples(prepare_split(data, "train"), data.erp_width, data.erp_height)
+    tokenizer = load_tokenizer(cfg["backbone"]["tokenizer"]["name_or_path"])
+    collate = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), data.max_answer_tokens)
+    return collate([examples[i] for i in range(n)])
+
+
+def answer_logits(model, batch: dict):
+    """The model's answer-token logits for a training batch (what identical models agree on exactly)."""
+    import torch
+
+    with torch.no_grad():
+        visual = model.visual_embeddings(batch["panoramas"])
+        return model.answer_logits(visual, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+
+
 def worker_zygote():
     """This test worker's CLI zygote (tests/cli_zygote.py), started on first use."""
     global _zygote

@@ -7,17 +7,13 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from vlm_resampler import load_from_run
-from vlm_resampler.data.collate import CaptionCollator
-from vlm_resampler.data.datasets import CaptionExamples, prepare_split
-from vlm_resampler.data.prompts import PromptFormat
 from vlm_resampler.runs import layout
 from vlm_resampler.training.run import resolved_container, run_stage
 
-from conftest import run_cli
+from conftest import answer_logits, run_cli, training_batch
 
 
 @pytest.fixture
@@ -103,29 +99,14 @@ def test_a_damaged_weight_file_is_refused_by_name(smoke_run, tmp_path):
         load_from_run(copy)
 
 
-def batch_for(cfg, tokenizer, n=3):
-    data = OmegaConf.create(cfg["data"])
-    items = prepare_split(data, "train")
-    examples = CaptionExamples(items, data.erp_width, data.erp_height)
-    collate = CaptionCollator(tokenizer, PromptFormat(**cfg["prompt"]), data.max_answer_tokens)
-    return collate([examples[i] for i in range(n)])
-
-
 def test_load_from_run_reproduces_the_saved_model_exactly(smoke_config, tmp_path):
-    from vlm_resampler.models.backbones import load_tokenizer
-
     cfg = resolved_container(smoke_config())
-    tokenizer = load_tokenizer(cfg["backbone"]["tokenizer"]["name_or_path"])
-    batch = batch_for(cfg, tokenizer)
+    batch = training_batch(cfg)
     previous = None
     for stage in ("vision", "resampler", "finetune"):
         result = run_stage(cfg, stage, tmp_path, previous)
         rebuilt = load_from_run(result.stage_dir)
-        with torch.no_grad():
-            args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-            expected = result.model.answer_logits(result.model.visual_embeddings(batch["panoramas"]), *args)[0]
-            found = rebuilt.answer_logits(rebuilt.visual_embeddings(batch["panoramas"]), *args)[0]
-        assert torch.equal(expected, found), stage
+        assert torch.equal(answer_logits(result.model, batch), answer_logits(rebuilt, batch)), stage
         previous = result.stage_dir
 
 

@@ -14,7 +14,7 @@ from vlm_resampler.errors import ConfigError
 from vlm_resampler.runs import layout
 from vlm_resampler.training import precision
 
-from conftest import run_cli
+from conftest import answer_logits, run_cli, training_batch
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,36 @@ def test_eager_attention_reaches_both_backbones_changes_no_loss_and_is_rebuilt(s
         losses[attention] = [json.loads(line)["loss"] for line in log if "loss" in json.loads(line)]
     assert len(losses["eager"]) == 2
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4), "the attention kernel changed the losses"
+
+
+def test_a_bf16_run_saves_float32_weights_and_rebuilds_to_the_same_outputs(smoke_config, tmp_path, monkeypatch):
+    """bf16 is autocast over float32 master weights: the checkpoint holds float32 tensors, says how
+    it was trained, and load_from_run gives the outputs of the model that was saved, exactly."""
+    from safetensors import safe_open
+
+    from vlm_resampler import load_from_run
+    from vlm_resampler.training.run import resolved_container, run_stage
+
+    # Whether this CPU may train in bf16 is the measurement tested above; here it may.
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 0.8)
+    cfg = resolved_container(smoke_config("stages=[finetune]", "precision=bf16"))
+    result = run_stage(cfg, "finetune", tmp_path, None)
+    meta = json.loads((result.stage_dir / layout.METADATA).read_text())
+    assert meta["compute"]["precision"] == "bf16"
+    with safe_open(str(result.stage_dir / layout.WEIGHTS), "pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"F32"}
+    fp32 = run_stage(resolved_container(smoke_config("stages=[finetune]")), "finetune", tmp_path / "fp32", None)
+    losses = {}
+    for name, stage_dir in (("bf16", result.stage_dir), ("fp32", fp32.stage_dir)):
+        log = [json.loads(line) for line in (stage_dir / layout.TRAIN_LOG).read_text().splitlines()]
+        losses[name] = [r["loss"] for r in log if "loss" in r]
+    # Autocast took effect (bf16's rounding moves the first loss) and trained the same model.
+    assert losses["bf16"][0] != losses["fp32"][0] and losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=0.05)
+    assert all(math.isfinite(loss) for loss in losses["bf16"])
+
+    batch = training_batch(cfg)
+    expected = answer_logits(result.model, batch)
+    assert expected.dtype == torch.float32 and torch.equal(
+        expected, answer_logits(load_from_run(result.stage_dir), batch)
+    )
