@@ -74,8 +74,10 @@ def test_gradient_checkpointing_changes_no_loss_and_every_setting_is_recorded(sm
             smoke_config("stages=[finetune]", f"gradient_checkpointing={str(checkpointing).lower()}")
         )
         result = run_stage(cfg, "finetune", tmp_path / str(checkpointing), None)
-        assert result.model.llm.is_gradient_checkpointing == checkpointing
-        assert result.model.vision.model.is_gradient_checkpointing == checkpointing
+        # What transformers' is_activation_checkpointing reads (its older name, is_gradient_checkpointing,
+        # warns in 5.25; 5.17, the lent GPU machine's, lacks the new name).
+        for model in (result.model.llm, result.model.vision.model):
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
         log = (result.stage_dir / layout.TRAIN_LOG).read_text().splitlines()
         losses[checkpointing] = [json.loads(line)["loss"] for line in log if "loss" in json.loads(line)]
         meta = json.loads((result.stage_dir / layout.METADATA).read_text())
