@@ -135,7 +135,12 @@ def real_size(work: Path, precision: str, batch_size: int, steps: int) -> dict:
         "planned_peak_gib": round(plan["peak"] / 2**30, 2),
     }
     if torch.cuda.is_available():
-        out["measured_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        # The plan's peak includes a 1 GiB allowance for the CUDA context and the allocator's reserve;
+        # allocated excludes both, reserved the context only: the plan should sit a little above reserved.
+        reserved = torch.cuda.max_memory_reserved()
+        out["measured_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["measured_peak_reserved_gib"] = round(reserved / 2**30, 2)
+        out["planned_over_reserved"] = round(plan["peak"] / reserved, 2)
     return out
 
 
@@ -230,4 +235,9 @@ def summary(report: dict) -> str:
         r = report["real_size"]
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"  real-size step {r['seconds_per_step']} s, {r['tokens_per_second']} tokens/s, MFU {mfu}")
+        if "measured_peak_reserved_gib" in r:
+            lines.append(
+                f"  peak memory: planned {r['planned_peak_gib']} GiB, reserved {r['measured_peak_reserved_gib']} GiB"
+                f" (allocated {r['measured_peak_allocated_gib']} GiB)"
+            )
     return "\n".join(lines)
