@@ -25,6 +25,16 @@ def test_the_scan_check_passes_our_scan_and_catches_a_wrong_one(monkeypatch):
     assert not result["within_tolerance"] and result["max_differences"]["y"] > 1e-4
 
 
+def test_the_comparison_holds_a_kernel_with_mamba_ssms_signature_to_the_same_softplus():
+    # mamba-ssm's selective_scan_fn takes D=None and delta_softplus=False by default; ours, True.
+    from vlm_resampler.ops import selective_scan as ops
+
+    def mamba_like(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        return ops.selective_scan_cpu(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+    assert device_check.compare_scans("cpu", mamba_like, ops.selective_scan_cpu)["within_tolerance"]
+
+
 def test_the_step_time_leaves_out_the_first_step(tmp_path):
     log = tmp_path / "train_log.jsonl"
     lines = [{"step": 1, "loss": 3.0, "seconds": 9.0}, {"step": 2, "loss": 2.9, "seconds": 9.5}]
