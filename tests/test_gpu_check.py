@@ -35,6 +35,19 @@ def test_the_comparison_holds_a_kernel_with_mamba_ssms_signature_to_the_same_sof
     assert device_check.compare_scans("cpu", mamba_like, ops.selective_scan_cpu)["within_tolerance"]
 
 
+def test_a_scan_step_is_timed_after_warm_up():
+    from vlm_resampler.ops import selective_scan as ops
+
+    calls = []
+
+    def counted(**inputs):
+        calls.append(1)
+        return ops.selective_scan_cpu(**inputs)
+
+    inputs = device_check.scan_inputs(1, 8, 4, 16, "cpu")
+    assert device_check.milliseconds_per_step(counted, inputs, repeats=3) > 0 and len(calls) == 5
+
+
 def test_the_step_time_leaves_out_the_first_step(tmp_path):
     log = tmp_path / "train_log.jsonl"
     lines = [{"step": 1, "loss": 3.0, "seconds": 9.0}, {"step": 2, "loss": 2.9, "seconds": 9.5}]

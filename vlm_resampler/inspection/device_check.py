@@ -144,37 +144,71 @@ def real_size(work: Path, precision: str, batch_size: int, steps: int) -> dict:
     return out
 
 
+def scan_inputs(batch: int, d_inner: int, d_state: int, length: int, device: str) -> dict:
+    """Selective-scan inputs in the layout bimamba passes them, seeded (the same on every call)."""
+    g = torch.Generator().manual_seed(0)
+    b, d, n, length = batch, d_inner, d_state, length
+    inputs = {
+        "u": torch.randn(b, d, length, generator=g), "delta": torch.randn(b, d, length, generator=g) * 0.5,
+        "A": -torch.rand(d, n, generator=g) - 0.5, "B": torch.randn(b, n, length, generator=g),
+        "C": torch.randn(b, n, length, generator=g), "D": torch.randn(d, generator=g),
+        "z": torch.randn(b, d, length, generator=g), "delta_bias": torch.randn(d, generator=g) * 0.1,
+    }  # fmt: skip
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def forward_backward(function, inputs: dict):
+    """`function` on fresh leaves of `inputs` and a backward through it: (output, gradient of each input)."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}  # own leaves, own grads
+    y = function(**leaves, delta_softplus=True)  # explicit: mamba-ssm's selective_scan_fn defaults to False
+    (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
+    return y.detach(), {k: v.grad for k, v in leaves.items()}
+
+
 def compare_scans(device: str, tested, baseline) -> dict:
     """`tested` against `baseline` on the same inputs on `device`: outputs and the gradient of every input."""
-    torch.manual_seed(0)
-    b, d, n, length = 2, 64, 16, 96
-    inputs = {
-        "u": torch.randn(b, d, length), "delta": torch.randn(b, d, length) * 0.5, "A": -torch.rand(d, n) - 0.5,
-        "B": torch.randn(b, n, length), "C": torch.randn(b, n, length), "D": torch.randn(d),
-        "z": torch.randn(b, d, length), "delta_bias": torch.randn(d) * 0.1,
-    }  # fmt: skip
-    outputs = []
-    for function in (tested, baseline):
-        leaves = {k: v.detach().clone().to(device).requires_grad_() for k, v in inputs.items()}  # own leaves, own grads
-        y = function(**leaves, delta_softplus=True)  # explicit: mamba-ssm's selective_scan_fn defaults to False
-        (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
-        outputs.append((y.detach(), {k: v.grad for k, v in leaves.items()}))
-    (y, grads), (y_ref, grads_ref) = outputs
+    inputs = scan_inputs(2, 64, 16, 96, device)
+    (y, grads), (y_ref, grads_ref) = forward_backward(tested, inputs), forward_backward(baseline, inputs)
     # Each difference relative to the largest magnitude of its reference.
     pairs = {"y": (y, y_ref)} | {f"grad_{k}": (grads[k], grads_ref[k]) for k in inputs}
     worst = {name: (a - b).abs().max().item() / (b.abs().max().item() or 1) for name, (a, b) in pairs.items()}
     return {"device": device, "max_differences": worst, "within_tolerance": max(worst.values()) < FLOAT32_TOLERANCE}
 
 
+# One bimamba direction at the default resampler (hidden 1024, expand 1.75, d_state 64) over
+# SigLIP-base-224's 14 x 14 tokens, for 8 views.
+BIMAMBA_SCAN = {"batch": 8, "d_inner": 1792, "d_state": 64, "length": 196}
+
+
+def milliseconds_per_step(function, inputs: dict, repeats: int) -> float:
+    """Forward and backward of `function` on `inputs`, after two warm-up steps, in ms per step."""
+    cuda = next(iter(inputs.values())).is_cuda
+    forward_backward(function, inputs), forward_backward(function, inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward_backward(function, inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    return round(1000 * (time.perf_counter() - start) / repeats, 2)
+
+
 def scan(device: str) -> dict:
-    """Our chunked scan (the path every device takes without mamba-ssm) against the per-step reference."""
+    """Our chunked scan (the path every device takes without mamba-ssm) against the per-step
+    reference; on CUDA also its time per step at bimamba's size."""
     from vlm_resampler.ops import selective_scan as ops
 
-    return compare_scans(device, ops.selective_scan_cpu, ops.selective_scan_reference)
+    result = compare_scans(device, ops.selective_scan_cpu, ops.selective_scan_reference)
+    if device == "cuda":
+        inputs = scan_inputs(**BIMAMBA_SCAN, device=device)
+        result["ms_per_step_at_bimamba_size"] = milliseconds_per_step(ops.selective_scan_cpu, inputs, repeats=5)
+    return result
 
 
 def mamba_ssm() -> dict:
-    """mamba-ssm's CUDA kernel (what `selective_scan` runs on CUDA where it is installed) against our scan."""
+    """mamba-ssm's CUDA kernel (what `selective_scan` runs on CUDA where it is installed) against our
+    scan, and both timed at bimamba's size."""
     from vlm_resampler.ops import selective_scan as ops
 
     try:
@@ -187,9 +221,14 @@ def mamba_ssm() -> dict:
         }
     if ops._KERNEL is None or not torch.cuda.is_available():
         return {"installed": True, "version": package.__version__, "compared": False, "why": "no CUDA kernel here"}
-    return {"installed": True, "version": package.__version__, "compared": True} | compare_scans(
-        "cuda", ops._KERNEL, ops.selective_scan_cpu
-    )
+    result = {"installed": True, "version": package.__version__, "compared": True}
+    result |= compare_scans("cuda", ops._KERNEL, ops.selective_scan_cpu)
+    inputs = scan_inputs(**BIMAMBA_SCAN, device="cuda")
+    kernel = milliseconds_per_step(ops._KERNEL, inputs, repeats=20)
+    ours = milliseconds_per_step(ops.selective_scan_cpu, inputs, repeats=5)
+    return result | {
+        "ms_per_step_at_bimamba_size": {"mamba_ssm": kernel, "ours": ours, "ours_over_kernel": round(ours / kernel, 1)}
+    }
 
 
 PARTS = ("device", "scan", "mamba_ssm", "smoke", "real_size")
@@ -230,6 +269,11 @@ def summary(report: dict) -> str:
             status = f"{status}, {'within' if part['within_tolerance'] else 'OUTSIDE'} tolerance (worst {worst:.1e})"
         elif part.get("why"):
             status = f"{status}, not compared: {part['why']}"
+        timing = part.get("ms_per_step_at_bimamba_size")
+        if isinstance(timing, dict):
+            status += f", {timing['mamba_ssm']} ms a step at bimamba's size (ours {timing['ours']} ms)"
+        elif timing is not None:
+            status += f", {timing} ms a step at bimamba's size"
         lines.append(f"  {name:10s} {status}, {part['seconds']} s")
     if report.get("real_size", {}).get("ok"):
         r = report["real_size"]
