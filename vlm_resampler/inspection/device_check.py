@@ -194,16 +194,28 @@ def milliseconds_per_step(function, inputs: dict, repeats: int) -> float:
     return round(1000 * (time.perf_counter() - start) / repeats, 2)
 
 
-def scan(device: str) -> dict:
+def scan(device: str, timing_shape: dict | None = None) -> dict:
     """Our chunked scan (the path every device takes without mamba-ssm) against the per-step
-    reference; on CUDA also its time per step at bimamba's size."""
+    reference; with `timing_shape` (bimamba's size, on CUDA) also its time per step."""
     from vlm_resampler.ops import selective_scan as ops
 
     result = compare_scans(device, ops.selective_scan_cpu, ops.selective_scan_reference)
-    if device == "cuda":
-        inputs = scan_inputs(**BIMAMBA_SCAN, device=device)
+    if timing_shape:
+        inputs = scan_inputs(**timing_shape, device=device)
         result["ms_per_step_at_bimamba_size"] = milliseconds_per_step(ops.selective_scan_cpu, inputs, repeats=5)
     return result
+
+
+def compare_kernel(kernel, device: str, timing_shape: dict) -> dict:
+    """A selective-scan kernel against our scan (values and gradients), and both timed at `timing_shape`."""
+    from vlm_resampler.ops import selective_scan as ops
+
+    result = compare_scans(device, kernel, ops.selective_scan_cpu)
+    inputs = scan_inputs(**timing_shape, device=device)
+    theirs = milliseconds_per_step(kernel, inputs, repeats=20)
+    ours = milliseconds_per_step(ops.selective_scan_cpu, inputs, repeats=5)
+    timing = {"mamba_ssm": theirs, "ours": ours, "ours_over_kernel": round(ours / theirs, 1)}
+    return result | {"ms_per_step_at_bimamba_size": timing}
 
 
 def mamba_ssm() -> dict:
@@ -221,14 +233,9 @@ def mamba_ssm() -> dict:
         }
     if ops._KERNEL is None or not torch.cuda.is_available():
         return {"installed": True, "version": package.__version__, "compared": False, "why": "no CUDA kernel here"}
-    result = {"installed": True, "version": package.__version__, "compared": True}
-    result |= compare_scans("cuda", ops._KERNEL, ops.selective_scan_cpu)
-    inputs = scan_inputs(**BIMAMBA_SCAN, device="cuda")
-    kernel = milliseconds_per_step(ops._KERNEL, inputs, repeats=20)
-    ours = milliseconds_per_step(ops.selective_scan_cpu, inputs, repeats=5)
-    return result | {
-        "ms_per_step_at_bimamba_size": {"mamba_ssm": kernel, "ours": ours, "ours_over_kernel": round(ours / kernel, 1)}
-    }
+    return {"installed": True, "version": package.__version__, "compared": True} | compare_kernel(
+        ops._KERNEL, "cuda", BIMAMBA_SCAN
+    )
 
 
 PARTS = ("device", "scan", "mamba_ssm", "smoke", "real_size")
@@ -240,7 +247,7 @@ def run_all(out: Path, work: Path, quick: bool, only: tuple[str, ...] = PARTS) -
     precision = "bf16" if (cuda and torch.cuda.is_bf16_supported()) else "fp32"
     parts = {
         "device": device_info,
-        "scan": lambda: scan("cuda" if cuda else "cpu"),
+        "scan": lambda: scan("cuda", BIMAMBA_SCAN) if cuda else scan("cpu"),
         "mamba_ssm": mamba_ssm,
         "smoke": lambda: smoke(work, precision),
         "real_size": lambda: real_size(work, precision, 8 if cuda else 1, (12 if quick else 40) if cuda else 2),
