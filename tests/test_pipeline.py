@@ -170,3 +170,31 @@ def test_untrusted_target_in_a_run_dir_is_refused_without_calling_it(smoke_run, 
     with pytest.raises(ValueError, match="os.system.*not allowed"):
         load_from_run(copy)
     assert not calls
+
+
+def test_a_finished_stage_is_freed_before_the_next_one_starts(smoke_config, tmp_path, monkeypatch):
+    """A stage's model, Trainer and optimizer hold reference cycles; left to the garbage collector,
+    on a GPU they would share the device with the next stage (or eval_after's process)."""
+    import gc
+    import weakref
+
+    from vlm_resampler.training import run
+
+    finished, alive_at_start = [], []
+    original = run.run_stage
+
+    def recorded(*args, **kwargs):
+        alive_at_start.append([ref() is not None for ref in finished])
+        result = original(*args, **kwargs)
+        finished.append(weakref.ref(result.model))
+        return result
+
+    monkeypatch.setattr(run, "run_stage", recorded)
+    gc.collect()
+    gc.disable()  # what is freed here, run_training freed
+    try:
+        run.run_training(smoke_config("stages=[resampler,finetune]"), tmp_path / "run")
+        alive_at_end = [ref() is not None for ref in finished]
+    finally:
+        gc.enable()
+    assert alive_at_start == [[], [False]] and alive_at_end == [False, False]

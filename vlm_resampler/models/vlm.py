@@ -55,6 +55,11 @@ class PanoramaVLM(nn.Module):
         self.register_buffer("image_mean", mean, persistent=False)
         self.register_buffer("image_std", std, persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (its inputs go there): one device for the whole model."""
+        return self.image_mean.device
+
     # ---- shapes -------------------------------------------------------------------------
     @property
     def view_grid(self) -> tuple[int, int]:

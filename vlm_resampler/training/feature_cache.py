@@ -63,7 +63,8 @@ def feature_bytes(model, count: int) -> int:
 
 @torch.no_grad()
 def compute_features(model, images: list[str], width: int, height: int) -> torch.Tensor:
-    """[N, V, S, D] float32, in the order of `images`."""
+    """[N, V, S, D] float32 on the CPU (the data loader serves them from there), in the order of
+    `images`; computed on the model's device."""
     from tqdm import tqdm
 
     was_training = model.vision.training
@@ -71,7 +72,7 @@ def compute_features(model, images: list[str], width: int, height: int) -> torch
     chunks = []
     for start in tqdm(range(0, len(images), BATCH), desc="vision features", unit="batch"):
         panoramas = torch.stack([load_panorama(Path(p), width, height) for p in images[start : start + BATCH]])
-        chunks.append(model.view_features(panoramas).float())
+        chunks.append(model.view_features(panoramas.to(model.device)).float().cpu())
     model.vision.train(was_training)
     return torch.cat(chunks)
 

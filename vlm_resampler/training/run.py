@@ -9,6 +9,7 @@ rank 0 writes files (training/distributed.py)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import traceback
@@ -99,6 +100,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
                     previous = run_dir / name
                     continue
                 previous = run_stage(resolved, name, run_dir, previous, signals, tracking).stage_dir
+                release_finished_stage()
                 done.append(name)
                 set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
                 signum = signals.agreed()
@@ -141,6 +143,16 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
             raise
         set_status(run_dir, layout.DONE, stages=stages, completed=done)
     return previous
+
+
+def release_finished_stage() -> None:
+    """Free a finished stage's model, Trainer and optimizer state now. They hold reference cycles
+    (measured: the model outlives run_stage until the garbage collector runs), so on a GPU the next
+    stage, or eval_after's process, would otherwise start beside their weights, gradients and AdamW
+    moments, and the caching allocator would keep what they freed."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def stopped_for_space(err: BaseException, run_dir: Path, cfg, stages: list[str], done: list[str]) -> DiskFullError:
@@ -301,9 +313,15 @@ def run_stage(
     main = distributed.is_main_process()
     signals = signals or StopSignals()  # (not installed: nothing stops this stage early)
     model, model_tree, saved_modules, rows = prepare_model(cfg, name, stage, init_from)
+    resume_dir = stage_dir / layout.RESUME_DIR
+    args = training_arguments(
+        stage, resume_dir, int(cfg["seed"]), *(cfg.get(k, d) for k, d in COMPUTE_SETTINGS.items())
+    )
+    # On the Trainer's device already: the frozen tower's features (the feature cache) are computed
+    # on the stage's GPU, not on the CPU beside it.
+    model.to(args.device)
     dataset, collator, code_target = stage_dataset(cfg, model, stage)
 
-    resume_dir = stage_dir / layout.RESUME_DIR
     checkpoint = resume_point(stage_dir, name)
     resume_step = resume.checkpoint_step(checkpoint) if checkpoint else None
     journal = JsonlLog(stage_dir / layout.TRAIN_LOG, resume_step)
@@ -314,9 +332,7 @@ def run_stage(
     with tracking.stage(name, stage_dir, resume_step, model, rows) as trackers:  # the stage's MLflow run ends here
         trainer = StageTrainer(
             model=objective,
-            args=training_arguments(
-                stage, resume_dir, int(cfg["seed"]), *(cfg.get(k, d) for k, d in COMPUTE_SETTINGS.items())
-            ),
+            args=args,
             train_dataset=dataset,
             data_collator=collator,
             callbacks=[journal, resume.ResumableCheckpoints(), stop, *warmup, *trackers],
