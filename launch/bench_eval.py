@@ -20,6 +20,14 @@ import sys
 import time
 
 
+def device_setting(value: str) -> str:
+    from vlm_resampler.evaluation.settings import DEVICE_SETTING
+
+    if not DEVICE_SETTING.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected auto, cpu, cuda or cuda:<index>")
+    return value
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=32, help="panoramas generated for at each batch size")
@@ -31,6 +39,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--device",
+        type=device_setting,
+        default="auto",
+        help="where to generate, as eval's device= (default auto: the GPU if there is one)",
+    )
     return parser.parse_known_args(argv)
 
 
@@ -54,6 +68,7 @@ def main(argv: list[str]) -> None:
 
     from vlm_resampler.data.collate import PromptCollator
     from vlm_resampler.data.prompts import PromptFormat
+    from vlm_resampler.evaluation.device import describe, eval_device
     from vlm_resampler.evaluation.generate import generate_tokens
     from vlm_resampler.evaluation.settings import GenerationSettings
     from vlm_resampler.models.backbones import load_tokenizer
@@ -63,7 +78,8 @@ def main(argv: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tree = resolved_container(cfg)
-    model = build_model(tree["model"], seed=0).eval()
+    device = eval_device(args.device)
+    model = build_model(tree["model"], seed=0).eval().to(device)
     tokenizer = load_tokenizer(tree["backbone"]["tokenizer"]["name_or_path"])
     collate = PromptCollator(tokenizer, PromptFormat(**tree["prompt"]))
     settings = GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -76,7 +92,7 @@ def main(argv: list[str]) -> None:
     print(
         f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters "
         f"(untrained, {tree['backbone']['name']} backbones), {model.tokens_per_image} visual tokens per panorama; "
-        f"{args.items} items x {args.new_tokens} new tokens; torch threads {torch.get_num_threads()}"
+        f"{args.items} items x {args.new_tokens} new tokens; on {describe(device)}, torch threads {torch.get_num_threads()}"
     )
 
     generate_tokens(model, tokenizer, collate(examples[:2]), settings)  # warm-up: first-call allocations

@@ -48,6 +48,9 @@ def smoke(smoke_config):
         (["max_new_tokens=0"], r"max_new_tokens=0"),
         (["report.view_size=4"], r"report.view_size=4"),
         (["num_threads=0"], r"num_threads=0"),
+        (["device=gpu"], r"device='gpu': expected auto \(the GPU when the machine has one, else the CPU\), cpu, cuda"),
+        (["device=cuda:x"], r"device='cuda:x': expected auto"),
+        (["precision=fp8"], r"precision='fp8': expected one of fp32, bf16, fp16"),
     ],
 )
 def test_bad_generation_settings_stop_before_anything_loads(overrides, message):

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 from test_eval_report import BROWSER, card_order, dump_dom
 
 from conftest import run_cli
@@ -29,10 +30,15 @@ def test_a_model_eval_writes_metrics_and_a_report_and_its_predictions_score_the_
     done = run_cli("eval.py", f"checkpoint_dir={run_dir / 'finetune'}", "debug=smoke", "batch_size=3")
     assert done.returncode == 0, done.stderr[-3000:]
     out = run_dir / "finetune" / "eval" / "synthpano-test"
-    assert "report.html" in done.stdout and "generated tokens/s at batch 3 (greedy)" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
+    generation = metrics["generation"]
+    # device=auto: the GPU when there is one, and float32 (the saved weights' precision) by default
+    assert generation["device"].split()[0] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert generation["precision"] == "fp32"
+    assert "report.html" in done.stdout
+    assert f"generated tokens/s at batch 3 on {generation['device']} in fp32 (greedy)" in done.stdout
     assert set(metrics["model"]) >= {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
-    assert metrics["generation"]["batch_size"] == 3 and metrics["generation"]["decoding"] == "greedy"
+    assert generation["batch_size"] == 3 and generation["decoding"] == "greedy"
     assert "SPICE" in metrics["unavailable"] or "SPICE" in metrics["model"]
 
     # Every question with its answer, from which the reported exact match can be recomputed.

@@ -109,6 +109,8 @@ def test_gpu_check_runs_its_cpu_parts_here_and_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["on_gpu"] == torch.cuda.is_available() and report["ok"]
     assert report["scan"]["within_tolerance"] and report["smoke"]["final_losses"]["finetune"] > 0
+    assert report["smoke"]["eval_device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert "smoke eval on " in done.stdout
     real = report["real_size"]
     assert real["seconds_per_step"] > 0 and real["tokens_per_second"] > 0 and real["planned_peak_gib"] > 2.5
     assert "report written to" in done.stdout and "real-size step" in done.stdout

@@ -73,6 +73,9 @@ AT_LEAST_ONE = Range(int, "an int >= 1", ge=1)
 DROPOUT_RATE = Range(float, "a float in [0, 1)", ge=0, lt=1)
 # Torch threads of a train or eval process; null leaves them to the CPUs the job was given.
 NUM_THREADS = Range(int, "an int >= 1, or null for torch's default", ge=1, also=(None,))
+# How a train or eval process computes: float32, or autocast to bf16/fp16 (training/precision.py).
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION = Range(str, f"one of {', '.join(PRECISIONS)}", also=PRECISIONS)
 
 
 @functools.cache

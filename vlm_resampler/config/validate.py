@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_resampler.catalog import unknown_resampler_key
 from vlm_resampler.config.external import check_backbones_available, check_data, check_init_from
 from vlm_resampler.errors import ConfigError, UnknownResamplerKey
-from vlm_resampler.ranges import BOOL, NUM_THREADS, OutOfRange, Range, declared_ranges
+from vlm_resampler.ranges import BOOL, NUM_THREADS, PRECISION, OutOfRange, Range, declared_ranges
 from vlm_resampler.runs.layout import STAGE_NAMES
 from vlm_resampler.runs.targets import refusal
 from vlm_resampler.suggest import did_you_mean
@@ -256,11 +256,7 @@ COMPUTE_VALUE_RANGES = {
 def check_compute(cfg: DictConfig) -> None:
     """precision, num_threads, gradient_checkpointing, dataloader_workers (whether this machine can run the
     precision is decided where the run trains: training/precision.py)."""
-    from vlm_resampler.training.precision import PRECISIONS
-
-    precision = cfg.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    PRECISION.check("precision", cfg.get("precision", "fp32"), error=ConfigError)
     for key, declared in COMPUTE_VALUE_RANGES.items():
         if key in cfg:
             declared.check(key, cfg[key], error=ConfigError)

@@ -15,10 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
+from vlm_resampler.evaluation.device import autocast, batch_to, check_eval_precision, describe, eval_device
 from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer, require_java
 from vlm_resampler.evaluation.report import Card, example_images, render_report
-from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, scores_meteor
+from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, compute_settings, scores_meteor
 from vlm_resampler.evaluation.summary import summary_table
 from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
 from vlm_resampler.runs import layout
@@ -140,7 +141,8 @@ def image_dependence(model, tokenizer, prompt, items: list[dict], data_cfg, batc
     for start in range(0, len(examples), batch_size):
         for label, rows in (("own", examples), ("rotated", shuffled)):
             chunk = rows[start : start + batch_size]
-            totals[label] += float(next_token_loss(model, collate(chunk))[0]) * len(chunk)
+            batch = batch_to(collate(chunk), model.device)
+            totals[label] += float(next_token_loss(model, batch)[0]) * len(chunk)
     own, rotated = totals["own"] / len(examples), totals["rotated"] / len(examples)
     return {
         "answer_loss": round(own, 4),
@@ -183,7 +185,7 @@ def eval_items(cfg: DictConfig, stage_dir: Path, meta: dict):
 def baselines(loaded, meta: dict, items: list[dict], data_cfg, batch_size: int, generation, scorer) -> dict:
     """The untrained model (same seed, same architecture) and the constant-caption guess, scored."""
     references = [item["references"] for item in items]
-    untrained = build_model(meta["model"], seed=int(meta["seed"])).eval()
+    untrained = build_model(meta["model"], seed=int(meta["seed"])).eval().to(loaded.model.device)
     blind, _ = predict_items(
         untrained, loaded.tokenizer, loaded.prompt, items, data_cfg, batch_size, generation, "untrained"
     )
@@ -202,16 +204,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from vlm_resampler.training.distributed import set_threads
 
     set_threads(cfg.num_threads)
+    device_setting, precision = compute_settings(cfg)
+    device = eval_device(device_setting)  # a device or precision this machine lacks fails before loading
+    check_eval_precision(precision, device)
     require_java()  # a machine without Java fails before the model loads
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
+    loaded.model.to(device)
+    print(f"eval on {describe(device)} in {precision}" + (" (autocast)" if precision != "fp32" else ""))
     # METEOR's JVM spends seconds (and ~7 s of CPU) loading its tables: started once the checkpoint
     # has loaded (a damaged one is refused without it), it does so while the model generates.
-    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer:
-        return evaluate_loaded(cfg, stage_dir, loaded, scorer, started)
+    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer, autocast(device, precision):
+        return evaluate_loaded(cfg, stage_dir, loaded, scorer, started, precision)
 
 
 def evaluate_loaded(
-    cfg: DictConfig, stage_dir: Path, loaded: LoadedStage, scorer: CaptionScorer, started: float
+    cfg: DictConfig, stage_dir: Path, loaded: LoadedStage, scorer: CaptionScorer, started: float, precision: str
 ) -> dict:
     meta = loaded.metadata
     source = loaded.described_by + (" (see the log above)" if RECONSTRUCTED in meta else "")
@@ -255,7 +262,7 @@ def evaluate_loaded(
     results["image_dependence"] = image_dependence(
         loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size)
     )
-    results["generation"] = throughput
+    results["generation"] = throughput | {"precision": precision}
     if skipped_rows:
         results["skipped_rows"] = {"count": len(skipped_rows), "first": skipped_rows[:5]}
     results["ignored_settings"] = ignored

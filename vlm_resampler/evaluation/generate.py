@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from vlm_resampler.data.prompts import end_of_turn_id
+from vlm_resampler.evaluation.device import batch_to, describe, rng_devices
 from vlm_resampler.evaluation.settings import GenerationSettings
 
 
@@ -31,6 +32,7 @@ class HoldEndOfTurn:
 def generate_tokens(model, tokenizer, batch: dict, settings: GenerationSettings) -> list[list[int]]:
     """Each row's generated token ids up to (not including) the end-of-turn token: exactly what
     the model produced, so counting them counts real generated tokens."""
+    batch = batch_to(batch, model.device)
     spliced = model.splice(batch["input_ids"], batch["attention_mask"], model.visual_embeddings(batch["panoramas"]))
     eot = end_of_turn_id(tokenizer)
     from transformers import LogitsProcessorList
@@ -92,7 +94,10 @@ def predict_items(
     generated = 0
     started = time.perf_counter()
     # Sampling draws from a generator seeded here, outside the caller's random state.
-    with torch.random.fork_rng(devices=[]), tqdm(total=len(dataset), desc=f"generate ({label})", unit="item") as bar:
+    with (
+        torch.random.fork_rng(devices=rng_devices(model.device)),
+        tqdm(total=len(dataset), desc=f"generate ({label})", unit="item") as bar,
+    ):
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         for batch in loader:
@@ -104,6 +109,7 @@ def predict_items(
     elapsed = time.perf_counter() - started
     stats = {
         "batch_size": batch_size,
+        "device": describe(model.device),
         "decoding": settings.decoding,
         "max_new_tokens": settings.max_new_tokens,
         "generated_tokens": generated,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vlm_resampler.errors import ConfigError
-from vlm_resampler.ranges import BOOL, NUM_THREADS
+from vlm_resampler.ranges import BOOL, NUM_THREADS, PRECISION
+
+DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,22 @@ def scores_meteor(cfg) -> bool:
     return bool(cfg.get("meteor", True))
 
 
+def compute_settings(cfg) -> tuple[str, str]:
+    """(device, precision) of an eval; a sweep's conf/ snapshot from before these keys has neither:
+    the CPU in float32, as evals ran then."""
+    return str(cfg.get("device", "cpu")), str(cfg.get("precision", "fp32"))
+
+
 def check_eval_settings(cfg) -> None:
     """Called from the eval's preflight: a bad generation or report setting stops before loading."""
     NUM_THREADS.check("num_threads", cfg.num_threads, error=ConfigError)
+    if "device" in cfg and not (isinstance(cfg.device, str) and DEVICE_SETTING.fullmatch(cfg.device)):
+        raise ConfigError(
+            f"device={cfg.device!r}: expected auto (the GPU when the machine has one, else the CPU), cpu, cuda "
+            "or cuda:<index>"
+        )
+    if "precision" in cfg:
+        PRECISION.check("precision", cfg.precision, error=ConfigError)
     for switch in EVAL_SWITCHES:
         if switch in cfg:  # a sweep's older conf/ snapshot may lack one
             BOOL.check(switch, cfg[switch], error=ConfigError)

@@ -34,9 +34,13 @@ def summary_table(results: dict) -> str:
         )
     generation = results.get("generation")
     if generation:
+        # (an eval written before device and precision were recorded has neither)
+        where = "".join(
+            f" {word} {generation[key]}" for word, key in (("on", "device"), ("in", "precision")) if key in generation
+        )
         lines.append(
             f"generation: {generation['items_per_s']:.2f} items/s, {generation['tokens_per_s']:.1f} "
-            f"generated tokens/s at batch {generation['batch_size']} ({generation['decoding']})"
+            f"generated tokens/s at batch {generation['batch_size']}{where} ({generation['decoding']})"
         )
     for name, reason in results.get("unavailable", {}).items():
         lines.append(f"{name} not computed: {reason}")

@@ -10,7 +10,7 @@ the others):
 - mamba_ssm: its CUDA kernel against our scan on the same inputs, where mamba-ssm is installed;
   where it is not, why (on a lent GPU, .ci/gpu-check compiles it and runs this part again);
 - smoke: launch/train.py debug=smoke through all three stages in bf16 (fp32 where the device
-  cannot run bf16), then launch/eval.py on its last stage;
+  cannot run bf16), then launch/eval.py on its last stage, on the same device in the same precision;
 - real_size: SigLIP-base + Qwen3-0.6B at full size (random weights) in the resampler stage: seconds
   per step after the first, tokens per second, the model FLOPs utilisation against the device's
   peak (H100 / H200 bf16 dense: 989 TFLOPS; none elsewhere), and the peak memory against inspect's
@@ -79,13 +79,26 @@ def smoke(work: Path, precision: str) -> dict:
                cwd=work, timeout=300)  # fmt: skip
     # METEOR scores on the CPU, alike everywhere (tested here); its 66 MB of tables do not travel to
     # a lent GPU (.ci/gpu-kit).
-    run_script("eval.py", f"checkpoint_dir={run}/finetune", "debug=smoke", "meteor=false", cwd=work, timeout=300)
+    run_script("eval.py", f"checkpoint_dir={run}/finetune", "debug=smoke", "meteor=false", f"precision={precision}",
+               cwd=work, timeout=300)  # fmt: skip
     losses = {
         s: json.loads((run / s / "train_metrics.json").read_text())["final_loss"]
         for s in ("vision", "resampler", "finetune")
     }
     metrics = json.loads(next((run / "finetune" / "eval").glob("*/metrics.json")).read_text())
-    return {"precision": precision, "final_losses": losses, "eval_CIDEr": metrics["model"]["CIDEr"]}
+    generation = metrics["generation"]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # eval's device=auto
+    if generation["device"].split(":")[0] != expected or generation["precision"] != precision:
+        raise RuntimeError(
+            f"eval ran on {generation['device']} in {generation['precision']}, not {expected} in {precision}"
+        )
+    return {
+        "precision": precision,
+        "final_losses": losses,
+        "eval_CIDEr": metrics["model"]["CIDEr"],
+        "eval_device": generation["device"],
+        "eval_tokens_per_s": generation["tokens_per_s"],
+    }
 
 
 def steady_step_seconds(train_log: Path) -> tuple[float, int]:
@@ -282,6 +295,12 @@ def summary(report: dict) -> str:
         elif timing is not None:
             status += f", {timing} ms a step at bimamba's size"
         lines.append(f"  {name:10s} {status}, {part['seconds']} s")
+    if report.get("smoke", {}).get("ok"):
+        smoke_part = report["smoke"]
+        lines.append(
+            f"  smoke eval on {smoke_part['eval_device']} in {smoke_part['precision']}: "
+            f"{smoke_part['eval_tokens_per_s']} generated tokens/s"
+        )
     if report.get("real_size", {}).get("ok"):
         r = report["real_size"]
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"

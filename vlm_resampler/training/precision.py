@@ -17,7 +17,6 @@ from torch import nn
 
 from vlm_resampler.errors import UserFacingError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_BF16_MAX_SLOWDOWN = 1.5  # bf16 refused on a CPU where the probe step is slower than this x fp32
 
 
@@ -48,27 +47,33 @@ def cpu_bf16_slowdown() -> float:
     return _probe_step(block, x, True) / _probe_step(block, x, False)
 
 
-def check_device(precision: str) -> None:
-    """Raise PrecisionUnavailable, saying why, when `precision` cannot train on this machine."""
+def check_device(precision: str, cuda: bool | None = None) -> None:
+    """Raise PrecisionUnavailable, saying why, when `precision` cannot run here: on the GPU when
+    `cuda`, else on the CPU (default: the GPU when the machine has one, where the Trainer trains)."""
     if precision == "fp32":
         return
-    if torch.cuda.is_available():
+    has_gpu = torch.cuda.is_available()
+    if cuda is None:
+        cuda = has_gpu
+    if cuda:
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise PrecisionUnavailable(
                 f"precision=bf16: {torch.cuda.get_device_name()} has no bf16 support; use precision=fp16 or fp32"
             )
         return
+    # An eval with device=cpu runs on the CPU of a machine that has a GPU too.
+    where = "this run computes on the CPU (device=cpu)" if has_gpu else "this machine has no GPU"
     if precision == "fp16":
         raise PrecisionUnavailable(
-            "precision=fp16: mixed fp16 needs a CUDA GPU (the Trainer's loss scaling); this machine has none: "
+            f"precision=fp16: mixed fp16 needs a CUDA GPU (the Trainer's loss scaling), and {where}: "
             "use precision=fp32 here"
         )
     slowdown = cpu_bf16_slowdown()
     if slowdown > CPU_BF16_MAX_SLOWDOWN:
         raise PrecisionUnavailable(
-            f"precision=bf16: no GPU, and on this CPU a bf16 training step runs {slowdown:.1f}x slower than float32 "
-            f"(measured just now on one transformer layer; bf16 is allowed on a CPU up to {CPU_BF16_MAX_SLOWDOWN}x): "
-            "use precision=fp32 here"
+            f"precision=bf16: {where}, and on this CPU a bf16 training step runs "
+            f"{slowdown:.1f}x slower than float32 (measured just now on one transformer layer; bf16 is allowed "
+            f"on a CPU up to {CPU_BF16_MAX_SLOWDOWN}x): use precision=fp32 here"
         )
 
 
