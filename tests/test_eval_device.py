@@ -20,7 +20,7 @@ from vlm_resampler.evaluation.device import (
 )
 from vlm_resampler.training.precision import PrecisionUnavailable
 
-from conftest import run_cli
+from conftest import FINETUNE_RUN_TYPES, run_cli, train_smoke_finetune
 
 
 def pretend_gpus(monkeypatch, count: int) -> None:
@@ -74,10 +74,19 @@ def test_a_batch_moves_its_tensors_and_keeps_its_other_values():
 
 
 @pytest.mark.cuda
-def test_an_eval_on_the_gpu_scores_the_model_as_on_the_cpu(finetune_runs, tmp_path):
-    run = tmp_path / "mlp"
-    shutil.copytree(finetune_runs["mlp"], run)  # the shared run is only read
+def test_an_eval_on_the_gpu_scores_the_model_as_on_the_cpu(request, tmp_path):
     quick = ["debug=smoke", "meteor=false", "baselines=false", "qa=false", "report.enabled=false"]
+    if not torch.cuda.is_available():
+        run = tmp_path / "mlp"
+        shutil.copytree(request.getfixturevalue("finetune_runs")["mlp"], run)  # the shared run is only read
+        out = run / "finetune" / "eval" / "synthpano-test"
+        done = run_cli("eval.py", f"checkpoint_dir={run / 'finetune'}", *quick, "device=cuda")
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "device=cuda: this machine has no CUDA GPU" in done.stderr
+        assert not out.exists(), "refused before the model loaded, it wrote nothing"
+        return
+    # On a lent GPU: one run of its own (the shared fixture trains two, and GPU time is short).
+    run = train_smoke_finetune(tmp_path, "mlp", FINETUNE_RUN_TYPES["mlp"])
     out = run / "finetune" / "eval" / "synthpano-test"
 
     def evaluate(*settings: str) -> dict:
@@ -85,12 +94,6 @@ def test_an_eval_on_the_gpu_scores_the_model_as_on_the_cpu(finetune_runs, tmp_pa
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((out / "metrics.json").read_text())
 
-    if not torch.cuda.is_available():
-        done = run_cli("eval.py", f"checkpoint_dir={run / 'finetune'}", *quick, "device=cuda")
-        assert done.returncode == 1 and "Traceback" not in done.stderr
-        assert "device=cuda: this machine has no CUDA GPU" in done.stderr
-        assert not out.exists(), "refused before the model loaded, it wrote nothing"
-        return
     on_gpu, on_cpu = evaluate("device=cuda"), evaluate("device=cpu")
     assert on_gpu["generation"]["device"].startswith("cuda:0 (") and on_cpu["generation"]["device"] == "cpu"
     # The same float32 model: the same answer loss up to the order of the GPU's sums.
