@@ -37,6 +37,20 @@ def test_correlated_dimensions_pay_the_covariance_term():
     )
 
 
+def test_the_terms_are_computed_in_float32_under_a_16_bit_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(2000, 64) * 3
+    y = x + 0.1 * torch.randn(2000, 64)
+    exact = vicreg_terms(x, y, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in a bf16 run
+        mixed = vicreg_terms(x, y, 1.0)
+        from_bf16_rows = vicreg_terms(x.bfloat16(), y.bfloat16(), 1.0)
+    for name, value in exact.items():
+        # a bf16 covariance matmul would be 0.2% off here
+        assert mixed[name].item() == pytest.approx(value.item(), rel=1e-6), name
+        assert mixed[name].dtype == from_bf16_rows[name].dtype == torch.float32, name
+
+
 # ---- the overlap loss for query resamplers (perceiver, qformer) -----------------------------
 # Small widths so that a forward and backward pass is quick.
 QUERY_RESAMPLERS = {
