@@ -104,3 +104,30 @@ def test_an_eval_on_the_gpu_scores_the_model_as_on_the_cpu(request, tmp_path):
     assert in_bf16["image_dependence"]["answer_loss"] == pytest.approx(
         on_cpu["image_dependence"]["answer_loss"], rel=5e-2
     )
+
+
+def test_an_eval_out_of_gpu_memory_ends_in_one_line_saying_what_lowers_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_resampler.config.preflight import compose
+    from vlm_resampler.errors import OutOfGpuMemory
+    from vlm_resampler.evaluation import evaluate
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.\nGPU 0 has a total capacity ...")
+
+    # A GPU too small for the model: moving it there fails (the checkpoint is not what this is about).
+    pretend_gpus(monkeypatch, 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA T4")
+    monkeypatch.setattr(evaluate, "resolve_checkpoint_dir", lambda path: path)
+    monkeypatch.setattr(evaluate, "user_settings", lambda cfg: None)
+    monkeypatch.setattr(
+        evaluate, "load_stage", lambda *a, **k: SimpleNamespace(model=SimpleNamespace(to=out_of_memory))
+    )
+    cfg = compose("eval", [f"checkpoint_dir={tmp_path}", "batch_size=8", "meteor=false"])
+    with pytest.raises(OutOfGpuMemory) as err:
+        evaluate.evaluate_checkpoint(cfg)
+    assert str(err.value) == (
+        "the eval ran out of memory on cuda:0 (NVIDIA T4) (CUDA out of memory. Tried to allocate 9.00 GiB.): lower "
+        "batch_size (it is 8), or evaluate in precision=bf16, or on device=cpu"
+    )

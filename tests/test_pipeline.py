@@ -13,7 +13,7 @@ from vlm_resampler import load_from_run
 from vlm_resampler.runs import layout
 from vlm_resampler.training.run import resolved_container, run_stage
 
-from conftest import answer_logits, run_cli, training_batch
+from conftest import answer_logits, inspect_in_process, run_cli, training_batch
 
 
 @pytest.fixture
@@ -198,3 +198,28 @@ def test_a_finished_stage_is_freed_before_the_next_one_starts(smoke_config, tmp_
     finally:
         gc.enable()
     assert alive_at_start == [[], [False]] and alive_at_end == [False, False]
+
+
+def test_a_stage_out_of_gpu_memory_ends_in_one_line_naming_the_memory_plan(smoke_config, tmp_path, monkeypatch, capsys):
+    from vlm_resampler.errors import OutOfGpuMemory
+    from vlm_resampler.training import run
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has a total capacity ...")
+
+    monkeypatch.setattr(run, "run_stage", out_of_memory)
+    run_dir = tmp_path / "run"
+    with pytest.raises(OutOfGpuMemory) as err:
+        run.run_training(smoke_config("stages=[resampler,finetune]"), run_dir)
+    gpu_mem = (
+        f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f}" if torch.cuda.is_available() else "<GiB>"
+    )
+    assert str(err.value).startswith(
+        "stage resampler ran out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB.)\n"
+        f"  `python launch/inspect.py {run_dir} --gpu-mem {gpu_mem}` plans each stage's peak memory"
+    )
+    status = json.loads((run_dir / layout.STATUS).read_text())
+    assert status["status"] == "failed" and (run_dir / layout.TRACEBACK).is_file()
+    # the command it names works on the failed run's directory
+    code, out = inspect_in_process(capsys, str(run_dir), "--gpu-mem", "80")
+    assert code == 0 and out.count("largest batch that fits") == 2

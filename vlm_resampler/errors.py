@@ -23,6 +23,16 @@ class ConfigError(UserFacingError, ValueError):
     """A bad config or command line: a short message, no traceback (exit 2)."""
 
 
+class OutOfGpuMemory(UserFacingError, RuntimeError):
+    """A stage or an eval did not fit its GPU (torch.OutOfMemoryError), with what lowers the peak."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's out-of-memory message runs to a paragraph)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class UnknownResamplerKey(ConfigError):
     """A `resampler.<key>` the chosen resampler type does not take (another type may)."""
 

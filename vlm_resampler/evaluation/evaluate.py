@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
+from vlm_resampler.errors import OutOfGpuMemory, first_line
 from vlm_resampler.evaluation.device import autocast, batch_to, check_eval_precision, describe, eval_device
 from vlm_resampler.evaluation.generate import predict_items
 from vlm_resampler.evaluation.metrics import CaptionScorer, require_java
@@ -209,12 +210,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     check_eval_precision(precision, device)
     require_java()  # a machine without Java fails before the model loads
     loaded = load_stage(stage_dir, verify=bool(cfg.verify), user=user_settings(cfg))
-    loaded.model.to(device)
     print(f"eval on {describe(device)} in {precision}" + (" (autocast)" if precision != "fp32" else ""))
-    # METEOR's JVM spends seconds (and ~7 s of CPU) loading its tables: started once the checkpoint
-    # has loaded (a damaged one is refused without it), it does so while the model generates.
-    with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer, autocast(device, precision):
-        return evaluate_loaded(cfg, stage_dir, loaded, scorer, started, precision)
+    try:
+        loaded.model.to(device)
+        # METEOR's JVM spends seconds (and ~7 s of CPU) loading its tables: started once the checkpoint
+        # has loaded (a damaged one is refused without it), it does so while the model generates.
+        with CaptionScorer(with_meteor=scores_meteor(cfg)) as scorer, autocast(device, precision):
+            return evaluate_loaded(cfg, stage_dir, loaded, scorer, started, precision)
+    except torch.OutOfMemoryError as err:
+        raise OutOfGpuMemory(
+            f"the eval ran out of memory on {describe(device)} ({first_line(err)}): lower batch_size (it is "
+            f"{cfg.batch_size}), or evaluate in precision=bf16, or on device=cpu"
+        ) from err
 
 
 def evaluate_loaded(

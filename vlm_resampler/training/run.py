@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from vlm_resampler.data.datasets import BadImageError
+from vlm_resampler.errors import OutOfGpuMemory, first_line
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import fsync_dir, write_json, write_text
 from vlm_resampler.runs.checkpoint import save_weights, weights_bytes
@@ -92,6 +93,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
         set_status(run_dir, layout.RUNNING, stages=stages, completed=done)
         # conf/logger: the trackers' runs end as the run does (status.json), on leaving this block
         tracking = tracked.enter_context(job_tracking(resolved, run_dir))
+        name = None  # the stage running, once the loop starts
         try:
             previous = Path(cfg.init_from) if cfg.init_from else None
             for name in stages:
@@ -140,9 +142,24 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Path:
             if distributed.is_main_process():
                 write_text(run_dir / layout.TRACEBACK, traceback.format_exc())
             set_status(run_dir, layout.FAILED, error=f"{type(err).__name__}: {err}", traceback=layout.TRACEBACK)
+            if isinstance(err, torch.OutOfMemoryError):
+                raise out_of_gpu_memory(err, run_dir, name) from err
             raise
         set_status(run_dir, layout.DONE, stages=stages, completed=done)
     return previous
+
+
+def out_of_gpu_memory(err: torch.OutOfMemoryError, run_dir: Path, stage: str | None) -> OutOfGpuMemory:
+    """The one-line refusal of a stage that did not fit its GPU: the memory plan, and what lowers the peak."""
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    gpu_mem = f"{gib:.0f}" if gib else "<GiB>"
+    return OutOfGpuMemory(
+        f"{f'stage {stage}' if stage else 'training'} ran out of GPU memory ({first_line(err)})\n"
+        f"  `python launch/inspect.py {run_dir} --gpu-mem {gpu_mem}` plans each stage's peak memory and the "
+        "largest batch that fits; lower that stage's batch_size (raise its grad_accum to keep the optimizer's "
+        "batch), or set gradient_checkpointing=true or precision=bf16, under a new experiment.name (the "
+        f"traceback is in {run_dir / layout.TRACEBACK})"
+    )
 
 
 def release_finished_stage() -> None:
