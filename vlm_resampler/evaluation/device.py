@@ -34,9 +34,9 @@ def eval_device(setting: str) -> torch.device:
             f"device={setting}: this machine has no CUDA GPU that torch {torch.__version__} can use: "
             "use device=auto (the GPU when there is one) or device=cpu"
         )
-    count = torch.cuda.device_count()
     if device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
+    count = torch.cuda.device_count()
     if device.index >= count:
         raise DeviceUnavailable(
             f"device={setting}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
