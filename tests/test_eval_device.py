@@ -52,7 +52,10 @@ def test_a_gpu_the_machine_lacks_is_refused_saying_what_it_has(monkeypatch):
 def test_fp16_on_the_cpu_is_refused_saying_why(monkeypatch):
     check_eval_precision("fp32", torch.device("cpu"))
     pretend_gpus(monkeypatch, 0)
-    with pytest.raises(PrecisionUnavailable, match=r"mixed fp16 needs a CUDA GPU .*, and this machine has no GPU"):
+    with pytest.raises(
+        PrecisionUnavailable,
+        match=r"^precision=fp16: mixed fp16 needs a CUDA GPU, and this machine has no GPU: use precision=fp32 here$",
+    ):
         check_eval_precision("fp16", torch.device("cpu"))
     pretend_gpus(monkeypatch, 1)  # device=cpu on a GPU machine
     with pytest.raises(PrecisionUnavailable, match=r"and this run computes on the CPU \(device=cpu\)"):

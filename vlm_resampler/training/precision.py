@@ -64,10 +64,7 @@ def check_device(precision: str, cuda: bool | None = None) -> None:
     # An eval with device=cpu runs on the CPU of a machine that has a GPU too.
     where = "this run computes on the CPU (device=cpu)" if has_gpu else "this machine has no GPU"
     if precision == "fp16":
-        raise PrecisionUnavailable(
-            f"precision=fp16: mixed fp16 needs a CUDA GPU (the Trainer's loss scaling), and {where}: "
-            "use precision=fp32 here"
-        )
+        raise PrecisionUnavailable(f"precision=fp16: mixed fp16 needs a CUDA GPU, and {where}: use precision=fp32 here")
     slowdown = cpu_bf16_slowdown()
     if slowdown > CPU_BF16_MAX_SLOWDOWN:
         raise PrecisionUnavailable(
