@@ -7,6 +7,7 @@ report.html.
     python launch/eval.py --checkpoint-dir runs/NAME          # a run dir: its last completed stage
     python launch/eval.py checkpoint_dir=runs/NAME/finetune debug=smoke
     python launch/eval.py --checkpoint-dir runs/NAME --no-verify   # verify=false: skip the sha256 check (logged)
+    python launch/eval.py checkpoint_dir=runs/NAME precision=bf16  # on the GPU when there is one (device=auto)
 
 Or score an existing predictions file, without loading any model:
 
