@@ -98,7 +98,7 @@ def test_query_resampler_pairs_the_same_query_over_the_shared_region(resampler, 
     features = model.view_features(panoramas).detach().clone()
     for v, w, idx_v, idx_w in disjoint:
         features[:, w, idx_w] = features[:, v, idx_v]
-    monkeypatch.setattr(model.views, "token_correspondence", lambda grid_hw: disjoint)
+    monkeypatch.setattr(model.views, "token_correspondence", lambda grid_hw, device: disjoint)
     monkeypatch.setattr(model, "view_features", lambda _: features)
     with torch.no_grad():
         a, b = overlap_pairs(model, {"panoramas": panoramas})

@@ -205,6 +205,13 @@ def test_token_correspondence_empty_without_overlap(strategy) -> None:
 def test_token_correspondence_cached_and_validated() -> None:
     strategy = HorizonViews()
     assert strategy.token_correspondence((7, 7)) is strategy.token_correspondence((7, 7))
+    # kept on the model's device too (here meta, shapes only), once
+    on_device = strategy.token_correspondence((7, 7), torch.device("meta"))
+    assert on_device is strategy.token_correspondence((7, 7), "meta")
+    assert [(v, w, a.shape, b.shape) for v, w, a, b in on_device] == [
+        (v, w, a.shape, b.shape) for v, w, a, b in strategy.token_correspondence((7, 7))
+    ]
+    assert all(a.device.type == b.device.type == "meta" for _, _, a, b in on_device)
     assert HorizonViews(num_views=1).token_correspondence((7, 7)) == []
     with pytest.raises(ValueError, match="grid_hw"):
         strategy.token_correspondence((0, 7))

@@ -214,7 +214,7 @@ class ViewStrategy(ABC):
             raise ValueError(f"all views of a strategy must have one size (they are batched), got {sorted(sizes)}")
         self._meta = list(meta)
         self._plan_cache: dict[tuple, ErpSamplingPlan] = {}
-        self._pair_cache: dict[tuple[int, int], TokenPairs] = {}
+        self._pair_cache: dict[tuple, TokenPairs] = {}
         self._groups = self._render_groups()
 
     # ---- what subclasses describe ------------------------------------------------------
@@ -292,12 +292,14 @@ class ViewStrategy(ABC):
         return out if erp.ndim == 4 else out[0]
 
     # ---- overlap ------------------------------------------------------------------------
-    def token_correspondence(self, grid_hw: tuple[int, int]) -> TokenPairs:
+    def token_correspondence(self, grid_hw: tuple[int, int], device: torch.device | str = "cpu") -> TokenPairs:
         """For each neighbour pair (v, w) that shares at least one token: flat token indices
         ``idx_v``, ``idx_w`` (equal length, one-to-one) seeing the same directions, at the
         encoder's patch grid ``grid_hw``. Global views never appear; pairs without any shared
         token are left out, so an empty list means "no overlap".
 
+        The indices are computed on the CPU and kept on `device` too: indexing a GPU tensor with
+        CPU indices copies them to the GPU at every use, a copy that waits for the GPU's queue.
         Returned tensors are cached and shared between calls: do not modify them in place.
         """
         h, w = self.view_size
@@ -314,7 +316,12 @@ class ViewStrategy(ABC):
                 if len(idx_v):
                     pairs.append((v, u, idx_v, idx_u))
             self._pair_cache[key] = pairs
-        return self._pair_cache[key]
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self._pair_cache[key]
+        if (key, device) not in self._pair_cache:
+            self._pair_cache[key, device] = [(v, u, a.to(device), b.to(device)) for v, u, a, b in self._pair_cache[key]]
+        return self._pair_cache[key, device]
 
 
 # --------------------------------------------------------------------------- parameter ranges

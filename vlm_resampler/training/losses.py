@@ -63,7 +63,7 @@ def overlap_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
       queries attend to that region alone; a[i], b[i] are the same query of the two strips.
 
     Rows are ordered batch item, then pair, then token (or query)."""
-    pairs = model.views.token_correspondence(model.view_grid)
+    pairs = model.views.token_correspondence(model.view_grid, model.device)
     if not pairs:
         raise ValueError(
             f"stage vision: the views ({type(model.views).__name__}) do not overlap: no token of one view sees "
