@@ -91,6 +91,11 @@ class ViewStitcher(nn.Module):
                             keep[w, b] = False
                             merge_into.append((v, a, w, b))
         self.register_buffer("keep", keep.flatten(), persistent=False)
+        # Index tensors that move with the model. Built from lists at each forward they were
+        # host-to-device copies on a GPU, and the boolean mask's selection a device-to-host sync.
+        self.register_buffer("kept_index", self.keep.nonzero().squeeze(1), persistent=False)
+        merges = torch.tensor(merge_into, dtype=torch.long, device="cpu").reshape(-1, 4).T  # rows v, a, w, b
+        self.register_buffer("merge_index", merges.contiguous(), persistent=False)
         self._merges = merge_into
         self.tokens_kept_per_view = keep.sum(dim=1).tolist()
 
@@ -103,11 +108,11 @@ class ViewStitcher(nn.Module):
         if self.view_position is not None:
             tokens = tokens + self.view_position(self.view_features.to(tokens.dtype))[None, :, None, :]
         if self._merges:
-            v, a, w, b = (torch.tensor(c, device=tokens.device) for c in zip(*self._merges))
+            v, a, w, b = self.merge_index
             tokens = tokens.clone()
             tokens[:, v, a] = 0.5 * (tokens[:, v, a] + tokens[:, w, b])
         flat = tokens.flatten(1, 2)
-        return flat[:, self.keep] if self._merges else flat
+        return flat.index_select(1, self.kept_index) if self._merges else flat
 
     def separate(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Projected tokens [B, N, W] -> [B, N + V - 1, W] with a separator after each view but the last."""
