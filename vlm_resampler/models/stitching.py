@@ -96,7 +96,6 @@ class ViewStitcher(nn.Module):
         self.register_buffer("kept_index", self.keep.nonzero().squeeze(1), persistent=False)
         merges = torch.tensor(merge_into, dtype=torch.long, device="cpu").reshape(-1, 4).T  # rows v, a, w, b
         self.register_buffer("merge_index", merges.contiguous(), persistent=False)
-        self._merges = merge_into
         self.tokens_kept_per_view = keep.sum(dim=1).tolist()
 
     @property
@@ -107,12 +106,13 @@ class ViewStitcher(nn.Module):
         """Resampler outputs [B, V, S, L] -> [B, N, L] (latent width), views in order."""
         if self.view_position is not None:
             tokens = tokens + self.view_position(self.view_features.to(tokens.dtype))[None, :, None, :]
-        if self._merges:
+        deduped = self.merge_index.shape[1] > 0  # read off the shape: no device sync
+        if deduped:
             v, a, w, b = self.merge_index
             tokens = tokens.clone()
             tokens[:, v, a] = 0.5 * (tokens[:, v, a] + tokens[:, w, b])
         flat = tokens.flatten(1, 2)
-        return flat.index_select(1, self.kept_index) if self._merges else flat
+        return flat.index_select(1, self.kept_index) if deduped else flat
 
     def separate(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Projected tokens [B, N, W] -> [B, N + V - 1, W] with a separator after each view but the last."""
