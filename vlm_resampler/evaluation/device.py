@@ -67,5 +67,6 @@ def batch_to(batch: dict, device: torch.device) -> dict:
 
 
 def rng_devices(device: torch.device) -> list[int]:
-    """The CUDA devices whose random state a seeded eval must fork (sampling draws there)."""
-    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    """The CUDA devices whose random state a seeded eval must fork (sampling draws there). `device`
+    is a model's (PanoramaVLM.device): a tensor's CUDA device always has its index."""
+    return [device.index] if device.type == "cuda" else []
