@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="submit every job that is not done again, into its own directory, then summarize",
     )
     parser.add_argument("--no-counts", action="store_true", help="skip the parameter counts (no model is built)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `DIR --resume hydra.launcher.KEY=VALUE` as typed
     if args.overrides and not args.resume:
         parser.error("overrides are for --resume only")
     bad = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]

@@ -258,6 +258,19 @@ def test_compare_puts_configs_side_by_side_and_json_is_machine_readable(capsys):
     assert counts[2] == mlp_resampler(VISION_WIDTH, 768, 1536, 2, True)
 
 
+def test_overrides_may_come_before_or_after_the_options(capsys):
+    """As typed after a first try: `inspect.py backbone=X --gpu-mem 80 precision=bf16`."""
+    code, before = inspect_in_process(capsys, "backbone=tiny", "precision=bf16", "--gpu-mem", "80", "--json")
+    assert code == 0
+    code, after = inspect_in_process(capsys, "backbone=tiny", "--gpu-mem", "80", "--json", "precision=bf16")
+    assert code == 0
+    assert json.loads(after) == json.loads(before)
+    code, fp32 = inspect_in_process(capsys, "backbone=tiny", "--gpu-mem", "80", "--json")
+    assert code == 0
+    # bf16 adds autocast's 16-bit copies of the weights: the override after the options took effect
+    assert json.loads(after)["memory"]["finetune"]["weights"] > json.loads(fp32)["memory"]["finetune"]["weights"]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

@@ -344,6 +344,11 @@ def test_resume_reruns_only_unfinished_jobs_into_their_dirs_from_the_snapshot(ba
 def test_summarize_refuses_a_directory_that_is_not_a_sweep(tmp_path):
     done = run_cli("summarize.py", str(tmp_path))
     assert done.returncode == 2 and "no jobs" in done.stderr
+    # launcher settings after --resume are read as such (argparse's default stops at the option)
+    done = run_cli("summarize.py", str(tmp_path), "--resume", "hydra.launcher.partition=gpu")
+    assert done.returncode == 2 and "no jobs" in done.stderr, done.stderr
+    done = run_cli("summarize.py", str(tmp_path), "--resume", "resampler=mlp")
+    assert done.returncode == 2 and "only launcher settings (hydra.*) may change" in done.stderr, done.stderr
 
 
 def test_local_launcher_runs_the_job_in_a_fresh_process_into_its_named_dir(tmp_path):

@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help="the memory plan's batch per process (default: each stage's own)"
     )
-    args = parser.parse_args(argv)
+    # intermixed: `inspect.py backbone=X --gpu-mem 80 precision=bf16` reads as it would for train.py
+    args = parser.parse_intermixed_args(argv)
     if args.gpu_mem is not None and not args.gpu_mem > 0:
         parser.error(f"--gpu-mem {args.gpu_mem}: expected a positive number of GiB")
     if args.batch_size is not None and args.batch_size < 1:
