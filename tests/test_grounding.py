@@ -310,6 +310,7 @@ def test_code_target_matches_the_visual_tokens_and_the_loss_is_zero_on_them(smok
 def test_cached_features_equal_the_towers_and_are_reused_until_the_tower_changes(smoke_config, tmp_path, monkeypatch):
     from vlm_resampler.data.datasets import load_panorama, prepare_split
     from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training import feature_cache
     from vlm_resampler.training.feature_cache import cached_features, tower_fingerprint
     from vlm_resampler.training.run import resolved_container
 
@@ -317,6 +318,7 @@ def test_cached_features_equal_the_towers_and_are_reused_until_the_tower_changes
     model = build_model(cfg["model"], seed=0).eval()
     images = sorted({str(i["image"]) for i in prepare_split(smoke_config().data, "train")})[:5]
     monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path))
+    monkeypatch.setattr(feature_cache, "BATCH", 2)  # three batches, the last one short
     first = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
     assert first.source.startswith("computed")
     with torch.no_grad():

@@ -69,12 +69,14 @@ def compute_features(model, images: list[str], width: int, height: int) -> torch
 
     was_training = model.vision.training
     model.vision.eval()
-    chunks = []
+    gh, gw = model.view_grid
+    # filled in place: a list of chunks joined at the end would hold the table twice at its peak
+    features = torch.empty(len(images), model.num_views, gh * gw, model.vision.hidden_size)
     for start in tqdm(range(0, len(images), BATCH), desc="vision features", unit="batch"):
         panoramas = torch.stack([load_panorama(Path(p), width, height) for p in images[start : start + BATCH]])
-        chunks.append(model.view_features(panoramas.to(model.device)).float().cpu())
+        features[start : start + len(panoramas)] = model.view_features(panoramas.to(model.device)).float().cpu()
     model.vision.train(was_training)
-    return torch.cat(chunks)
+    return features
 
 
 class FeatureTable:
