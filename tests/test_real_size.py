@@ -99,7 +99,7 @@ def test_real_size_siglip_base_and_qwen3_0_6b_train_one_step_per_stage_on_cpu(tm
     assert 2.5 < peak_gib < 16
     # inspect's memory plan of the same run (its largest stage, at batch 1, on a CPU) within 1.5x of the measured peak
     setup = ["backbone=random_siglip_base_qwen3_0_6b", "resampler=perceiver", "stages=[resampler,finetune]"]
-    plans = inspect_json(capsys, *setup, "--batch-size", "1")["memory"]
+    plans = inspect_json(capsys, *setup, "data.num_train=2", "--batch-size", "1")["memory"]
     planned_gib = max(plans[s]["peak"] for s in ("resampler", "finetune")) / 2**30
     print(f"memory plan: {planned_gib:.2f} GiB; measured peak RSS / plan = {peak_gib / planned_gib:.2f}")
     assert 1 / 1.5 < peak_gib / planned_gib < 1.5
@@ -120,11 +120,17 @@ def test_memory_plan_adds_up_and_finds_the_largest_batch_for_a_gpu(tmp_path, mon
     assert plan["batch_size"] == 8 and plan["gpu_gib"] == 80
     assert plan["weights"] == 4 * stage["total"]  # float32 master weights
     assert plan["gradients"] == 4 * stage["trainable_total"] and plan["optimizer"] == 8 * stage["trainable_total"]
-    parts = ("weights", "gradients", "optimizer", "activations", "runtime")
-    assert plan["peak"] == sum(plan[p] for p in parts) and plan["activations"] == 8 * plan["activations_per_sample"]
+    parts = ("weights", "gradients", "optimizer", "activations", "tower_working", "feature_cache", "runtime")
+    assert plan["step_peak"] == sum(plan[p] for p in parts)
+    assert plan["activations"] == 8 * plan["activations_per_sample"]
+    # SigLIP2-so400m's features of SynthPano's 3000 training images exceed the cache's 8 GiB: the
+    # frozen tower runs in every step, so there is no feature pass and its working memory counts
+    assert plan["vision_features"]["how"] == "every step" and plan["feature_pass_peak"] == 0
+    assert plan["tower_working"] == 8 * plan["tower_working_per_sample"] > 0
+    assert plan["peak"] == plan["step_peak"]
     largest = plan["largest_batch"]
     assert plan["fits"] == (plan["peak"] <= 80 * 2**30) and largest >= 1
-    at = lambda batch: plan["peak"] + (batch - 8) * plan["activations_per_sample"]
+    at = lambda batch: plan["peak"] + (batch - 8) * (plan["activations_per_sample"] + plan["tower_working_per_sample"])
     assert at(largest) <= 80 * 2**30 < at(largest + 1), "the largest batch is the last one that fits"
     # The text report says the same.
     text = run_cli("inspect.py", *setup, "--gpu-mem", "80", cwd=tmp_path).stdout

@@ -15,9 +15,23 @@ Everything is computed from the model built on the meta device, nothing is measu
   reaches the visual tokens through every layer), for the tower's blocks that train, and for the
   resampler's layers. The answer's logits and their gradient are kept in
   float32 (Transformers upcasts them);
+- the frozen vision tower's working memory, when it runs in every step (its features are not
+  cached: `cache_vision_features=false`, some of its blocks train, or the training set's features
+  exceed the cache's cap, VLM_RESAMPLER_FEATURE_CACHE_MAX_GB): nothing is kept for backward, but
+  at the widest point of a pre-norm block four s * h float32 tensors (the embeddings' output,
+  which the encoder's caller holds for the whole pass, the block's input, which the encoder's
+  loop holds, the residual stream and the normed input; float32 under autocast too: LayerNorm
+  runs in float32) live beside the MLP's hidden layer before and after its activation
+  (2 * s * mlp values), over every view of the batch;
+- on a CPU, the cached features themselves (float32, held for the whole stage; on a GPU they
+  are in the host's memory);
 - the process itself: the CUDA context and allocator reserve on a GPU, Python, torch and the
   data on a CPU (RUNTIME_BYTES, a fixed allowance).
-tests/test_real_size.py compares the plan with the measured peak of a real-size CPU run."""
+When the features are cached, they are computed once before the stage trains
+(training/feature_cache.py: batches of BATCH panoramas, float32, no optimizer yet); that pass has
+its own peak, and the stage's peak is the larger of the two.
+tests/test_real_size.py compares the plan with the measured peak of a real-size CPU run, and
+tests/test_memory_plan.py the tower's working memory with a measured forward."""
 
 from __future__ import annotations
 
@@ -70,29 +84,83 @@ def per_sample_activation_bytes(model, stage: dict, tokens_per_image: int, answe
     return values * act + logits
 
 
+def tower_working_bytes(tokens: int, width: int, mlp: int, precision: str) -> int:
+    """Bytes a forward through a frozen pre-norm tower of `width` and MLP width `mlp` holds at
+    once over `tokens` tokens (see the module's rule)."""
+    return tokens * (4 * width * 4 + 2 * mlp * BYTES[precision])
+
+
+def tower_working_per_view(model, precision: str) -> int:
+    gh, gw = model.view_grid
+    width = model.vision.hidden_size
+    mlp = int(getattr(model.vision.model.config, "intermediate_size", 4 * width))
+    return tower_working_bytes(gh * gw, width, mlp, precision)
+
+
+def vision_features(model, stage: dict, train_images: int | None) -> tuple[str, str]:
+    """How a stage gets the frozen tower's features, "cached" | "every step" | "trained", and why
+    (short: it is a cell of inspect's table)."""
+    from vlm_resampler.training.feature_cache import MAX_BYTES, feature_bytes
+
+    blocks = int(stage.get("vision_trainable_blocks", 0))
+    if blocks < 0 or blocks >= len(model.vision.blocks):
+        return "trained", "the whole tower trains"
+    if blocks:
+        return "every step", f"{blocks} block(s) train"
+    if not stage.get("cache_vision_features", False):
+        return "every step", "cache_vision_features=false"
+    if train_images is None:
+        return "cached", "assumed: data size unknown"
+    size = feature_bytes(model, train_images)
+    if size > MAX_BYTES:
+        return "every step", f"{train_images} images: {size / GiB:.1f} > cap {MAX_BYTES / GiB:g} GiB"
+    return "cached", f"{train_images} images: {size / GiB:.1f} GiB"
+
+
 def stage_plan(model, counts: dict, stage: dict, tokens_per_image: int, answer_tokens: int, compute: dict,
-               batch_size: int, device: str, gpu_gib: float | None = None) -> dict:  # fmt: skip
-    """The plan of one stage: bytes of each part and the peak; with `gpu_gib`, whether it fits and
-    the largest batch that does."""
+               batch_size: int, device: str, gpu_gib: float | None = None,
+               train_images: int | None = None) -> dict:  # fmt: skip
+    """The plan of one stage: bytes of each part, the step's peak, the feature pass's where the
+    features are cached, and the peak of both; with `gpu_gib`, whether it fits and the largest
+    batch that does."""
+    from vlm_resampler.training.feature_cache import BATCH, feature_bytes
+
     trainable = counts["trainable_total"]
     weights = 4 * counts["total"]
     if compute["precision"] != "fp32":
         weights += 2 * counts["total"]  # autocast's 16-bit copies of the weights the forward uses
+    features, why = vision_features(model, stage, train_images)
+    # The cached features live in the host's memory: the process's on a CPU, not the GPU's.
+    cached_table = feature_bytes(model, train_images or 0) if features == "cached" and device == "cpu" else 0
     fixed = {
         "weights": weights,
         "gradients": 4 * trainable,
         "optimizer": 8 * trainable,  # AdamW: exp_avg and exp_avg_sq in float32
+        "feature_cache": cached_table,
         "runtime": RUNTIME_BYTES[device],
     }
     per_sample = per_sample_activation_bytes(model, stage, tokens_per_image, answer_tokens, compute)
+    working = model.num_views * tower_working_per_view(model, compute["precision"]) if features == "every step" else 0
     plan = fixed | {"activations": per_sample * batch_size, "activations_per_sample": per_sample}
-    plan["peak"] = sum(fixed.values()) + plan["activations"]
+    plan |= {"tower_working": working * batch_size, "tower_working_per_sample": working}
+    plan["vision_features"] = {"how": features, "why": why}
+    plan["step_peak"] = sum(fixed.values()) + plan["activations"] + plan["tower_working"]
+    plan["feature_pass_peak"] = 0
+    if features == "cached":
+        panoramas = min(BATCH, train_images or BATCH)
+        pass_working = panoramas * model.num_views * tower_working_per_view(model, "fp32")
+        plan["feature_pass_peak"] = 4 * counts["total"] + fixed["runtime"] + pass_working + cached_table
+    plan["peak"] = max(plan["step_peak"], plan["feature_pass_peak"])
     plan["batch_size"] = batch_size
     if gpu_gib is not None:
         room = gpu_gib * GiB - sum(fixed.values())
         plan["gpu_gib"] = gpu_gib
         plan["fits"] = plan["peak"] <= gpu_gib * GiB
-        plan["largest_batch"] = max(0, math.floor(room / per_sample)) if per_sample else None
+        growth = per_sample + working
+        if plan["feature_pass_peak"] > gpu_gib * GiB:
+            plan["largest_batch"] = 0
+        else:
+            plan["largest_batch"] = max(0, math.floor(room / growth)) if growth else None
     return plan
 
 
@@ -104,6 +172,7 @@ def memory_plans(model, stages: dict, source, gpu_gib: float | None, batch_size:
         stage = source.stage_configs.get(name) or {}
         batch = int(batch_size or stage.get("batch_size", 1))
         plans[name] = stage_plan(
-            model, counts, stage, model.tokens_per_image, source.answer_tokens, source.compute, batch, device, gpu_gib
-        )
+            model, counts, stage, model.tokens_per_image, source.answer_tokens, source.compute, batch, device, gpu_gib,
+            source.train_images,
+        )  # fmt: skip
     return plans

@@ -97,8 +97,14 @@ def memory_rows(section: str, plan: dict, compute: dict) -> list[Row]:
     )
     key = f"{section}/memory"
     rows = [(key, f"{key}/title", "  memory plan", f"{settings}; {where}")]
-    for part in ("weights", "gradients", "optimizer", "activations", "runtime", "peak"):
-        rows.append((key, f"{key}/{part}", f"    {part}", gib(plan[part])))
+    parts = ("weights", "gradients", "optimizer", "activations", "tower_working", "feature_cache", "runtime")
+    for part in (*parts, "step_peak"):
+        rows.append((key, f"{key}/{part}", f"    {part.replace('_', ' ')}", gib(plan[part])))
+    features = plan["vision_features"]
+    rows.append((key, f"{key}/features", "    vision features", f"{features['how']} ({features['why']})"))
+    if plan["feature_pass_peak"]:
+        rows.append((key, f"{key}/feature_pass", "    feature pass peak", gib(plan["feature_pass_peak"])))
+    rows.append((key, f"{key}/peak", "    peak", gib(plan["peak"])))
     if "fits" in plan:
         largest = plan["largest_batch"]
         rows.append((key, f"{key}/fits", "    fits", "yes" if plan["fits"] else "no"))

@@ -25,6 +25,15 @@ class Source:
     # for the memory plan (inspection/memory.py): precision, gradient checkpointing; answer length
     compute: dict = field(default_factory=lambda: compute_of({}))
     answer_tokens: int = 48
+    train_images: int | None = None  # whether the tower's features fit the cache; None: not known
+
+
+def train_images_of(data) -> int | None:
+    """Training images of a data config, where the config alone says (SynthPano's num_train; a
+    QuIC-360 folder's count is in its CSVs)."""
+    if data and data.get("name") == "synthpano" and data.get("num_train") is not None:
+        return int(data["num_train"])
+    return None
 
 
 def compute_of(cfg) -> dict:
@@ -55,6 +64,7 @@ def source_from_overrides(overrides: list[str], label: str | None = None) -> Sou
         notes=notes,
         compute=compute_of(cfg),
         answer_tokens=int(cfg.data.max_answer_tokens),
+        train_images=train_images_of(cfg.data),
     )
 
 
@@ -78,9 +88,10 @@ def source_from_dir(path: Path, label: str | None = None) -> Source:
             raise ConfigError(str(err)) from err
         stage = meta["stage"]
         run_config = path.parent / layout.RESOLVED_CONFIG
-        stage_config, notes = None, []
+        stage_config, notes, data = None, [], None
         if run_config.is_file():
-            stage_config = _load_resolved_config(run_config).get("stage", {}).get(stage)
+            run = _load_resolved_config(run_config)
+            stage_config, data = run.get("stage", {}).get(stage), run.get("data")
         if stage_config is None:
             notes.append(
                 f"{run_config} has no settings for stage {stage!r}: its trainable counts are the ones recorded in the metadata"
@@ -88,6 +99,7 @@ def source_from_dir(path: Path, label: str | None = None) -> Source:
         source = Source(label, "stage_dir", meta["model"], [stage], {stage: stage_config}, meta.get("trainable"), notes)
         source.compute = compute_of(meta.get("compute") or {})
         source.answer_tokens = int((meta.get("data") or {}).get("max_answer_tokens", source.answer_tokens))
+        source.train_images = train_images_of(data)
         return source
     if layout.is_run_dir(path):
         cfg = _load_resolved_config(path / layout.RESOLVED_CONFIG)
@@ -95,6 +107,7 @@ def source_from_dir(path: Path, label: str | None = None) -> Source:
         source = Source(label, "run_dir", cfg["model"], stages, {s: cfg["stage"][s] for s in stages})
         source.compute = compute_of(cfg)
         source.answer_tokens = int((cfg.get("data") or {}).get("max_answer_tokens", source.answer_tokens))
+        source.train_images = train_images_of(cfg.get("data"))
         return source
     raise ConfigError(
         f"{path}: neither a run directory (with {layout.RESOLVED_CONFIG}) nor a stage directory (with {layout.METADATA})"
