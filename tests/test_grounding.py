@@ -4,6 +4,7 @@ the code-reading LLM's build, the object-code target of a stage, cached tower fe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,6 +308,17 @@ def test_code_target_matches_the_visual_tokens_and_the_loss_is_zero_on_them(smok
     assert float(object_code_loss(wanted.flip(0) * 0 + 1, wanted)) > 0.1
 
 
+def mapped_file(tensor: torch.Tensor) -> Path | None:
+    """The file this process has mapped where `tensor`'s memory lies (/proc/self/maps), or None."""
+    address = tensor.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return Path(fields[5]) if len(fields) == 6 and fields[5].startswith("/") else None
+    return None
+
+
 def test_cached_features_equal_the_towers_and_are_reused_until_the_tower_changes(smoke_config, tmp_path, monkeypatch):
     from vlm_resampler.data.datasets import load_panorama, prepare_split
     from vlm_resampler.runs.load import build_model
@@ -325,8 +337,13 @@ def test_cached_features_equal_the_towers_and_are_reused_until_the_tower_changes
         direct = model.view_features(torch.stack([load_panorama(p, 128, 64) for p in images]))
     for k, image in enumerate(images):
         torch.testing.assert_close(first[image], direct[k])
+    # Served from the saved file (mapped: one copy in the page cache for every process of a node),
+    # not from the tensor the pass computed (each process's own memory).
+    saved = next((tmp_path / "features").glob("*.safetensors"))
+    assert mapped_file(first.features) == saved.resolve()
     again = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
     assert again.source.startswith("reused") and torch.equal(again.features, first.features)
+    assert mapped_file(again.features) == saved.resolve()
     with torch.no_grad():
         model.vision.blocks[-1].mlp.fc1.bias.add_(1.0)  # a stage trained a block
     changed = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)

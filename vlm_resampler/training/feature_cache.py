@@ -111,6 +111,11 @@ def cached_features(model, fingerprint: str, images: list[str], width: int, heig
     features = compute_features(model, images, width, height)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"features": features.contiguous()}, str(tmp))
+    save_file({"features": features}, str(tmp))
     os.replace(tmp, path)  # a concurrent builder wrote the same bytes: either rename wins
-    return FeatureTable(images, features, f"computed in {time.perf_counter() - started:.1f} s, saved to {path}")
+    del features
+    # Served from the file: safetensors maps it, so the table sits once in the page cache for every
+    # process of the node that maps it (DDP ranks, loader workers) and the kernel may reclaim it,
+    # where the computed tensor would be each process's own memory for the whole stage.
+    table = load_file(str(path))["features"]
+    return FeatureTable(images, table, f"computed in {time.perf_counter() - started:.1f} s, saved to {path}")
