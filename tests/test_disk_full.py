@@ -61,6 +61,23 @@ def test_a_write_that_finds_no_space_is_named_whatever_raised_it(tmp_path, write
                 WRITERS[writer](target)
 
 
+def test_features_that_find_no_space_are_served_from_memory_and_leave_nothing(smoke_config, tmp_path, monkeypatch):
+    """The feature cache only saves time: a full disk costs the cache, not the stage."""
+    from vlm_resampler.data.datasets import prepare_split
+    from vlm_resampler.runs.load import build_model
+    from vlm_resampler.training.feature_cache import cached_features, tower_fingerprint
+    from vlm_resampler.training.run import resolved_container
+
+    model = build_model(resolved_container(smoke_config())["model"], seed=0).eval()
+    images = sorted({str(i["image"]) for i in prepare_split(smoke_config().data, "train")})[:8]
+    with tmpfs(tmp_path / "small", 64 * 1024) as root:
+        monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(root))
+        table = cached_features(model, tower_fingerprint(model.vision), images, 128, 64)
+        assert "not saved" in table.source and "no space left" in table.source, table.source
+        assert table.features.shape[0] == len(images) and torch.isfinite(table.features).all()
+        assert temporary_files(root) == [] and not list(root.rglob("*.safetensors"))
+
+
 def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path):
     with pytest.raises(IsADirectoryError):
         with named_if_out_of_space(tmp_path, "saving"):

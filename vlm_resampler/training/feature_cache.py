@@ -3,9 +3,11 @@
 A stage that does not train the vision tower sees the same features of an image at every step
 (views are cut deterministically, there is no augmentation), so recomputing them each step is
 pure cost. They are computed once, saved under `<cache>/features/<key>.safetensors` (atomically)
-and served by image path. The key covers everything they depend on: the tower's fingerprint, the
-view strategy and its settings, the normalisation, the ERP size, and each image's path, size and
-modification time. The tower's fingerprint is the sha256 of its current weights.
+and served by image path from that file, which safetensors maps into memory. The key covers
+everything they depend on: the tower's fingerprint, the view strategy and its settings, the
+normalisation, the ERP size, and each image's path, size and modification time. The tower's
+fingerprint is the sha256 of its current weights. A disk without room for them costs the cache,
+not the stage: the table then stays in the process's memory, and the stage's line says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from vlm_resampler.cache import cache_root
 from vlm_resampler.data.datasets import load_panorama
+from vlm_resampler.runs.atomic import atomic_path
+from vlm_resampler.runs.disk_space import is_out_of_space
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -109,13 +113,19 @@ def cached_features(model, fingerprint: str, images: list[str], width: int, heig
         return FeatureTable(images, load_file(str(path))["features"], f"reused {path}")
     started = time.perf_counter()
     features = compute_features(model, images, width, height)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"features": features}, str(tmp))
-    os.replace(tmp, path)  # a concurrent builder wrote the same bytes: either rename wins
+    took = f"computed in {time.perf_counter() - started:.1f} s"
+    try:
+        # fsynced before the rename, removed on failure (no partial GiBs left behind); a concurrent
+        # builder wrote the same bytes: either rename wins
+        with atomic_path(path) as tmp:
+            save_file({"features": features}, str(tmp))
+    except Exception as err:
+        if not is_out_of_space(err):
+            raise
+        # The cache only saves time: the stage goes on with the table in this process's memory.
+        return FeatureTable(images, features, f"{took}, not saved ({path.parent} has no space left)")
     del features
     # Served from the file: safetensors maps it, so the table sits once in the page cache for every
     # process of the node that maps it (DDP ranks, loader workers) and the kernel may reclaim it,
     # where the computed tensor would be each process's own memory for the whole stage.
-    table = load_file(str(path))["features"]
-    return FeatureTable(images, table, f"computed in {time.perf_counter() - started:.1f} s, saved to {path}")
+    return FeatureTable(images, load_file(str(path))["features"], f"{took}, saved to {path}")
