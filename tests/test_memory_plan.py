@@ -88,14 +88,15 @@ def test_cached_features_cost_a_feature_pass_and_uncached_ones_working_memory_ev
     assert off["feature_pass_peak"] == 0 and off["tower_working_per_sample"] > 0
     assert off["tower_working"] == off["batch_size"] * off["tower_working_per_sample"]
     # on this CPU the cached table is held by the process; uncached, the tower's working memory instead
-    assert cached["feature_cache"] == 100 * per_image(capsys) and off["feature_cache"] == 0
+    image_bytes = per_image(capsys)
+    assert cached["feature_cache"] == 100 * image_bytes and off["feature_cache"] == 0
     assert off["step_peak"] == cached["step_peak"] - cached["feature_cache"] + off["tower_working"]
     assert cached["feature_pass_peak"] > cached["feature_cache"]
 
     # Over the cache's cap (training/feature_cache.MAX_BYTES) the tower runs every step as well.
     from vlm_resampler.training import feature_cache
 
-    monkeypatch.setattr(feature_cache, "MAX_BYTES", 100 * per_image(capsys))
+    monkeypatch.setattr(feature_cache, "MAX_BYTES", 100 * image_bytes)
     assert plans(capsys, "data.num_train=100")["vision_features"]["how"] == "cached", "the cap itself still fits"
     over = plans(capsys, "data.num_train=101")
     assert over["vision_features"]["how"] == "every step" and "cap" in over["vision_features"]["why"]
