@@ -113,6 +113,9 @@ def test_gpu_check_runs_its_cpu_parts_here_and_writes_the_report(tmp_path):
     assert "smoke eval on " in done.stdout
     real = report["real_size"]
     assert real["seconds_per_step"] > 0 and real["tokens_per_second"] > 0 and real["planned_peak_gib"] > 2.5
+    # Its backbones store float32 (mapped): the host plan is the runtime allowance, against the process's own memory.
+    assert real["planned_host_per_process_gib"] == 2.0 and 0 < real["host_rss_anon_gib"] < real["host_peak_rss_gib"]
+    assert "host memory of the process: its own" in done.stdout
     assert "report written to" in done.stdout and "real-size step" in done.stdout
 
 

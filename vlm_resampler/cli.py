@@ -11,7 +11,7 @@ def check_train_argv(argv: list[str], configure_hub: bool = True) -> list[DictCo
     `configure_hub=False` skips deciding hub access (which must precede the first transformers
     import, so it can happen once per process only)."""
     from vlm_resampler.config.external import check_run_dir_free
-    from vlm_resampler.config.preflight import backbone_names, preflight, split_argv
+    from vlm_resampler.config.preflight import backbone_names, preflight
     from vlm_resampler.config.validate import validate_train_config
     from vlm_resampler.hub import configure_hub_access
     from vlm_resampler.sweeps.check import validate_sweep_job
@@ -22,9 +22,13 @@ def check_train_argv(argv: list[str], configure_hub: bool = True) -> list[DictCo
 
     run_dir_check = check_run_dir_free if is_main_process() else None  # rank 0 may already be writing it
     # A sweep's jobs are also built on the meta device before anything is submitted.
-    validate = validate_sweep_job if split_argv(argv)[1] else validate_train_config
     return preflight(
-        "train", argv, validate=validate, before_validate=hub if configure_hub else None, single_run_check=run_dir_check
+        "train",
+        argv,
+        validate=validate_train_config,
+        before_validate=hub if configure_hub else None,
+        single_run_check=run_dir_check,
+        sweep_validate=validate_sweep_job,
     )
 
 

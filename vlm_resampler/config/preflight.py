@@ -159,14 +159,15 @@ def compose(
 
 
 def preflight(
-    config_name: str, argv: list[str], validate, before_validate=None, single_run_check=None
+    config_name: str, argv: list[str], validate, before_validate=None, single_run_check=None, sweep_validate=None
 ) -> list[DictConfig]:
     """Compose every job of the command line, then validate each; on error print and exit 2.
 
     `before_validate(configs)` runs once between the two phases (validation imports
     transformers, and the hub must be configured before that); a ConfigError it raises is
     reported like a validation error. `single_run_check(cfg)` gets
-    the config with its `hydra` node, for a run without -m."""
+    the config with its `hydra` node, for a run without -m. `sweep_validate(cfg, launcher)`, where
+    given, validates each job of a -m command line in place of `validate`, with its hydra.launcher."""
     overrides, multirun = split_argv(argv)
     groups = config_groups()
     try:
@@ -182,10 +183,12 @@ def preflight(
         )
         sys.exit(2)
     run_check = single_run_check if not multirun else None
+    job_validate = sweep_validate if multirun else None
+    needs_hydra = run_check is not None or job_validate is not None
     composed, failures = [], []
     for job in jobs:
         try:
-            composed.append((job, *compose_job(config_name, job, groups, with_hydra=run_check is not None)))
+            composed.append((job, *compose_job(config_name, job, groups, with_hydra=needs_hydra)))
         except ConfigError as err:
             failures.append((job, err))
     if not failures and before_validate is not None:
@@ -195,7 +198,10 @@ def preflight(
             failures.append(([], err))
     for job, cfg, with_hydra in composed if not failures else []:
         try:
-            validate(cfg)
+            if job_validate is not None:
+                job_validate(cfg, with_hydra.hydra.launcher)
+            else:
+                validate(cfg)
             if run_check is not None:
                 run_check(with_hydra)
         except ConfigError as err:

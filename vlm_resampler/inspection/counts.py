@@ -118,7 +118,9 @@ def inspect_source(source: Source, gpu_gib: float | None = None, batch_size: int
 
 
 def _inspect(source: Source, gpu_gib: float | None = None, batch_size: int | None = None) -> dict:
+    from vlm_resampler.inspection.host_memory import host_plan
     from vlm_resampler.inspection.memory import memory_plans
+    from vlm_resampler.training.feature_cache import feature_bytes
 
     model = build_on_meta(source.model_tree)
     stages = stage_counts(model, source)  # before counting modules: a stage may attach LoRA
@@ -132,27 +134,32 @@ def _inspect(source: Source, gpu_gib: float | None = None, batch_size: int | Non
     gh, gw = model.view_grid
     tree = source.model_tree
     resampler_parts = parts(model.resampler)
+    memory = memory_plans(model, stages, source, gpu_gib, batch_size)
+    caches = any(plan["vision_features"]["how"] == "cached" for plan in memory.values())
+    shared_features = feature_bytes(model, source.train_images) if caches and source.train_images else 0
+    backbones = {
+        "vision": {
+            "name_or_path": tree["vision_encoder"]["name_or_path"],
+            "revision": tree["vision_encoder"].get("revision"),
+            "hidden_size": model.vision.hidden_size,
+            "patch_size": model.vision.patch_size,
+            "blocks": len(model.vision.blocks),
+        },
+        "llm": {
+            "name_or_path": tree["language_model"]["name_or_path"],
+            "revision": tree["language_model"].get("revision"),
+            "hidden_size": model.llm.get_input_embeddings().embedding_dim,
+            "vocab_size": model.llm.get_input_embeddings().num_embeddings,
+        },
+    }
+    counts = module_counts(model)
     return {
         "source": {"kind": source.kind, "label": source.label},
         "resampler_type": model.resampler.type_name,
         "resampler": resampler_record(tree["resampler"], model.resampler.input_dim),  # as in the metadata
-        "backbones": {
-            "vision": {
-                "name_or_path": tree["vision_encoder"]["name_or_path"],
-                "revision": tree["vision_encoder"].get("revision"),
-                "hidden_size": model.vision.hidden_size,
-                "patch_size": model.vision.patch_size,
-                "blocks": len(model.vision.blocks),
-            },
-            "llm": {
-                "name_or_path": tree["language_model"]["name_or_path"],
-                "revision": tree["language_model"].get("revision"),
-                "hidden_size": model.llm.get_input_embeddings().embedding_dim,
-                "vocab_size": model.llm.get_input_embeddings().num_embeddings,
-            },
-        },
+        "backbones": backbones,
         "lora": model.lora_config,
-        "parameters": module_counts(model),
+        "parameters": counts,
         "resampler_parts": resampler_parts,
         "resampler_repeated": {n: list(r) for n in resampler_parts if (r := repeated(model.resampler, n))},
         "tokens": {
@@ -163,6 +170,7 @@ def _inspect(source: Source, gpu_gib: float | None = None, batch_size: int | Non
             "tokens_per_image": model.tokens_per_image,
         },
         "stages": stages,
-        "memory": memory_plans(model, stages, source, gpu_gib, batch_size) | {"compute": source.compute},
+        "memory": memory | {"compute": source.compute},
+        "host_memory": host_plan(backbones, counts, shared_features),
         "notes": notes,
     }

@@ -13,8 +13,10 @@ the others):
   cannot run bf16), then launch/eval.py on its last stage, on the same device in the same precision;
 - real_size: SigLIP-base + Qwen3-0.6B at full size (random weights) in the resampler stage: seconds
   per step after the first, tokens per second, the model FLOPs utilisation against the device's
-  peak (H100 / H200 bf16 dense: 989 TFLOPS; none elsewhere), and the peak memory against inspect's
-  memory plan.
+  peak (H100 / H200 bf16 dense: 989 TFLOPS; none elsewhere), the peak memory against inspect's
+  memory plan, and the process's own host memory after the step against inspect's host plan
+  (inspection/host_memory.py: its runtime allowance is what this measures; the backbones here
+  store float32, mapped from their files).
 A comparison outside its tolerance fails the check like a part that raised."""
 
 from __future__ import annotations
@@ -113,6 +115,17 @@ def steady_step_seconds(train_log: Path) -> tuple[float, int]:
     return (last_seconds - first_seconds) / (last_step - first_step), last_step - first_step
 
 
+def host_memory_now() -> dict:
+    """The process's own (anonymous) resident memory, and its peak resident set (file-backed
+    pages too: the mapped checkpoints), in GiB, from /proc/self/status."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "VmHWM"):
+            fields[key] = round(int(value.split()[0]) * 1024 / 2**30, 2)
+    return {"host_rss_anon_gib": fields.get("RssAnon"), "host_peak_rss_gib": fields.get("VmHWM")}
+
+
 def real_size(work: Path, precision: str, batch_size: int, steps: int) -> dict:
     """The resampler stage of SigLIP-base + Qwen3-0.6B (random weights), timed in this process."""
     from vlm_resampler.config.preflight import compose
@@ -146,7 +159,8 @@ def real_size(work: Path, precision: str, batch_size: int, steps: int) -> dict:
         "model_tflops_per_second": round(flops / seconds_per_step / 1e12, 3),
         "mfu": round(flops / seconds_per_step / peak, 4) if peak and precision == "bf16" else None,
         "planned_peak_gib": round(plan["peak"] / 2**30, 2),
-    }
+        "planned_host_per_process_gib": round(report["host_memory"]["per_process"] / 2**30, 2),
+    } | host_memory_now()
     if torch.cuda.is_available():
         # The plan's peak includes a 1 GiB allowance for the CUDA context and the allocator's reserve;
         # allocated excludes both, reserved the context only: the plan should sit a little above reserved.
@@ -310,4 +324,8 @@ def summary(report: dict) -> str:
                 f"  peak memory: planned {r['planned_peak_gib']} GiB, reserved {r['measured_peak_reserved_gib']} GiB"
                 f" (allocated {r['measured_peak_allocated_gib']} GiB)"
             )
+        lines.append(
+            f"  host memory of the process: its own {r['host_rss_anon_gib']} GiB after the step, planned "
+            f"{r['planned_host_per_process_gib']} GiB; peak resident {r['host_peak_rss_gib']} GiB with mapped files"
+        )
     return "\n".join(lines)

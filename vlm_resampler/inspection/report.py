@@ -85,6 +85,24 @@ def report_rows(report: dict) -> list[Row]:
         add(section, "trainable", stage["trainable_total"])
         add(section, "frozen", stage["frozen"])
         rows += memory_rows(section, report["memory"][name], report["memory"]["compute"])
+    if any("gpu_gib" in report["memory"][name] for name in report["stages"]):
+        rows += host_rows(report["host_memory"])
+    return rows
+
+
+def host_rows(plan: dict) -> list[Row]:
+    """Each GPU's training process in the host's memory while it loads (inspection/host_memory.py)."""
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    section = "host memory"
+    rows: list[Row] = [(section, section, "host memory (each GPU's process, while it loads)", "")]
+    for part, label in (("vision", "vision checkpoint"), ("llm", "llm checkpoint")):
+        entry = plan["backbones"][part]
+        value = f"{entry['stored'] or 'unknown dtype'}, {entry['how']}: {gib(entry['bytes'])}"
+        rows.append((section, f"{section}/{part}", f"  {label}", value))
+    rows.append((section, f"{section}/runtime", "  runtime (allowance)", gib(plan["runtime"])))
+    rows.append((section, f"{section}/per_process", "  per process", gib(plan["per_process"])))
+    if plan["shared_features"]:
+        rows.append((section, f"{section}/features", "  cached features, once per node", gib(plan["shared_features"])))
     return rows
 
 

@@ -64,6 +64,17 @@ ARCHITECTURES = {
 }
 
 
+# The dtype each checkpoint stores its weights in (config.json's torch_dtype): SigLIP's are float32,
+# Qwen3's bfloat16. A process loading a 16-bit checkpoint in float32 holds its own copy of it
+# (inspection/host_memory.py).
+STORED_DTYPES = {
+    "google/siglip-base-patch16-224": "float32",
+    "google/siglip2-so400m-patch16-256": "float32",
+    "Qwen/Qwen3-0.6B": "bfloat16",
+    "Qwen/Qwen3-1.7B": "bfloat16",
+}
+
+
 def known_architecture(name_or_path: str, revision: str | None):
     """The transformers config of a hub backbone this project knows (None for any other, or for a
     pinned revision: a pinned commit may differ from these facts)."""

@@ -236,9 +236,10 @@ class OptunaStudySweeper(Sweeper):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         except Exception as err:  # Hydra's composition error for this trial's overrides
             raise ConfigError(str(err).strip().splitlines()[0]) from err
+        launcher = cfg.hydra.launcher
         with open_dict(cfg):
             del cfg["hydra"]
-        validate_sweep_job(cfg)
+        validate_sweep_job(cfg, launcher)
 
     def launch(self, study, runs: list[tuple[int, int, list[str]]], first_num: int) -> None:
         from hydra.core.utils import JobStatus
