@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         trials_complete, study_lines = write_study_report(sweep_dir, manifest)
         lines += study_lines
     if args.resume:
+        from hydra_plugins.vlm_resampler_slurm import register as register_slurm_launcher
         from vlm_resampler.sweeps.resume import ResumeError, resume_sweep
+
+        register_slurm_launcher()  # a sweep's conf/ snapshot names it under hydra/launcher=slurm
 
         try:
             submitted, problems = resume_sweep(sweep_dir, jobs, args.overrides)

@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hydra_plugins.vlm_resampler_optuna import register as register_optuna_sweeper
+from hydra_plugins.vlm_resampler_slurm import register as register_slurm_launcher
 from vlm_resampler.cli import check_train_argv
 from vlm_resampler.sweeps.job import evaluate_if_asked, objective_if_asked
 from vlm_resampler.sweeps.submit import prepare_sweep
@@ -61,6 +62,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_optuna_sweeper()  # hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml)
+    register_slurm_launcher()  # hydra/launcher=slurm (conf/hydra/launcher/slurm.yaml)
     sys.argv += torchrun_overrides(sys.argv[1:])
     check_train_argv(sys.argv[1:])  # bad config: a short message, exit 2, nothing built or submitted
     sys.argv[1:] = prepare_sweep("train", sys.argv[1:])  # -m: conf/ snapshot, sweep.json, job dirs

@@ -216,6 +216,38 @@ def test_local_launcher_is_submitit_local():
     assert launcher._target_.endswith("LocalLauncher") and launcher.tasks_per_node == 1
 
 
+REFUSING_SBATCH = """#!/bin/sh
+echo "sbatch: error: invalid partition specified: nosuch" >&2
+echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
+exit 1
+"""
+
+
+def test_a_job_array_sbatch_refuses_ends_in_its_words_and_the_request_not_a_traceback(tmp_path):
+    """The first thing a new cluster says is often no (a partition, account or GPU type it lacks):
+    the sweep ends with sbatch's message and what was asked for, exit 1. An sbatch on PATH that
+    refuses as SLURM's does stands in for the cluster."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text(REFUSING_SBATCH)
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", "hydra/launcher=slurm",
+         "hydra.launcher.partition=nosuch", "hydra.launcher.account=vlm", "resampler=mlp,perceiver",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: SLURM refused the job array of 2 job(s); none of them was submitted." in done.stderr
+    assert "invalid partition specified: nosuch; sbatch: error: Batch job submission failed" in done.stderr
+    assert "asked for: partition=nosuch, account=vlm, nodes=1, gpus_per_node=1" in done.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # A sweep with Hydra's basic launcher (jobs one after another in the same process).
 # ---------------------------------------------------------------------------------------------

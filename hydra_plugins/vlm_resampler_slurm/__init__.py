@@ -1,0 +1,48 @@
+"""hydra/launcher=slurm's launcher (conf/hydra/launcher/slurm.yaml): hydra-submitit-launcher's
+SlurmLauncher, except that a job array sbatch refuses (a partition or account the cluster does not
+have, GPUs a partition has none of, a time limit over its maximum) ends the command with sbatch's
+own words, the request it refused and exit status 1, not a traceback through Hydra and submitit.
+Hydra instantiates launchers only from the hydra_plugins namespace."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+from submitit.core.utils import FailedJobError
+
+# What sbatch is asked for, in the order a person checks it against the cluster.
+REQUEST_KEYS = ("partition", "account", "qos", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
+                "timeout_min", "constraint", "additional_parameters")  # fmt: skip
+
+
+class SlurmLauncher(SubmititSlurmLauncher):
+    def launch(self, job_overrides, initial_job_idx):
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        except FailedJobError as err:
+            # submitit raises FailedJobError both for sbatch's refusal (from the sbatch command's
+            # CalledProcessError) and for a job that ran and failed (the sweep handles those).
+            if not isinstance(err.__cause__, subprocess.CalledProcessError):
+                raise
+            asked = {key: self.params.get(key) for key in REQUEST_KEYS}
+            request = ", ".join(f"{key}={value}" for key, value in asked.items() if value not in (None, {}, [], ""))
+            said = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            print(
+                f"error: SLURM refused the job array of {len(job_overrides)} job(s); none of them was submitted.\n"
+                f"  {said}\n"
+                f"  asked for: {request}\n"
+                "  change them with hydra.launcher.KEY=VALUE (or a cluster's own in conf/local/slurm.yaml) and run "
+                "the command again",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+
+def register() -> None:
+    """Hydra's plugin scan does not see this package in an editable install (see
+    hydra_plugins/vlm_resampler_optuna), so the commands that launch register it explicitly."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(SlurmLauncher)
