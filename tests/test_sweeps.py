@@ -248,6 +248,45 @@ def test_a_job_array_sbatch_refuses_ends_in_its_words_and_the_request_not_a_trac
     assert "asked for: partition=nosuch, account=vlm, nodes=1, gpus_per_node=1" in done.stderr
 
 
+def test_ctrl_c_while_sbatch_submits_says_to_look_before_submitting_again(tmp_path):
+    """Interrupted while sbatch runs, the command cannot know whether SLURM took the array: it says
+    so, and where to look, exit 130, no traceback. (Ctrl-C after submission: tests/test_sweeps_slurm.py.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    started = tmp_path / "sbatch-started"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", "hydra/launcher=slurm", "resampler=mlp",
+               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            not (started.exists() and started.read_text().strip())
+            and time.monotonic() < deadline
+            and launcher.poll() is None
+        ):
+            time.sleep(0.2)
+        assert started.exists(), "sbatch was never called"
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if started.exists() and started.read_text().strip():  # the stand-in sbatch (its sleep: exec keeps the pid)
+            subprocess.run(["kill", started.read_text().strip()], check=False, capture_output=True)
+    assert launcher.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert f"interrupted while submitting the job array of {sweep}: `squeue --me` shows whether SLURM took it" in stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # A sweep with Hydra's basic launcher (jobs one after another in the same process).
 # ---------------------------------------------------------------------------------------------

@@ -136,6 +136,48 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
     assert sorted(p.name for p in dirs.job_dirs(sweep)) == sorted([first.name, second.name])
 
 
+def test_ctrl_c_while_waiting_leaves_the_jobs_running_and_says_how_to_follow_them(slurm, tmp_path):
+    """The command waits for its jobs; Ctrl-C there stops the waiting only: exit 130, a message
+    naming the job array and what follows, stops and summarises it, no traceback; the jobs finish
+    on SLURM and summarize.py reports them done."""
+    import signal
+
+    name = unique_job_name("ctrlc")
+    sweep = tmp_path / "multirun" / "ctrlc"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "launch" / "train.py"),
+        "-m",
+        *slurm.launcher_overrides(name, array_parallelism=1),
+        "resampler=mlp",
+        "resampler.hidden_dim=16,32",
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        array = slurm.wait_for(lambda: slurm.array_id(name), timeout=120, what=f"the array of {name} in squeue")
+        slurm.wait_for(lambda: submitted_ids(sweep), timeout=60, what="submitit's folders of the array")
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert (
+        f"interrupted: stopped waiting; the sweep's jobs keep running on SLURM without this command (job array {array}:"
+        in stderr
+    )
+    assert (
+        f"`squeue -j {array}` follows them, `scancel {array}` stops them; `python launch/summarize.py {sweep}`"
+        in stderr
+    )
+    slurm.wait_for(lambda: not slurm.jobs(name), timeout=300, what=f"the jobs of {name} to finish")
+    done = run_cli("summarize.py", str(sweep), "--no-counts")
+    assert done.returncode == 0 and "2 of 2 job(s) done" in done.stdout, done.stdout[-2000:] + slurm.log_tail()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_eight_job_sweep_with_two_jobs_cancelled_ends_all_done_after_resume(slurm, tmp_path):

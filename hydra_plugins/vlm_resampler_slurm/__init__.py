@@ -1,16 +1,22 @@
 """hydra/launcher=slurm's launcher (conf/hydra/launcher/slurm.yaml): hydra-submitit-launcher's
-SlurmLauncher, except that a job array sbatch refuses (a partition or account the cluster does not
-have, GPUs a partition has none of, a time limit over its maximum) ends the command with sbatch's
-own words, the request it refused and exit status 1, not a traceback through Hydra and submitit.
+SlurmLauncher, with two endings that say what happened instead of a traceback through Hydra and
+submitit:
+- a job array sbatch refuses (a partition or account the cluster does not have, GPUs a partition
+  has none of, a time limit over its maximum): sbatch's own words and the request, exit status 1;
+- Ctrl-C while the command waits for its jobs: it stops waiting, and says that the jobs keep
+  running on SLURM, which ones, and how to follow, stop or summarise them; exit status 130.
 Hydra instantiates launchers only from the hydra_plugins namespace."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from submitit.core.utils import FailedJobError
+
+from vlm_resampler.sweeps.slurm import alive_jobs, submitted_ids
 
 # What sbatch is asked for, in the order a person checks it against the cluster.
 REQUEST_KEYS = ("partition", "account", "qos", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
@@ -38,6 +44,33 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 file=sys.stderr,
             )
             sys.exit(1)
+        except KeyboardInterrupt:
+            self.stop_waiting()
+
+    def stop_waiting(self) -> None:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        arrays = sorted(submitted_ids(sweep_dir))
+        if not arrays:  # interrupted before, or while, sbatch took the array
+            print(
+                f"\ninterrupted while submitting the job array of {sweep_dir}: `squeue --me` shows whether SLURM "
+                "took it; if it did not, run the command again",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+        alive = alive_jobs(sweep_dir)
+        study = "optuna" in str(self.config.hydra.sweeper.get("_target_", "")).lower()
+        after = (
+            "the same command again continues the study"
+            if study
+            else f"`python launch/summarize.py {sweep_dir}` reports them, with --resume it submits those that did not finish"
+        )
+        print(
+            f"\ninterrupted: stopped waiting; the sweep's jobs keep running on SLURM without this command "
+            f"(job array {', '.join(arrays)}: {'; '.join(alive) or 'none queued or running now'}).\n"
+            f"  `squeue -j {','.join(arrays)}` follows them, `scancel {' '.join(arrays)}` stops them; {after}",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 def register() -> None:
