@@ -177,4 +177,9 @@ def render(reports: list[dict]) -> str:
         "(memory plans are computed, not measured: float32 weights, AdamW, activations by layer widths and token "
         "counts; vlm_resampler/inspection/memory.py; choose the GPU with --gpu-mem, the batch with --batch-size)"
     )
+    if any(any("gpu_gib" in report["memory"][s] for s in report["stages"]) for report in reports):
+        lines.append(
+            "(host memory: what a node's --mem must hold for each GPU's process while it loads, the cached features "
+            "once; vlm_resampler/inspection/host_memory.py)"
+        )
     return "\n".join(lines)
