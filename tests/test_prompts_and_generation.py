@@ -46,6 +46,45 @@ def test_answer_ends_with_the_end_of_turn_token(tokenizer):
     assert tokenizer.decode(ids[:-1]) == "a red square in front."
 
 
+# Renders like Qwen3's own template where it matters here: the last assistant turn's words follow an
+# empty thinking block, which the generation prompt does not hold.
+THINKING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' and loop.last %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_a_templates_thinking_block_is_prompt_not_answer(tokenizer):
+    """With Qwen3's template the words follow `<think>\\n\\n</think>\\n\\n`: that belongs to the prompt,
+    so the model is trained on the words alone and generation decodes to them (the tags are not
+    special tokens: as part of the answer they would stay in every generated caption)."""
+    from transformers import AutoTokenizer
+
+    from vlm_resampler.data.prompts import answer_lead_in
+    from vlm_resampler.evaluation.generate import decode
+
+    thinking = AutoTokenizer.from_pretrained(tokenizer.name_or_path)  # a copy: the shared one stays as it is
+    thinking.chat_template = THINKING_TEMPLATE
+    assert answer_lead_in(tokenizer, FMT, "q") == ""
+    assert answer_lead_in(thinking, FMT, "q") == "<think>\n\n</think>\n\n"
+    prompt = prompt_ids(thinking, FMT, "Describe the panorama.")
+    assert thinking.decode([i for i in prompt if i != IMAGE_SLOT]).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    answer = answer_ids(thinking, FMT, "Describe the panorama.", "a red square in front.")
+    assert decode(thinking, [answer]) == ["a red square in front."]
+    assert answer == answer_ids(tokenizer, FMT, "Describe the panorama.", "a red square in front.")
+    thinking.chat_template = "{%- for message in messages %}{{- message['role'] }}{%- endfor %}"
+    with pytest.raises(ValueError, match="does not render the assistant's words"):
+        answer_lead_in(thinking, FMT, "q")
+
+
 def test_training_batch_is_left_padded_with_labels_on_the_answer_only(tokenizer):
     collate = CaptionCollator(tokenizer, FMT, 48)
     pano = torch.zeros(3, 8, 16)

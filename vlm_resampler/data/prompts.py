@@ -1,5 +1,11 @@
 """One prompt format for training and generation: the LLM's own chat template, with the
-panorama's visual tokens spliced in where the user message says `<image>`."""
+panorama's visual tokens spliced in where the user message says `<image>`.
+
+Whatever the template writes between its generation prompt and the assistant's words belongs to
+the prompt, not to the answer: Qwen3's own template writes an empty thinking block there
+(`<think>\n\n</think>\n\n`, what its generation prompt holds with enable_thinking=False). As part
+of the answer, the model would be trained to produce it and generation would return it with the
+words (its tags are not special tokens, so decoding keeps them), spoiling every metric."""
 
 from __future__ import annotations
 
@@ -44,16 +50,12 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def prompt_ids(tokenizer, fmt: PromptFormat, query: str) -> list[int]:
-    """Token ids of the prompt up to the start of the assistant's answer, IMAGE_SLOT included once."""
-    text = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
-    before, after = text.split(IMAGE_MARKER)
-    return _tokenize(tokenizer, before) + [IMAGE_SLOT] + _tokenize(tokenizer, after)
+# Stands for the assistant's words while the template's text around them is found.
+ANSWER_PLACEHOLDER = "ANSWERPLACEHOLDER"
 
 
-def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[int]:
-    """Token ids the assistant must produce: whatever the chat template puts between the
-    generation prompt and the end of the turn, the end-of-turn token included."""
+def _after_generation_prompt(tokenizer, fmt: PromptFormat, query: str, answer: str) -> tuple[str, str]:
+    """(the generation prompt, what the template renders after it for an assistant turn `answer`)."""
     prompt = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(
         fmt.messages(query) + [{"role": "assistant", "content": answer}], tokenize=False
@@ -63,7 +65,36 @@ def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[in
             f"the chat template of {tokenizer.name_or_path!r} renders a conversation that does not "
             "start with its own generation prompt; cannot separate the answer from the prompt"
         )
-    ids = _tokenize(tokenizer, full[len(prompt) :])
+    return prompt, full[len(prompt) :]
+
+
+def answer_lead_in(tokenizer, fmt: PromptFormat, query: str) -> str:
+    """What the chat template writes between its generation prompt and the assistant's words
+    ("" for plain ChatML; Qwen3's empty thinking block)."""
+    _, rest = _after_generation_prompt(tokenizer, fmt, query, ANSWER_PLACEHOLDER)
+    if ANSWER_PLACEHOLDER not in rest:
+        raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not render the assistant's words")
+    return rest[: rest.index(ANSWER_PLACEHOLDER)]
+
+
+def prompt_ids(tokenizer, fmt: PromptFormat, query: str) -> list[int]:
+    """Token ids of the prompt up to the assistant's first word (the template's lead-in included),
+    IMAGE_SLOT included once."""
+    text = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
+    before, after = (text + answer_lead_in(tokenizer, fmt, query)).split(IMAGE_MARKER)
+    return _tokenize(tokenizer, before) + [IMAGE_SLOT] + _tokenize(tokenizer, after)
+
+
+def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[int]:
+    """Token ids the assistant must produce: the words, the end-of-turn token included."""
+    lead_in = answer_lead_in(tokenizer, fmt, query)
+    _, rest = _after_generation_prompt(tokenizer, fmt, query, answer)
+    if not rest.startswith(lead_in):
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} writes {rest[: len(lead_in)]!r} before the answer "
+            f"{answer!r}, not the {lead_in!r} the prompt ends with"
+        )
+    ids = _tokenize(tokenizer, rest[len(lead_in) :])
     eot = end_of_turn_id(tokenizer)
     # Anything the template adds after the end-of-turn token (a newline) is not the model's to say.
     return ids[: ids.index(eot) + 1] if eot in ids else ids + [eot]
