@@ -74,11 +74,9 @@ def test_four_job_sweep_runs_as_one_array_and_summarises(slurm, tmp_path):
     assert (sweep / dirs.SUMMARY_PNG).is_file() and "4 of 4 job(s) done" in (sweep / dirs.SUMMARY_MD).read_text()
 
 
-def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(slurm, tmp_path):
-    name = unique_job_name("resume")
-    sweep = tmp_path / "multirun" / "cancel"
-    # One task at a time: the second stays PENDING while the first runs, and is cancelled there.
-    command = [
+def two_job_sweep(slurm, name: str, sweep) -> list[str]:
+    """train.py's command line for a small two-job sweep on the test cluster, one task at a time."""
+    return [
         sys.executable,
         str(REPO_ROOT / "launch" / "train.py"),
         "-m",
@@ -88,6 +86,13 @@ def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(sl
         *SMALL,
         f"hydra.sweep.dir={sweep}",
     ]
+
+
+def test_job_cancelled_in_the_queue_is_resumed_into_its_dir_from_the_snapshot(slurm, tmp_path):
+    name = unique_job_name("resume")
+    sweep = tmp_path / "multirun" / "cancel"
+    # One task at a time: the second stays PENDING while the first runs, and is cancelled there.
+    command = two_job_sweep(slurm, name, sweep)
     with open(tmp_path / "sweep.log", "w") as log:
         launcher = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
@@ -144,16 +149,7 @@ def test_ctrl_c_while_waiting_leaves_the_jobs_running_and_says_how_to_follow_the
 
     name = unique_job_name("ctrlc")
     sweep = tmp_path / "multirun" / "ctrlc"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "launch" / "train.py"),
-        "-m",
-        *slurm.launcher_overrides(name, array_parallelism=1),
-        "resampler=mlp",
-        "resampler.hidden_dim=16,32",
-        *SMALL,
-        f"hydra.sweep.dir={sweep}",
-    ]
+    command = two_job_sweep(slurm, name, sweep)
     launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         array = slurm.wait_for(lambda: slurm.array_id(name), timeout=120, what=f"the array of {name} in squeue")
