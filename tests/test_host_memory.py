@@ -111,6 +111,51 @@ def test_the_planned_loading_copy_is_what_a_loading_process_holds(checkpoints, s
         assert grown < 0.05 * float32_size, (grown, float32_size)
 
 
+MEASURE_ON_CUDA = """
+import sys
+import torch
+from vlm_resampler.models.backbones import load_language_model
+
+def anon():
+    line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+# The imports, the CUDA context and transformers' lazy setup, through a float32 checkpoint: mapped,
+# so nothing is left freed in the heap for the measured load to reuse.
+load_language_model(sys.argv[1]).to("cuda")
+torch.cuda.synchronize()
+runtime = anon()
+model = load_language_model(sys.argv[2])
+loaded = anon()
+model.to("cuda")
+torch.cuda.synchronize()
+print(runtime, loaded - runtime, anon() - runtime)
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_runtime_fits_its_allowance_and_the_copy_is_the_plans(checkpoints):
+    """What the plan assumes of a GPU node's process: Python, torch, transformers and the CUDA
+    context within RUNTIME_BYTES, and loading a bf16 checkpoint adds its float32 copy (what is left
+    after the model moved to the GPU is printed: the plan counts the copy while loading)."""
+    root, counts = checkpoints
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE_ON_CUDA, str(root / "fp32"), str(root / "bf16")], capture_output=True, text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runtime, loading, after_move = map(int, done.stdout.split()[-3:])
+    planned = loading_copy_bytes(counts["bf16"], "bfloat16")
+    print(f"runtime {runtime / 2**30:.2f} GiB, loading +{loading / 2**20:.0f} MiB (planned {planned / 2**20:.0f}), "
+          f"after the move +{after_move / 2**20:.0f} MiB")  # fmt: skip
+    assert runtime <= RUNTIME_BYTES, (
+        f"the process holds {runtime / 2**30:.2f} GiB before any model: raise RUNTIME_BYTES"
+    )
+    assert 0.95 <= loading / planned <= 1.10, (loading, planned)
+
+
 def inspect_json(*args: str) -> dict:
     done = subprocess.run(
         [sys.executable, "launch/inspect.py", *args, "--json"],
