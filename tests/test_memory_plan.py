@@ -119,3 +119,27 @@ def test_under_autocast_only_the_mlps_values_halve(precision):
 
     full, half = tower_working_bytes(10, 8, 32, "fp32"), tower_working_bytes(10, 8, 32, precision)
     assert full - half == 2 * 10 * 32 * 2  # the MLP's two tensors; the float32 residual stream stays
+
+
+def test_a_stage_that_does_not_fit_names_the_settings_under_which_it_would(capsys):
+    """SigLIP2-so400m + Qwen3-1.7B, finetune at batch 32 on 80 GiB: it does not fit; each setting
+    inspect offers, applied, makes a plan that fits with the peak it said; one it leaves out does not fit."""
+    setup = ["--json", "--gpu-mem", "80", "backbone=siglip2_so400m_qwen3_1_7b", "stages=[finetune]"]
+
+    def plan(*overrides: str) -> dict:
+        code, out = inspect_in_process(capsys, *setup, "stage.finetune.batch_size=32", *overrides)
+        assert code == 0
+        return json.loads(out)["memory"]["finetune"]
+
+    base = plan()
+    assert not base["fits"] and base["largest_batch"] == 16
+    ways = {" ".join(way["overrides"]): way["peak"] for way in base["fits_with"]}
+    assert "stage.finetune.batch_size=16 stage.finetune.grad_accum=2" in ways, ways
+    assert "gradient_checkpointing=true" in ways and "precision=bf16" not in ways, ways
+    for overrides, peak in ways.items():
+        applied = plan(*overrides.split())
+        assert applied["fits"] and applied["peak"] == peak and "fits_with" not in applied, overrides
+    assert not plan("precision=bf16")["fits"], "bf16 alone is left out because it does not fit"
+    code, text = inspect_in_process(capsys, *setup[1:], "stage.finetune.batch_size=32")
+    assert code == 0
+    assert "note: stage finetune does not fit 80 GiB at batch 32; it would with stage.finetune.batch_size=16" in text

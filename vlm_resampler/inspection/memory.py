@@ -164,15 +164,52 @@ def stage_plan(model, counts: dict, stage: dict, tokens_per_image: int, answer_t
     return plan
 
 
+def fitting_alternatives(plan_at, name: str, stage: dict, compute: dict, batch: int, largest: int | None,
+                         own_batch: bool) -> list[dict]:  # fmt: skip
+    """Settings under which a stage that does not fit would: the same optimizer batch in smaller
+    steps (batch_size / k with grad_accum * k, where the plan is at the stage's own batch), and the
+    memory settings off now (precision=bf16, gradient_checkpointing=true, both) at this batch.
+    `plan_at(compute, batch)` plans the stage; each alternative as its overrides and planned peak."""
+    found = []
+    if own_batch and largest:
+        k = next((k for k in range(2, batch + 1) if batch % k == 0 and batch // k <= largest), None)
+        if k:
+            accum = int(stage.get("grad_accum", 1)) * k
+            overrides = [f"stage.{name}.batch_size={batch // k}", f"stage.{name}.grad_accum={accum}"]
+            found.append({"overrides": overrides, "peak": plan_at(compute, batch // k)["peak"]})
+    settings = []
+    if compute["precision"] == "fp32":
+        settings.append({"precision": "bf16"})
+    if not compute["gradient_checkpointing"]:
+        settings.append({"gradient_checkpointing": True})
+    if len(settings) == 2:
+        settings.append(settings[0] | settings[1])
+    for change in settings:
+        plan = plan_at(compute | change, batch)
+        if plan["fits"]:
+            overrides = [f"{key}={str(value).lower()}" for key, value in change.items()]
+            found.append({"overrides": overrides, "peak": plan["peak"]})
+    return found
+
+
 def memory_plans(model, stages: dict, source, gpu_gib: float | None, batch_size: int | None) -> dict:
-    """Per stage of `source`: its plan at the stage's own batch size per process (or `batch_size`)."""
+    """Per stage of `source`: its plan at the stage's own batch size per process (or `batch_size`);
+    on a GPU it does not fit, the settings under which it would."""
     device = "cuda" if gpu_gib is not None else "cpu"
     plans = {}
     for name, counts in stages.items():
         stage = source.stage_configs.get(name) or {}
         batch = int(batch_size or stage.get("batch_size", 1))
-        plans[name] = stage_plan(
-            model, counts, stage, model.tokens_per_image, source.answer_tokens, source.compute, batch, device, gpu_gib,
-            source.train_images,
-        )  # fmt: skip
+
+        def plan_at(compute: dict, batch: int, counts=counts, stage=stage) -> dict:
+            return stage_plan(
+                model, counts, stage, model.tokens_per_image, source.answer_tokens, compute, batch, device, gpu_gib,
+                source.train_images,
+            )  # fmt: skip
+
+        plans[name] = plan_at(source.compute, batch)
+        if gpu_gib is not None and not plans[name]["fits"]:
+            plans[name]["fits_with"] = fitting_alternatives(
+                plan_at, name, stage, source.compute, batch, plans[name]["largest_batch"], batch_size is None
+            )
     return plans

@@ -130,6 +130,21 @@ def memory_rows(section: str, plan: dict, compute: dict) -> list[Row]:
     return rows
 
 
+def fitting_notes(report: dict) -> list[str]:
+    """A line per stage that does not fit its GPU: the settings under which it would."""
+    notes = []
+    for name in report["stages"]:
+        plan = report["memory"][name]
+        if "fits_with" not in plan:
+            continue
+        ways = [f"{' '.join(way['overrides'])} (peak {way['peak'] / 2**30:.2f} GiB)" for way in plan["fits_with"]]
+        at = f"stage {name} does not fit {plan['gpu_gib']:g} GiB at batch {plan['batch_size']}"
+        notes.append(
+            f"{at}; it would with " + " | ".join(ways) if ways else f"{at}, nor with grad_accum, bf16 or checkpointing"
+        )
+    return notes
+
+
 def merge_rows(all_rows: list[list[Row]]) -> list[Row]:
     """The union of several reports' rows, in the first report's order. A row that earlier reports
     lack goes after the last row of its group (a resampler parameter only one type has: at the end
@@ -171,7 +186,7 @@ def render(reports: list[dict]) -> str:
             )
     for i, report in enumerate(reports):
         prefix = f"[{i + 1}] " if len(reports) > 1 else ""
-        lines += [f"note: {prefix}{note}" for note in report["notes"]]
+        lines += [f"note: {prefix}{note}" for note in report["notes"] + fitting_notes(report)]
     lines.append("(exact counts of the model built on the meta device: no weights were loaded or allocated)")
     lines.append(
         "(memory plans are computed, not measured: float32 weights, AdamW, activations by layer widths and token "
