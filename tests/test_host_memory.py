@@ -21,7 +21,8 @@ from vlm_resampler.inspection.host_memory import (
     stored_in_directory,
 )
 
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, inspect_in_process
+
 QWEN3_1_7B = 1_720_574_976  # models/hub_architectures.py
 
 
@@ -156,36 +157,22 @@ def test_on_a_gpu_the_runtime_fits_its_allowance_and_the_copy_is_the_plans(check
     assert 0.95 <= loading / planned <= 1.10, (loading, planned)
 
 
-def inspect_json(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "launch/inspect.py", *args, "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+def inspect_json(capsys, *args: str) -> dict:
+    code, out = inspect_in_process(capsys, *args, "--json")
+    assert code == 0
+    return json.loads(out)
 
 
-def test_inspect_plans_the_host_memory_of_a_hub_backbone_process(tmp_path):
-    import os
+def test_inspect_plans_the_host_memory_of_a_hub_backbone_process(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
 
-    env_cache = {"HF_HUB_CACHE": str(tmp_path)}  # nothing cached: the project's facts
-    done = subprocess.run(
-        [sys.executable, "launch/inspect.py", "backbone=siglip2_so400m_qwen3_1_7b", "--gpu-mem", "80"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=os.environ | env_cache,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "host memory (each GPU's process, while it loads)" in done.stdout
-    assert "bfloat16, float32 copy while loading: 6.41 GiB" in done.stdout
-    assert "float32, mapped from its file: 0.00 GiB" in done.stdout
-    report = json.loads(
-        subprocess.run(
-            [sys.executable, "launch/inspect.py", "backbone=siglip2_so400m_qwen3_1_7b", "--json"],
-            capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=os.environ | env_cache, check=True,
-        ).stdout
-    )  # fmt: skip
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached: the project's facts
+    code, text = inspect_in_process(capsys, "backbone=siglip2_so400m_qwen3_1_7b", "--gpu-mem", "80")
+    assert code == 0
+    assert "host memory (each GPU's process, while it loads)" in text
+    assert "bfloat16, float32 copy while loading: 6.41 GiB" in text
+    assert "float32, mapped from its file: 0.00 GiB" in text
+    report = inspect_json(capsys, "backbone=siglip2_so400m_qwen3_1_7b")
     host = report["host_memory"]
     assert host["backbones"]["llm"]["bytes"] == 4 * QWEN3_1_7B
     assert host["backbones"]["vision"]["bytes"] == 0
@@ -208,13 +195,13 @@ def test_inspect_plans_the_host_memory_of_a_hub_backbone_process(tmp_path):
     check_node_memory(report, launcher)
 
 
-def test_cached_features_count_once_per_node():
-    report = inspect_json("data.num_train=100")  # the default caches the tower's features
+def test_cached_features_count_once_per_node(capsys):
+    report = inspect_json(capsys, "data.num_train=100")  # the default caches the tower's features
     assert any(plan["vision_features"]["how"] == "cached" for plan in report["memory"].values() if "peak" in plan)
     host = report["host_memory"]
     assert host["shared_features"] > 0
     assert node_bytes(host, 4) == 4 * host["per_process"] + host["shared_features"]
-    assert inspect_json("data.num_train=200")["host_memory"]["shared_features"] == 2 * host["shared_features"]
+    assert inspect_json(capsys, "data.num_train=200")["host_memory"]["shared_features"] == 2 * host["shared_features"]
 
 
 def refusal(argv: list[str], capsys) -> tuple[int, str]:
@@ -248,7 +235,7 @@ def test_a_slurm_sweep_whose_nodes_cannot_hold_their_processes_is_refused(checkp
     )
     sweep = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=8", "resampler=mlp,perceiver",
              f"backbone.language_model.name_or_path={llm}", f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
-    report = inspect_json(f"backbone.language_model.name_or_path={llm}")
+    report = inspect_json(capsys, f"backbone.language_model.name_or_path={llm}")
     per_process = report["host_memory"]["per_process"]
     copy = report["host_memory"]["backbones"]["llm"]["bytes"]
     assert copy == 4 * report["parameters"]["llm"] and per_process == RUNTIME_BYTES + copy
