@@ -248,6 +248,14 @@ def test_a_job_array_sbatch_refuses_ends_in_its_words_and_the_request_not_a_trac
     assert "asked for: partition=nosuch, account=vlm, nodes=1, gpus_per_node=1" in done.stderr
 
 
+def interruptible() -> None:
+    """In a child before it starts: Ctrl-C's default action, which a background job (CI under
+    nohup ... &) inherits as ignored and Python then never turns into KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_sbatch_submits_says_to_look_before_submitting_again(tmp_path):
     """Interrupted while sbatch runs, the command cannot know whether SLURM took the array: it says
     so, and where to look, exit 130, no traceback. (Ctrl-C after submission: tests/test_sweeps_slurm.py.)"""
@@ -265,7 +273,9 @@ def test_ctrl_c_while_sbatch_submits_says_to_look_before_submitting_again(tmp_pa
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", "hydra/launcher=slurm", "resampler=mlp",
                f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible
+    )
     try:
         deadline = time.monotonic() + 120
         while (

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from test_sweeps import SMALL, manifest, status
+from test_sweeps import SMALL, interruptible, manifest, status
 
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
@@ -150,7 +150,9 @@ def test_ctrl_c_while_waiting_leaves_the_jobs_running_and_says_how_to_follow_the
     name = unique_job_name("ctrlc")
     sweep = tmp_path / "multirun" / "ctrlc"
     command = two_job_sweep(slurm, name, sweep)
-    launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), preexec_fn=interruptible
+    )
     try:
         array = slurm.wait_for(lambda: slurm.array_id(name), timeout=120, what=f"the array of {name} in squeue")
         slurm.wait_for(lambda: submitted_ids(sweep), timeout=60, what="submitit's folders of the array")
