@@ -54,9 +54,12 @@ def end_of_turn_id(tokenizer) -> int:
 ANSWER_PLACEHOLDER = "ANSWERPLACEHOLDER"
 
 
-def _after_generation_prompt(tokenizer, fmt: PromptFormat, query: str, answer: str) -> tuple[str, str]:
-    """(the generation prompt, what the template renders after it for an assistant turn `answer`)."""
-    prompt = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
+def _generation_prompt(tokenizer, fmt: PromptFormat, query: str) -> str:
+    return tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
+
+
+def _after(tokenizer, fmt: PromptFormat, query: str, prompt: str, answer: str) -> str:
+    """What the template renders after `prompt`, its generation prompt, for an assistant turn `answer`."""
     full = tokenizer.apply_chat_template(
         fmt.messages(query) + [{"role": "assistant", "content": answer}], tokenize=False
     )
@@ -65,30 +68,35 @@ def _after_generation_prompt(tokenizer, fmt: PromptFormat, query: str, answer: s
             f"the chat template of {tokenizer.name_or_path!r} renders a conversation that does not "
             "start with its own generation prompt; cannot separate the answer from the prompt"
         )
-    return prompt, full[len(prompt) :]
+    return full[len(prompt) :]
 
 
-def answer_lead_in(tokenizer, fmt: PromptFormat, query: str) -> str:
-    """What the chat template writes between its generation prompt and the assistant's words
-    ("" for plain ChatML; Qwen3's empty thinking block)."""
-    _, rest = _after_generation_prompt(tokenizer, fmt, query, ANSWER_PLACEHOLDER)
+def _lead_in(tokenizer, fmt: PromptFormat, query: str, prompt: str) -> str:
+    rest = _after(tokenizer, fmt, query, prompt, ANSWER_PLACEHOLDER)
     if ANSWER_PLACEHOLDER not in rest:
         raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not render the assistant's words")
     return rest[: rest.index(ANSWER_PLACEHOLDER)]
 
 
+def answer_lead_in(tokenizer, fmt: PromptFormat, query: str) -> str:
+    """What the chat template writes between its generation prompt and the assistant's words
+    ("" for plain ChatML; Qwen3's empty thinking block)."""
+    return _lead_in(tokenizer, fmt, query, _generation_prompt(tokenizer, fmt, query))
+
+
 def prompt_ids(tokenizer, fmt: PromptFormat, query: str) -> list[int]:
     """Token ids of the prompt up to the assistant's first word (the template's lead-in included),
     IMAGE_SLOT included once."""
-    text = tokenizer.apply_chat_template(fmt.messages(query), tokenize=False, add_generation_prompt=True)
-    before, after = (text + answer_lead_in(tokenizer, fmt, query)).split(IMAGE_MARKER)
+    prompt = _generation_prompt(tokenizer, fmt, query)
+    before, after = (prompt + _lead_in(tokenizer, fmt, query, prompt)).split(IMAGE_MARKER)
     return _tokenize(tokenizer, before) + [IMAGE_SLOT] + _tokenize(tokenizer, after)
 
 
 def answer_ids(tokenizer, fmt: PromptFormat, query: str, answer: str) -> list[int]:
     """Token ids the assistant must produce: the words, the end-of-turn token included."""
-    lead_in = answer_lead_in(tokenizer, fmt, query)
-    _, rest = _after_generation_prompt(tokenizer, fmt, query, answer)
+    prompt = _generation_prompt(tokenizer, fmt, query)
+    lead_in = _lead_in(tokenizer, fmt, query, prompt)
+    rest = _after(tokenizer, fmt, query, prompt, answer)
     if not rest.startswith(lead_in):
         raise ValueError(
             f"the chat template of {tokenizer.name_or_path!r} writes {rest[: len(lead_in)]!r} before the answer "
