@@ -23,6 +23,15 @@ def _value(v) -> str:
 Row = tuple[str, str, str, str]  # (group, key, label, value); a header row has group == key
 
 
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def planned_for_gpu(report: dict) -> bool:
+    """Whether the report's memory plans are for a GPU (inspect --gpu-mem)."""
+    return any("gpu_gib" in report["memory"][name] for name in report["stages"])
+
+
 def report_rows(report: dict) -> list[Row]:
     """The rows of one report. Keys are shared across reports, so configs line up in --compare."""
     rows: list[Row] = []
@@ -85,14 +94,13 @@ def report_rows(report: dict) -> list[Row]:
         add(section, "trainable", stage["trainable_total"])
         add(section, "frozen", stage["frozen"])
         rows += memory_rows(section, report["memory"][name], report["memory"]["compute"])
-    if any("gpu_gib" in report["memory"][name] for name in report["stages"]):
+    if planned_for_gpu(report):
         rows += host_rows(report["host_memory"])
     return rows
 
 
 def host_rows(plan: dict) -> list[Row]:
     """Each GPU's training process in the host's memory while it loads (inspection/host_memory.py)."""
-    gib = lambda n: f"{n / 2**30:.2f} GiB"
     section = "host memory"
     rows: list[Row] = [(section, section, "host memory (each GPU's process, while it loads)", "")]
     for part, label in (("vision", "vision checkpoint"), ("llm", "llm checkpoint")):
@@ -108,7 +116,6 @@ def host_rows(plan: dict) -> list[Row]:
 
 def memory_rows(section: str, plan: dict, compute: dict) -> list[Row]:
     """The stage's memory plan (inspection/memory.py), in GiB."""
-    gib = lambda n: f"{n / 2**30:.2f} GiB"
     where = f"GPU {plan['gpu_gib']:g} GiB" if "gpu_gib" in plan else "this CPU"
     settings = f"batch {plan['batch_size']}, {compute['precision']}, {compute['attn_implementation']} attention" + (
         ", gradient checkpointing" if compute["gradient_checkpointing"] else ""
@@ -137,7 +144,7 @@ def fitting_notes(report: dict) -> list[str]:
         plan = report["memory"][name]
         if "fits_with" not in plan:
             continue
-        ways = [f"{' '.join(way['overrides'])} (peak {way['peak'] / 2**30:.2f} GiB)" for way in plan["fits_with"]]
+        ways = [f"{' '.join(way['overrides'])} (peak {gib(way['peak'])})" for way in plan["fits_with"]]
         at = f"stage {name} does not fit {plan['gpu_gib']:g} GiB at batch {plan['batch_size']}"
         notes.append(
             f"{at}; it would with " + " | ".join(ways) if ways else f"{at}, nor with grad_accum, bf16 or checkpointing"
@@ -192,7 +199,7 @@ def render(reports: list[dict]) -> str:
         "(memory plans are computed, not measured: float32 weights, AdamW, activations by layer widths and token "
         "counts; vlm_resampler/inspection/memory.py; choose the GPU with --gpu-mem, the batch with --batch-size)"
     )
-    if any(any("gpu_gib" in report["memory"][s] for s in report["stages"]) for report in reports):
+    if any(planned_for_gpu(report) for report in reports):
         lines.append(
             "(host memory: what a node's --mem must hold for each GPU's process while it loads, the cached features "
             "once; vlm_resampler/inspection/host_memory.py)"
