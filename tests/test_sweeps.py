@@ -216,6 +216,16 @@ def test_local_launcher_is_submitit_local():
     assert launcher._target_.endswith("LocalLauncher") and launcher.tasks_per_node == 1
 
 
+def with_sbatch(tmp_path: Path, script: str) -> dict:
+    """The environment with `script` as the `sbatch` on PATH: a stand-in for a cluster's."""
+    import os
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text(script)
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    return os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+
+
 REFUSING_SBATCH = """#!/bin/sh
 echo "sbatch: error: invalid partition specified: nosuch" >&2
 echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
@@ -227,14 +237,10 @@ def test_a_job_array_sbatch_refuses_ends_in_its_words_and_the_request_not_a_trac
     """The first thing a new cluster says is often no (a partition, account or GPU type it lacks):
     the sweep ends with sbatch's message and what was asked for, exit 1. An sbatch on PATH that
     refuses as SLURM's does stands in for the cluster."""
-    import os
     import subprocess
     import sys
 
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "sbatch").write_text(REFUSING_SBATCH)
-    (tmp_path / "bin" / "sbatch").chmod(0o755)
-    env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    env = with_sbatch(tmp_path, REFUSING_SBATCH)
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", "hydra/launcher=slurm",
          "hydra.launcher.partition=nosuch", "hydra.launcher.account=vlm", "resampler=mlp,perceiver",
@@ -259,17 +265,13 @@ def interruptible() -> None:
 def test_ctrl_c_while_sbatch_submits_says_to_look_before_submitting_again(tmp_path):
     """Interrupted while sbatch runs, the command cannot know whether SLURM took the array: it says
     so, and where to look, exit 130, no traceback. (Ctrl-C after submission: tests/test_sweeps_slurm.py.)"""
-    import os
     import signal
     import subprocess
     import sys
     import time
 
     started = tmp_path / "sbatch-started"
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "sbatch").write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
-    (tmp_path / "bin" / "sbatch").chmod(0o755)
-    env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    env = with_sbatch(tmp_path, f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), "-m", "hydra/launcher=slurm", "resampler=mlp",
                f"hydra.sweep.dir={sweep}"]  # fmt: skip
