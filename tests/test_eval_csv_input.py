@@ -94,6 +94,12 @@ def test_cli_scores_a_quic360_style_file_without_importing_torch(tmp_path):
     for name, value in direct.items():
         assert results["model"][name] == pytest.approx(value, abs=1e-9), name
     assert "CIDEr" in done.stdout and "metrics written to" in done.stdout
+    # The file's images are the panoramas its CIDEr interval resamples.
+    intervals = results["intervals"]
+    assert intervals["panoramas"] == len({i["image"] for i in items}) and set(intervals["bounds"]) == {"CIDEr"}
+    low, high = intervals["bounds"]["CIDEr"]
+    assert low <= results["model"]["CIDEr"] <= high and low < high
+    assert f"[{low:.4f}, {high:.4f}]: 95% intervals" in done.stdout
 
 
 def test_metrics_json_goes_next_to_the_csv_by_default(tmp_path, monkeypatch):

@@ -72,6 +72,18 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
     assert qa["n_items"] >= 4 * 5 and 0 <= qa["exact_match"] <= 1  # 4 direction + 1 count + 1-3 colour each
     assert set(qa["by_kind"]) == {"direction", "pole", "count", "colour", "size"}
     assert "question answering: exact match" in done.stdout
+    # Each headline number with the interval another draw of the 4 test panoramas could move it in.
+    intervals = metrics["intervals"]
+    assert intervals["panoramas"] == 4 and intervals["resamples"] == 1000
+    kinds = {f"QA_{kind}": numbers["exact_match"] for kind, numbers in qa["by_kind"].items()}
+    shown = {"CIDEr": metrics["model"]["CIDEr"], "image_gap": dependence["gap"], "QA": qa["exact_match"], **kinds}
+    shown["answer_loss"] = dependence["answer_loss"]
+    assert set(intervals["bounds"]) == set(shown)
+    for name, value in shown.items():
+        low, high = intervals["bounds"][name]
+        assert low - 1e-4 <= value <= high + 1e-4, (name, value, low, high)
+    low, high = intervals["bounds"]["CIDEr"]
+    assert f"model CIDEr {metrics['model']['CIDEr']:.4f} [{low:.4f}, {high:.4f}]: 95% intervals" in done.stdout
 
 
 def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):

@@ -142,6 +142,7 @@ def parse_references(value: str, column: str, where: str) -> list[str]:
 
 def score_file(path: Path, out_dir: Path | None = None) -> tuple[dict, Path]:
     """Read, score and write metrics.json (next to the file unless `out_dir`); returns both."""
+    from vlm_resampler.evaluation.intervals import PanoramaBootstrap
     from vlm_resampler.evaluation.metrics import CaptionScorer
     from vlm_resampler.runs.atomic import write_json
 
@@ -150,14 +151,17 @@ def score_file(path: Path, out_dir: Path | None = None) -> tuple[dict, Path]:
     items, layout = read_predictions(path)
     out = Path(out_dir) if out_dir is not None else path.parent
     with CaptionScorer() as scorer:
-        scores = scorer.score([i.prediction for i in items], [i.references for i in items])
+        scores = scorer.score_items([i.prediction for i in items], [i.references for i in items])
         unavailable = dict(scorer.unavailable)
+    images = [i.image for i in items]
+    bootstrap = PanoramaBootstrap(images)
     results = {
         "predictions_csv": str(path.resolve()),
         "layout": layout,
         "n_items": len(items),
         "n_references": sum(len(i.references) for i in items),
-        "model": scores,
+        "model": scores.corpus,
+        "intervals": bootstrap.record({"CIDEr": bootstrap.interval(scores.per_item["CIDEr"], images)}),
         "unavailable": unavailable,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
@@ -185,6 +189,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    from vlm_resampler.evaluation.intervals import cider_interval_line
     from vlm_resampler.evaluation.summary import scores_table
 
     args = parse_args(argv)
@@ -195,6 +200,7 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"{args.csv_input}: {results['n_items']} items, {results['n_references']} references ({results['layout']})")
     print(scores_table([("model", results["model"])]))
+    print(cider_interval_line(results))
     for name, reason in results["unavailable"].items():
         print(f"{name} not computed: {reason}")
     print(f"metrics written to {target}")

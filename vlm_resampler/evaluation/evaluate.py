@@ -22,7 +22,14 @@ from vlm_resampler.evaluation.metrics import CaptionScorer, require_java
 from vlm_resampler.evaluation.report import Card, example_images, render_report
 from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, compute_settings, scores_meteor
 from vlm_resampler.evaluation.summary import summary_table
-from vlm_resampler.evaluation.synthpano_eval import QA_MAX_NEW_TOKENS, exact_match, qa_items_for, seam_subsets
+from vlm_resampler.evaluation.synthpano_eval import (
+    QA_MAX_NEW_TOKENS,
+    answer_hits,
+    exact_match,
+    qa_intervals,
+    qa_items_for,
+    seam_subsets,
+)
 from vlm_resampler.runs import layout
 from vlm_resampler.runs.atomic import write_json, write_text
 from vlm_resampler.runs.load import LoadedStage, build_model, load_stage
@@ -122,34 +129,67 @@ def report_ignored_settings(cfg: DictConfig, meta: dict) -> list[str]:
     return notes
 
 
+@dataclasses.dataclass
+class ImageDependence:
+    """Each item's answer loss with its own panorama and with the next item's."""
+
+    own: list[float]
+    rotated: list[float]
+
+    @property
+    def gaps(self) -> list[float]:
+        return [r - o for o, r in zip(self.own, self.rotated)]
+
+    def summary(self) -> dict:
+        own, rotated = sum(self.own) / len(self.own), sum(self.rotated) / len(self.rotated)
+        return {
+            "answer_loss": round(own, 4),
+            "answer_loss_images_rotated": round(rotated, 4),
+            "gap": round(rotated - own, 4),
+        }
+
+
 @torch.no_grad()
-def image_dependence(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int) -> dict:
-    """Answer loss with each item's own panorama, and with the panoramas rotated by one item.
+def image_dependence(model, tokenizer, prompt, items: list[dict], data_cfg, batch_size: int) -> ImageDependence | None:
+    """Answer loss with each item's own panorama, and with the panoramas rotated by one item
+    (item i gets item i+1's); None with fewer than two items.
 
     A model that reads the image does much worse on the rotated pairs; a gap near zero means
-    the captions come from the language prior alone, whatever the caption metrics say.
+    the captions come from the language prior alone, whatever the caption metrics say. Each item
+    weighs the same: the losses are means over items of each item's mean over its answer tokens.
     """
     from vlm_resampler.data.collate import CaptionCollator
-    from vlm_resampler.training.losses import next_token_loss
+    from vlm_resampler.training.losses import answer_losses
 
     if len(items) < 2:
-        return {}
+        return None
     collate = CaptionCollator(tokenizer, prompt, int(data_cfg["max_answer_tokens"]))
     dataset = EvalItems(items, int(data_cfg["erp_width"]), int(data_cfg["erp_height"]))
     examples = [dataset[i] | {"answer": item["references"][0]} for i, item in enumerate(items)]
     shuffled = [ex | {"panorama": examples[(i + 1) % len(examples)]["panorama"]} for i, ex in enumerate(examples)]
-    totals = {"own": 0.0, "rotated": 0.0}
+    losses = ImageDependence(own=[], rotated=[])
     for start in range(0, len(examples), batch_size):
-        for label, rows in (("own", examples), ("rotated", shuffled)):
-            chunk = rows[start : start + batch_size]
-            batch = batch_to(collate(chunk), model.device)
-            totals[label] += float(next_token_loss(model, batch)[0]) * len(chunk)
-    own, rotated = totals["own"] / len(examples), totals["rotated"] / len(examples)
-    return {
-        "answer_loss": round(own, 4),
-        "answer_loss_images_rotated": round(rotated, 4),
-        "gap": round(rotated - own, 4),
-    }
+        for into, rows in ((losses.own, examples), (losses.rotated, shuffled)):
+            batch = batch_to(collate(rows[start : start + batch_size]), model.device)
+            into.extend(answer_losses(model, batch).tolist())
+    return losses
+
+
+def intervals_of(items: list[dict], per_item: dict[str, list[float]], dependence, qa=None) -> dict:
+    """metrics.json's `intervals` (evaluation/intervals.py): CIDEr and, where measured, the
+    image-shuffle gap and answer loss, and QA exact match overall and per kind; one set of
+    resamples of the evaluated panoramas for all of them."""
+    from vlm_resampler.evaluation.intervals import PanoramaBootstrap
+
+    images = [str(item["image"]) for item in items]
+    bootstrap = PanoramaBootstrap(images)
+    bounds = {"CIDEr": bootstrap.interval(per_item["CIDEr"], images)}
+    if dependence is not None:
+        bounds["image_gap"] = bootstrap.interval(dependence.gaps, images)
+        bounds["answer_loss"] = bootstrap.interval(dependence.own, images)
+    if qa is not None:
+        bounds |= qa_intervals(bootstrap, *qa)
+    return bootstrap.record(bounds)
 
 
 def constant_caption(data_cfg) -> str:
@@ -257,6 +297,7 @@ def evaluate_loaded(
         results["baselines"] = baselines(loaded, meta, items, data_cfg, int(cfg.batch_size), generation, scorer)
     if data_cfg.name == "synthpano":
         results["subsets"] = seam_subsets(items, predictions, data_cfg, cfg.split, scorer)
+    answered = None
     if data_cfg.name == "synthpano" and cfg.qa:
         qa = qa_items_for(items, data_cfg, cfg.split)
         # Every answer is a few words ("a red circle."): no need to let a wrong one run on for long.
@@ -265,10 +306,11 @@ def evaluate_loaded(
             loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa"
         )
         results["qa"] = exact_match(qa, answers)
+        answered = (qa, answer_hits(qa, answers))
         write_predictions(out_dir / "qa_predictions.csv", qa, answers)
-    results["image_dependence"] = image_dependence(
-        loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size)
-    )
+    dependence = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
+    results["image_dependence"] = dependence.summary() if dependence else {}
+    results["intervals"] = intervals_of(items, scored.per_item, dependence, answered)
     results["generation"] = throughput | {"precision": precision}
     if skipped_rows:
         results["skipped_rows"] = {"count": len(skipped_rows), "first": skipped_rows[:5]}

@@ -13,6 +13,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
+from vlm_resampler.evaluation.intervals import cider_interval_line, interval_text
 from vlm_resampler.evaluation.metrics import METRIC_NAMES
 
 # Per-example scores a card shows and the page can sort by (when computed).
@@ -98,11 +99,15 @@ def facts(results: dict) -> str:
             f"generation: {gen['decoding']}, batch {gen['batch_size']}, {gen['items_per_s']:.2f} items/s, "
             f"{gen['tokens_per_s']:.1f} generated tokens/s"
         )
+    intervals = results.get("intervals")
+    if intervals:
+        lines.append(cider_interval_line(results))
     dep = results.get("image_dependence")
     if dep:
         lines.append(
             f"image dependence: answer loss {dep['answer_loss']:.4f} with its own panorama, "
-            f"{dep['answer_loss_images_rotated']:.4f} with another's (gap {dep['gap']:+.4f})"
+            f"{dep['answer_loss_images_rotated']:.4f} with another's "
+            f"(gap {dep['gap']:+.4f}{interval_text(intervals, 'image_gap', 4)})"
         )
     lines += results.get("ignored_settings", [])
     return "".join(f"<li>{html.escape(line)}</li>" for line in lines)

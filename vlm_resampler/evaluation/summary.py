@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlm_resampler.evaluation.intervals import cider_interval_line, interval_text
+
 TABLE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
@@ -18,6 +20,9 @@ def summary_table(results: dict) -> str:
         f"{results['dataset']}/{results['split']}: {results['n_items']} items, stage {results['stage']}",
         scores_table(rows),
     ]
+    intervals = results.get("intervals")
+    if intervals:
+        lines.append(cider_interval_line(results))
     for name, subset in results.get("subsets", {}).items():
         lines.append(
             f"  {name} subset ({subset['n_items']} items): BLEU-4 {subset['BLEU-4']:.4f}, CIDEr {subset['CIDEr']:.4f}"
@@ -25,12 +30,16 @@ def summary_table(results: dict) -> str:
     qa = results.get("qa")
     if qa and qa["n_items"]:
         kinds = ", ".join(f"{k} {v['exact_match']:.3f}" for k, v in qa["by_kind"].items())
-        lines.append(f"question answering: exact match {qa['exact_match']:.3f} on {qa['n_items']} questions ({kinds})")
+        lines.append(
+            f"question answering: exact match {qa['exact_match']:.3f}{interval_text(intervals, 'QA')} "
+            f"on {qa['n_items']} questions ({kinds})"
+        )
     dependence = results.get("image_dependence")
     if dependence:
         lines.append(
             f"image dependence: answer loss {dependence['answer_loss']:.4f} with its own panorama, "
-            f"{dependence['answer_loss_images_rotated']:.4f} with another's (gap {dependence['gap']:+.4f})"
+            f"{dependence['answer_loss_images_rotated']:.4f} with another's "
+            f"(gap {dependence['gap']:+.4f}{interval_text(intervals, 'image_gap', 4)})"
         )
     generation = results.get("generation")
     if generation:

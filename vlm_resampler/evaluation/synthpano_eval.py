@@ -31,17 +31,38 @@ def qa_items_for(items: list[dict], data_cfg, split: str) -> list[dict]:
     return [qa for qa in prepare_split(data_cfg, split, "qa") if str(qa["image"]) in images]
 
 
+def answer_hits(qa_items: list[dict], answers: list[str]) -> list[bool]:
+    """Whether each answer equals one of its references (case and punctuation ignored)."""
+    return [
+        normalise_answer(answer) in {normalise_answer(r) for r in item["references"]}
+        for item, answer in zip(qa_items, answers, strict=True)
+    ]
+
+
+def kinds_of(qa_items: list[dict]) -> dict[str, list[int]]:
+    """Kind of question -> the indices of its items, kinds in alphabetical order."""
+    kinds: dict[str, list[int]] = {}
+    for i, item in enumerate(qa_items):
+        kinds.setdefault(question_kind(item["query"]), []).append(i)
+    return dict(sorted(kinds.items()))
+
+
 def exact_match(qa_items: list[dict], answers: list[str]) -> dict:
     """Share of answers equal to the reference (case and punctuation ignored), overall and per kind."""
-    hits: dict[str, list[bool]] = {}
-    for item, answer in zip(qa_items, answers):
-        correct = normalise_answer(answer) in {normalise_answer(r) for r in item["references"]}
-        hits.setdefault(question_kind(item["query"]), []).append(correct)
-    every = [h for kind in hits.values() for h in kind]
+    hits = answer_hits(qa_items, answers)
+    by_kind = {kind: [hits[i] for i in chosen] for kind, chosen in kinds_of(qa_items).items()}
     return {
-        "exact_match": round(sum(every) / len(every), 4) if every else None,
-        "n_items": len(every),
-        "by_kind": {
-            kind: {"exact_match": round(sum(h) / len(h), 4), "n_items": len(h)} for kind, h in sorted(hits.items())
-        },
+        "exact_match": round(sum(hits) / len(hits), 4) if hits else None,
+        "n_items": len(hits),
+        "by_kind": {kind: {"exact_match": round(sum(h) / len(h), 4), "n_items": len(h)} for kind, h in by_kind.items()},
     }
+
+
+def qa_intervals(bootstrap, qa_items: list[dict], hits: list[bool]) -> dict[str, list[float]]:
+    """Bootstrap intervals (evaluation/intervals.py) of exact match, overall (`QA`) and per kind
+    (`QA_<kind>`), the names summaries give them."""
+    images = [str(item["image"]) for item in qa_items]
+    bounds = {"QA": bootstrap.interval(hits, images)}
+    for kind, chosen in kinds_of(qa_items).items():
+        bounds[f"QA_{kind}"] = bootstrap.interval([hits[i] for i in chosen], [images[i] for i in chosen])
+    return bounds

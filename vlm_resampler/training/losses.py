@@ -136,6 +136,21 @@ def next_token_loss(
     return F.cross_entropy(logits.float(), targets, reduction="sum") / num_items, {}
 
 
+def answer_losses(model, batch: dict) -> torch.Tensor:
+    """[B]: each row's mean cross-entropy over its own answer tokens (an eval's per-example loss,
+    so that every example weighs the same whatever its length or batch)."""
+    logits, targets = model.answer_logits(
+        visual_embeddings_of(model, batch), batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+    # answer_logits keeps the answer positions in row order: row i owns the next counts[i] of them
+    counts = (batch["labels"][:, 1:] != -100).sum(dim=1)
+    if int(counts.sum()) != len(targets) or not bool((counts > 0).all()):
+        raise ValueError(f"answer tokens per row {counts.tolist()} do not add up to the {len(targets)} scored")
+    rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    return per_token.new_zeros(len(counts)).index_add_(0, rows, per_token) / counts
+
+
 def object_code_loss(visual: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per visual token: squared error (mean over the width) + (1 - cosine), averaged. `target`:
     the object-code layout (models/object_codes.py) of the same shape as `visual`."""
