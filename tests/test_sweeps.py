@@ -494,3 +494,68 @@ def test_eval_after_builds_its_command_with_the_default_and_with_extra_eval_args
         OmegaConf.create({"eval_after": True, "eval_args": ["max_items=5", "baselines=false"]}), stage_dir
     )
     assert extra == base + ["max_items=5", "baselines=false"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spread: each eval number's interval, and a setting's mean and deviation over seeds.
+# ---------------------------------------------------------------------------------------------
+
+
+def finished_job(sweep: Path, num: int, overrides: list[str], cider: float, bounds: list[float], loss: float) -> None:
+    """A job directory as a finished job with an eval leaves it (what summarize reads)."""
+    job = sweep / dirs.job_dir_name(num, overrides)
+    out = job / "resampler" / "eval" / "synthpano-test"
+    out.mkdir(parents=True)
+    (job / dirs.OVERRIDES).write_text(yaml.safe_dump(overrides))
+    (job / layout.STATUS).write_text(json.dumps({"status": "done"}))
+    (job / "resampler" / layout.TRAIN_METRICS).write_text(json.dumps({"final_loss": loss, "steps": 10}))
+    metrics = {"model": {"CIDEr": cider}, "intervals": {"bounds": {"CIDEr": bounds}}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_summarize_shows_each_eval_interval_and_the_spread_over_seeds(tmp_path):
+    from vlm_resampler.sweeps.summarize import write_summary
+
+    sweep = tmp_path / "sweep"
+    runs = [  # (resampler, seed, CIDEr, its interval, final loss)
+        ("mlp", 0, 1.0, [0.5, 1.5], 2.0),
+        ("mlp", 1, 2.0, [1.5, 2.5], 4.0),
+        ("mlp", 2, 3.0, [2.5, 3.5], 6.0),
+        ("perceiver", 0, 5.0, [4.0, 6.0], 1.0),
+        ("perceiver", 1, 7.0, [6.0, 8.0], 3.0),
+    ]
+    for num, (resampler, seed, cider, bounds, loss) in enumerate(runs):
+        finished_job(sweep, num, [f"resampler={resampler}", f"seed={seed}"], cider, bounds, loss)
+    _, lines = write_summary(sweep, counts=False)
+    assert lines[0] == f"5 of 5 job(s) done in {sweep}"
+
+    with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["eval_CIDEr_low"], r["eval_CIDEr_high"]) for r in rows] == [
+        (str(b[0]), str(b[1])) for *_, b, _ in runs
+    ]
+    text = (sweep / dirs.SUMMARY_MD).read_text()
+    assert "| 1 [0.5, 1.5] |" in text and "| 7 [6, 8] |" in text and "95% bootstrap intervals" in text
+    section = text.split("## Across seeds")[1]
+    # mlp: CIDEr 1, 2, 3 -> mean 2, sd 1; loss 2, 4, 6 -> mean 4, sd 2. perceiver: 5, 7 -> 6 +- 1.414.
+    assert "| mlp | 0, 1, 2 | 2 ± 1 (3) | 4 ± 2 (3) |" in section
+    assert "| perceiver | 0, 1 | 6 ± 1.4 (2) | 2 ± 1.4 (2) |" in section
+    assert (sweep / dirs.SUMMARY_PNG).stat().st_size > 1000
+
+    # A sweep that does not vary the seed has no such section, and seed is never the plot's x axis.
+    from vlm_resampler.sweeps.collect import collect
+    from vlm_resampler.sweeps.summarize import plot_axis
+
+    jobs, _, _ = collect(sweep, counts=False)
+    assert plot_axis(jobs) is None
+    single = tmp_path / "single"
+    finished_job(single, 0, ["resampler=mlp"], 1.0, [0.5, 1.5], 2.0)
+    finished_job(single, 1, ["resampler=perceiver"], 2.0, [1.5, 2.5], 2.0)
+    write_summary(single, counts=False)
+    assert "Across seeds" not in (single / dirs.SUMMARY_MD).read_text()
+    # Its plot's eval panels draw each job's interval as the error bar (below, above the value).
+    from vlm_resampler.sweeps.summarize import interval_bars
+
+    single_jobs, _, _ = collect(single, counts=False)
+    assert interval_bars(single_jobs, "CIDEr") == [[0.5, 0.5], [0.5, 0.5]]
+    assert interval_bars(single_jobs, None) is None

@@ -29,6 +29,8 @@ class JobSummary:
     tokens_per_image: int | None = None
     stages: dict[str, dict] = field(default_factory=dict)  # name -> final_loss, samples_per_s, steps
     eval: dict[str, float] = field(default_factory=dict)
+    # metric -> [low, high]: its bootstrap interval over the test panoramas (evaluation/intervals.py)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
     eval_dir: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -130,6 +132,7 @@ def read_eval(job: JobSummary) -> None:
             metrics = read_json_or_none(path)
             if metrics and isinstance(metrics.get("model"), dict):
                 job.eval = eval_numbers(metrics)
+                job.intervals = dict((metrics.get("intervals") or {}).get("bounds") or {})
                 job.eval_dir = str(path.parent.relative_to(job.dir))
                 return
 

@@ -3,12 +3,18 @@ parameter counts and tokens per image, per stage the final loss and samples/s, a
 metrics of its last stage when it was evaluated. Written as summary.csv, summary.md and
 summary.png (a metric against the swept parameter, one line per resampler type) into the sweep
 directory. Failed, interrupted, never-started and missing jobs are listed with the reason.
+
+Two kinds of spread are shown, since a difference between resamplers means something only when
+it is larger than both: each eval number's bootstrap interval over the test panoramas (what another
+test set could give), and, for a sweep over `seed`, the mean and standard deviation over the seeds
+of jobs that differ in nothing else (what another training run could give).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 from vlm_resampler.runs import layout
@@ -20,6 +26,7 @@ TYPE_KEYS = ("resampler", "experiment")  # overrides that choose a resampler typ
 # depend on the image (nats), question-answering exact match overall and by kind.
 EVAL_TABLE = ("CIDEr", "image_gap", "QA", "QA_colour", "QA_count", "QA_direction", "QA_size", "QA_pole")
 PLOT_METRICS = ("CIDEr", "image_gap", "QA")  # summary.png's eval panels
+SEED_KEY = "seed"  # jobs that differ only in it are runs of one setting
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +84,9 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
     ]
     for stage in stages:
         header += [f"{stage}_final_loss", f"{stage}_samples_per_s", f"{stage}_s_per_step", f"{stage}_steps"]
-    header += [f"eval_{m}" for m in metrics] + ["eval_dir", "reason"]
+    bounded = [m for m in metrics if any(m in j.intervals for j in jobs)]
+    header += [f"eval_{m}" for m in metrics]
+    header += [f"eval_{m}_{end}" for m in bounded for end in ("low", "high")] + ["eval_dir", "reason"]
     rows = []
     for job in jobs:
         values = job_values(job)
@@ -103,6 +112,9 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
                 f"{stage}_steps": numbers.get("steps"),
             }
         row |= {f"eval_{m}": job.eval.get(m) for m in metrics}
+        for m in bounded:
+            low, high = job.intervals.get(m, (None, None))
+            row |= {f"eval_{m}_low": low, f"eval_{m}_high": high}
         rows.append(row)
     return header, rows
 
@@ -152,8 +164,10 @@ def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, ali
         ]
         cells += [job.stages.get(s, {}).get("final_loss") for s in stages]
         cells += [job.stages.get(s, {}).get("s_per_step") for s in stages]
-        cells += [job.eval.get(m) for m in metrics]
-        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("| " + " | ".join([*(_fmt(c) for c in cells), *(with_interval(job, m) for m in metrics)]) + " |")
+    if any(j.intervals for j in jobs):
+        lines += ["", "Eval numbers in [brackets]: 95% bootstrap intervals over the test panoramas (metrics.json)."]
+    lines += seed_section(jobs, metrics)
     unfinished = [j for j in jobs if not j.finished]
     if unfinished:
         lines += ["", "## Not done", ""]
@@ -173,6 +187,60 @@ def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, ali
     return "\n".join(lines) + "\n"
 
 
+def with_interval(job: JobSummary, metric: str) -> str:
+    bounds = job.intervals.get(metric)
+    value = _fmt(job.eval.get(metric))
+    return f"{value} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds and metric in job.eval else value
+
+
+def seed_groups(jobs: list[JobSummary]) -> tuple[list[str], list[tuple[tuple, list[JobSummary]]]]:
+    """(the swept keys other than seed, [(their values, the jobs with them)]) in first-job order."""
+    others = [k for k in swept_keys(jobs)[0] if k != SEED_KEY]
+    groups: dict[tuple, list[JobSummary]] = {}
+    for job in jobs:
+        values = job_values(job)
+        groups.setdefault(tuple(values.get(k) for k in others), []).append(job)
+    return others, list(groups.items())
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_section(jobs: list[JobSummary], metrics: list[str]) -> list[str]:
+    """summary.md's "Across seeds" table, for a sweep over seed: each setting's mean and standard
+    deviation over the seeds its finished jobs ran."""
+    if SEED_KEY not in swept_keys(jobs)[0]:
+        return []
+    others, groups = seed_groups(jobs)
+    last = (stage_order(jobs) or [None])[-1]
+    columns = [*(f"eval {m}" for m in metrics), *([f"{last} loss"] if last else [])]
+    lines = [
+        "",
+        "## Across seeds",
+        "",
+        "Jobs that differ only in `seed`, over their finished jobs: mean ± standard deviation (n seeds).",
+        "",
+        "| " + " | ".join([*others, "seeds", *columns]) + " |",
+        "|" + "---|" * (len(others) + 1 + len(columns)),
+    ]
+    for values, members in groups:
+        done = [j for j in members if j.finished]
+        numbers = [[j.eval.get(m) for j in done] for m in metrics]
+        if last:
+            numbers.append([j.stages.get(last, {}).get("final_loss") for j in done])
+        cells = [_fmt(v) for v in values] + [", ".join(job_values(j).get(SEED_KEY, "?") for j in done) or "-"]
+        for column in numbers:
+            present = [v for v in column if v is not None]
+            if not present:
+                cells.append("-")
+                continue
+            mean, sd = mean_sd(present)
+            cells.append(f"{mean:.4g} ± {sd:.2g} ({len(present)})" if sd is not None else f"{mean:.4g} (1)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------
 # The plot.
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +257,7 @@ def plot_axis(jobs: list[JobSummary]) -> str | None:
     """The swept parameter on the x axis: the first swept key (not a type choice) with numbers."""
     swept, _ = swept_keys(jobs)
     for key in swept:
-        if key in TYPE_KEYS:
+        if key in TYPE_KEYS or key == SEED_KEY:
             continue
         values = [job_values(j).get(key) for j in jobs]
         if all(_number(v) is not None for v in values if v is not None) and any(v is not None for v in values):
@@ -200,6 +268,32 @@ def plot_axis(jobs: list[JobSummary]) -> str | None:
 def line_label(job: JobSummary) -> str:
     values = job_values(job)
     return job.resampler or values.get("resampler") or values.get("experiment") or "default"
+
+
+def setting_label(job: JobSummary, keys: list[str]) -> str:
+    """A job's values of `keys` (the swept keys other than seed and type: the line it is on)."""
+    values = job_values(job)
+    return " ".join(f"{k}={values.get(k)}" for k in keys) or line_label(job)
+
+
+def over_seeds(points: list[tuple]) -> tuple[list, list[float], list[float]]:
+    """(x, mean, standard deviation) per distinct x of (x, y) points, in their order; sd 0 for one."""
+    by_x: dict = {}
+    for x, y in points:
+        by_x.setdefault(x, []).append(y)
+    spreads = [mean_sd(ys) for ys in by_x.values()]
+    return list(by_x), [m for m, _ in spreads], [sd or 0.0 for _, sd in spreads]
+
+
+def interval_bars(jobs: list[JobSummary], metric: str | None) -> list[list[float]] | None:
+    """matplotlib's yerr ([below], [above]) from each job's interval of `metric` (0 where it has none)."""
+    if metric is None or not any(metric in j.intervals for j in jobs):
+        return None
+    bounds = [j.intervals.get(metric, [j.eval[metric]] * 2) for j in jobs]
+    return [
+        [j.eval[metric] - b[0] for j, b in zip(jobs, bounds)],
+        [b[1] - j.eval[metric] for j, b in zip(jobs, bounds)],
+    ]
 
 
 def plot(path: Path, jobs: list[JobSummary]) -> bool:
@@ -213,37 +307,43 @@ def plot(path: Path, jobs: list[JobSummary]) -> bool:
         return False
     stages = stage_order(jobs)
     last = stages[-1] if stages else None
-    panels = []
+    panels = []  # (title, the job's number, the eval metric whose interval is the error bar)
     if last:
         panels += [
-            (f"{last}: final loss", lambda j: j.stages.get(last, {}).get("final_loss")),
-            (f"{last}: samples/s", lambda j: j.stages.get(last, {}).get("samples_per_s")),
+            (f"{last}: final loss", lambda j: j.stages.get(last, {}).get("final_loss"), None),
+            (f"{last}: samples/s", lambda j: j.stages.get(last, {}).get("samples_per_s"), None),
         ]
     for metric in PLOT_METRICS:
         if any(metric in j.eval for j in jobs):
-            panels.append((f"eval {metric}", lambda j, m=metric: j.eval.get(m)))
-    if not panels or not any(f(j) is not None for _, f in panels for j in jobs):
+            panels.append((f"eval {metric}", lambda j, m=metric: j.eval.get(m), metric))
+    if not panels or not any(f(j) is not None for _, f, _ in panels for j in jobs):
         return False
     axis = plot_axis(jobs)
+    seeded = SEED_KEY in swept_keys(jobs)[0]
+    keys = [k for k in seed_groups(jobs)[0] if k not in TYPE_KEYS]
     groups: dict[str, list[JobSummary]] = {}
     for job in jobs:
         groups.setdefault(line_label(job), []).append(job)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, value) in zip(axes[0], panels):
+    for ax, (title, value, metric) in zip(axes[0], panels):
         for label, members in groups.items():
+            # over seeds, a setting's jobs share one x (their spread is the error bar)
+            shown = [j for j in members if value(j) is not None and (not axis or job_values(j).get(axis) is not None)]
             if axis:
-                points = sorted(
-                    (_number(job_values(j).get(axis)), value(j))
-                    for j in members
-                    if value(j) is not None and job_values(j).get(axis) is not None
-                )
+                shown.sort(key=lambda j: _number(job_values(j).get(axis)))
+                xs = [_number(job_values(j).get(axis)) for j in shown]
             else:
-                points = [(j.dir.name, value(j)) for j in members if value(j) is not None]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel(axis or "job")
+                xs = [setting_label(j, keys) if seeded else j.dir.name for j in shown]
+            if not shown:
+                continue
+            if seeded:
+                xs, ys, bars = over_seeds(list(zip(xs, [value(j) for j in shown])))
+            else:
+                ys, bars = [value(j) for j in shown], interval_bars(shown, metric)
+            ax.errorbar(xs, ys, yerr=bars, marker="o", capsize=3, label=label)
+        spread = " (mean ± sd over seeds)" if seeded else (" (95% interval)" if metric else "")
+        ax.set_title(title + spread)
+        ax.set_xlabel(axis or ("setting" if seeded else "job"))
         if not axis:
             ax.tick_params(axis="x", rotation=45)
         ax.grid(alpha=0.3)
