@@ -113,3 +113,67 @@ def test_each_examples_answer_loss_is_its_loss_alone(smoke_config):
             alone.append(float(next_token_loss(model, single)[0]))
     assert rows.shape == (3,)
     assert rows.tolist() == pytest.approx(alone, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two evals of the same items, compared item by item (launch/compare.py).
+# ---------------------------------------------------------------------------------------------
+
+
+def write_eval(directory, ciders: list[float], units: list[str], split: str = "test", correct=None):
+    """An eval directory as launch/eval.py leaves it, as far as the comparison reads it."""
+    import json
+
+    from vlm_resampler.evaluation.compare import item_scores_csv
+
+    directory.mkdir(parents=True)
+    items = [{"image": u, "query": "describe the panorama."} for u in units]
+    answered = None
+    if correct is not None:
+        answered = ([{"image": u, "query": "Which colour is the circle in front?"} for u in units], correct)
+    (directory / "item_scores.csv").write_text(item_scores_csv(items, ciders, None, answered))
+    (directory / "metrics.json").write_text(json.dumps({"dataset": "synthpano", "split": split}))
+    return directory
+
+
+def test_a_small_steady_difference_shows_paired_though_the_two_intervals_overlap(tmp_path):
+    """Panoramas differ a lot in difficulty (CIDEr 0 to 4) and A beats B by 0.1 on each: each
+    model's own interval is ~1 wide and they overlap, but resampled in pairs the difference is
+    0.1 in every resample."""
+    from vlm_resampler.evaluation.compare import compare, comparison_table
+
+    units = panoramas(60)
+    difficulty = [float(i % 5) for i in range(60)]
+    a = write_eval(tmp_path / "a", [d + 0.1 for d in difficulty], units, correct=[i % 2 for i in range(60)])
+    b = write_eval(tmp_path / "b", difficulty, units, correct=[i % 3 == 0 for i in range(60)])
+    bootstrap = PanoramaBootstrap(units)
+    alone_a, alone_b = bootstrap.interval([d + 0.1 for d in difficulty], units), bootstrap.interval(difficulty, units)
+    assert alone_a[0] < alone_b[1], "the models' own intervals overlap"
+    result = compare(a, b)
+    cider = result["metrics"]["CIDEr"]
+    assert cider["A_minus_B"] == pytest.approx(0.1) and cider["interval"] == [0.1, 0.1] and cider["A_above_B"] == 1
+    qa = result["metrics"]["QA"]  # 30 of 60 against 20 of 60, on different panoramas: a real spread
+    assert qa["A_minus_B"] == pytest.approx(10 / 60, abs=1e-4) and qa["interval"][0] < qa["A_minus_B"] < qa["interval"][1]
+    assert 0.5 < qa["A_above_B"] < 1 and set(result["metrics"]) == {"CIDEr", "QA", "QA_colour"}
+    table = comparison_table(result)
+    assert "CIDEr" in table and "[+0.1000, +0.1000]" in table and "100% of resamples" in table
+
+
+def test_evals_of_different_items_or_splits_are_refused_by_the_command_line(tmp_path):
+    from conftest import run_cli
+
+    a = write_eval(tmp_path / "a", [1.0, 2.0, 3.0], panoramas(3))
+    other_items = write_eval(tmp_path / "b", [1.0, 2.0], panoramas(2))
+    other_split = write_eval(tmp_path / "c", [1.0, 2.0, 3.0], panoramas(3), split="val")
+    done = run_cli("compare.py", str(a), str(other_items))
+    assert done.returncode == 2 and "the two evals scored different items (3 and 2" in done.stderr
+    done = run_cli("compare.py", str(a), str(other_split))
+    assert done.returncode == 2 and "split 'test' but" in done.stderr and "'val'" in done.stderr
+    done = run_cli("compare.py", str(a), str(tmp_path))
+    assert done.returncode == 2 and "no metrics.json and no item_scores.csv" in done.stderr
+    assert "Traceback" not in done.stderr
+    same = run_cli("compare.py", str(a), str(a), "--json", str(tmp_path / "same.json"))
+    assert same.returncode == 0, same.stderr
+    import json
+
+    assert json.loads((tmp_path / "same.json").read_text())["metrics"]["CIDEr"]["interval"] == [0.0, 0.0]

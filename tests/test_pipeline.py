@@ -84,6 +84,23 @@ def test_eval_from_the_checkpoint_dir_alone(smoke_run):
         assert low - 1e-4 <= value <= high + 1e-4, (name, value, low, high)
     low, high = intervals["bounds"]["CIDEr"]
     assert f"model CIDEr {metrics['model']['CIDEr']:.4f} [{low:.4f}, {high:.4f}]: 95% intervals" in done.stdout
+    # The items' own numbers, which launch/compare.py pairs, average to the reported ones.
+    with open(out / "item_scores.csv", newline="") as f:
+        scored = list(csv.DictReader(f))
+    captions, questions = [r for r in scored if r["set"] == "captions"], [r for r in scored if r["set"] == "qa"]
+    assert [(r["image"], r["query"]) for r in captions] == [(r["image"], r["query"]) for r in rows]
+
+    def mean(rows, column):
+        return sum(float(r[column]) for r in rows) / len(rows)
+
+    assert mean(captions, "CIDEr") == pytest.approx(metrics["model"]["CIDEr"], abs=1e-9)
+    assert mean(captions, "answer_loss") == pytest.approx(dependence["answer_loss"], abs=1e-4)
+    assert mean(captions, "answer_loss_images_rotated") == pytest.approx(
+        dependence["answer_loss_images_rotated"], abs=1e-4
+    )
+    assert len(questions) == qa["n_items"] and mean(questions, "correct") == pytest.approx(qa["exact_match"], abs=1e-4)
+    itself = run_cli("compare.py", str(out), str(out))
+    assert itself.returncode == 0 and "[+0.0000, +0.0000]" in itself.stdout, itself.stderr
 
 
 def test_eval_of_a_run_dir_takes_its_last_stage(smoke_run):

@@ -16,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlm_resampler.data.datasets import EvalItems, load_split, prepare_split
 from vlm_resampler.errors import OutOfGpuMemory, first_line
+from vlm_resampler.evaluation.compare import ITEM_SCORES, item_scores_csv
 from vlm_resampler.evaluation.device import autocast, batch_to, check_eval_precision, describe, eval_device
 from vlm_resampler.evaluation.generate import predict_items
+from vlm_resampler.evaluation.intervals import PanoramaBootstrap
 from vlm_resampler.evaluation.metrics import CaptionScorer, require_java
 from vlm_resampler.evaluation.report import Card, example_images, render_report
 from vlm_resampler.evaluation.settings import GenerationSettings, ReportSettings, compute_settings, scores_meteor
@@ -179,8 +181,6 @@ def intervals_of(items: list[dict], per_item: dict[str, list[float]], dependence
     """metrics.json's `intervals` (evaluation/intervals.py): CIDEr and, where measured, the
     image-shuffle gap and answer loss, and QA exact match overall and per kind; one set of
     resamples of the evaluated panoramas for all of them."""
-    from vlm_resampler.evaluation.intervals import PanoramaBootstrap
-
     images = [str(item["image"]) for item in items]
     bootstrap = PanoramaBootstrap(images)
     bounds = {"CIDEr": bootstrap.interval(per_item["CIDEr"], images)}
@@ -319,8 +319,9 @@ def evaluate_loaded(
         results["rebuilt_without_metadata"] = meta[RECONSTRUCTED]  # where each model setting came from
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_predictions(out_dir / "predictions.csv", items, predictions)
+    write_text(out_dir / ITEM_SCORES, item_scores_csv(items, scored.per_item["CIDEr"], dependence, answered))
     write_json(out_dir / "metrics.json", results)
-    written = "predictions.csv, " + ("qa_predictions.csv, " if "qa" in results else "") + "metrics.json"
+    written = "predictions.csv, " + ("qa_predictions.csv, " if "qa" in results else "") + f"{ITEM_SCORES}, metrics.json"
     report = ReportSettings.from_eval_config(cfg)
     if report.enabled:
         write_report(

@@ -56,16 +56,18 @@ class PanoramaBootstrap:
         low, high = np.nanpercentile(means, [tail, 100 - tail])
         return [round(float(low), 4), round(float(high), 4)]
 
-    def record(self, bounds: dict[str, list[float]], level: float = LEVEL) -> dict:
-        """metrics.json's `intervals`: how they were drawn, and each metric's [low, high]."""
+    def describe(self, level: float = LEVEL) -> dict:
         return {
             "level": level,
             "method": "percentile bootstrap over panoramas (each drawn with all its captions and questions)",
             "panoramas": len(self.units),
             "resamples": self.resamples,
             "seed": self.seed,
-            "bounds": bounds,
         }
+
+    def record(self, bounds: dict[str, list[float]], level: float = LEVEL) -> dict:
+        """metrics.json's `intervals`: how they were drawn, and each metric's [low, high]."""
+        return self.describe(level) | {"bounds": bounds}
 
 
 def interval_text(intervals: dict | None, name: str, digits: int = 3) -> str:
