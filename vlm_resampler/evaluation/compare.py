@@ -22,7 +22,7 @@ import numpy as np
 
 from vlm_resampler.data.answers import question_kind
 from vlm_resampler.errors import UserFacingError
-from vlm_resampler.evaluation.intervals import LEVEL, PanoramaBootstrap
+from vlm_resampler.evaluation.intervals import LEVEL, PanoramaBootstrap, central
 
 ITEM_SCORES = "item_scores.csv"
 COLUMNS = ("set", "image", "query", "CIDEr", "answer_loss", "answer_loss_images_rotated", "correct")
@@ -40,7 +40,7 @@ def item_scores_csv(items: list[dict], ciders: list[float], dependence, answered
     writer.writerow(COLUMNS)
     for i, (item, cider) in enumerate(zip(items, ciders, strict=True)):
         losses = (dependence.own[i], dependence.rotated[i]) if dependence is not None else ("", "")
-        writer.writerow(["captions", str(item["image"]), item["query"], repr(cider), *map(str, losses), ""])
+        writer.writerow(["captions", str(item["image"]), item["query"], float(cider), *losses, ""])
     for question, correct in zip(*(answered or ([], [])), strict=True):
         writer.writerow(["qa", str(question["image"]), question["query"], "", "", "", int(correct)])
     return buffer.getvalue()
@@ -107,7 +107,7 @@ def compare(a_dir: Path, b_dir: Path) -> dict:
             "A": round(float(np.mean(a)), 4),
             "B": round(float(np.mean(b)), 4),
             "A_minus_B": round(float(np.mean(a) - np.mean(b)), 4),
-            "interval": bootstrap.interval([x - y for x, y in zip(a, b)], units),
+            "interval": central(differences),
             "A_above_B": round(float(np.mean(drawn > 0)), 4),
             "items": len(a),
         }

@@ -51,10 +51,7 @@ class PanoramaBootstrap:
 
     def interval(self, values: list[float], units: list[str], level: float = LEVEL) -> list[float]:
         """[low, high]: the central `level` share of the resampled means."""
-        means = self.means(values, units)
-        tail = (1.0 - level) / 2 * 100
-        low, high = np.nanpercentile(means, [tail, 100 - tail])
-        return [round(float(low), 4), round(float(high), 4)]
+        return central(self.means(values, units), level)
 
     def describe(self, level: float = LEVEL) -> dict:
         return {
@@ -68,6 +65,14 @@ class PanoramaBootstrap:
     def record(self, bounds: dict[str, list[float]], level: float = LEVEL) -> dict:
         """metrics.json's `intervals`: how they were drawn, and each metric's [low, high]."""
         return self.describe(level) | {"bounds": bounds}
+
+
+def central(means: np.ndarray, level: float = LEVEL) -> list[float]:
+    """[low, high]: the central `level` share of resampled means (NaN, a resample that drew none of
+    the metric's panoramas, left out)."""
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.nanpercentile(means, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def interval_text(intervals: dict | None, name: str, digits: int = 3) -> str:
