@@ -153,7 +153,9 @@ def test_a_small_steady_difference_shows_paired_though_the_two_intervals_overlap
     cider = result["metrics"]["CIDEr"]
     assert cider["A_minus_B"] == pytest.approx(0.1) and cider["interval"] == [0.1, 0.1] and cider["A_above_B"] == 1
     qa = result["metrics"]["QA"]  # 30 of 60 against 20 of 60, on different panoramas: a real spread
-    assert qa["A_minus_B"] == pytest.approx(10 / 60, abs=1e-4) and qa["interval"][0] < qa["A_minus_B"] < qa["interval"][1]
+    assert (
+        qa["A_minus_B"] == pytest.approx(10 / 60, abs=1e-4) and qa["interval"][0] < qa["A_minus_B"] < qa["interval"][1]
+    )
     assert 0.5 < qa["A_above_B"] < 1 and set(result["metrics"]) == {"CIDEr", "QA", "QA_colour"}
     table = comparison_table(result)
     assert "CIDEr" in table and "[+0.1000, +0.1000]" in table and "100% of resamples" in table

@@ -531,9 +531,7 @@ def test_summarize_shows_each_eval_interval_and_the_spread_over_seeds(tmp_path):
 
     with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["eval_CIDEr_low"], r["eval_CIDEr_high"]) for r in rows] == [
-        (str(b[0]), str(b[1])) for *_, b, _ in runs
-    ]
+    assert [(r["eval_CIDEr_low"], r["eval_CIDEr_high"]) for r in rows] == [(str(b[0]), str(b[1])) for *_, b, _ in runs]
     text = (sweep / dirs.SUMMARY_MD).read_text()
     assert "| 1 [0.5, 1.5] |" in text and "| 7 [6, 8] |" in text and "95% bootstrap intervals" in text
     section = text.split("## Across seeds")[1]
