@@ -408,7 +408,7 @@ def test_question_answers_match_the_objects(dataset: Path) -> None:
 
 def test_eval_scores_every_question_kind_apart() -> None:
     from vlm_resampler.data.answers import question_kind
-    from vlm_resampler.evaluation.synthpano_eval import exact_match
+    from vlm_resampler.evaluation.synthpano_eval import answer_hits, exact_match
 
     objects = [
         SceneObject("circle", "red", "front", 0.0, 0.0, "large"),
@@ -420,7 +420,7 @@ def test_eval_scores_every_question_kind_apart() -> None:
     assert ("What is above?", "a small blue square.") in pairs
     assert ("What size is the red circle in front?", "large.") in pairs
     items = [{"query": question, "references": [answer]} for question, answer in pairs]
-    scores = exact_match(items, [answer.upper() for _, answer in pairs])
+    scores = exact_match(items, answer_hits(items, [answer.upper() for _, answer in pairs]))
     assert scores["exact_match"] == 1.0
     assert {kind: v["n_items"] for kind, v in scores["by_kind"].items()} == {
         "colour": 2,

@@ -305,8 +305,8 @@ def evaluate_loaded(
         answers, _ = predict_items(
             loaded.model, loaded.tokenizer, loaded.prompt, qa, data_cfg, int(cfg.batch_size), short, "qa"
         )
-        results["qa"] = exact_match(qa, answers)
         answered = (qa, answer_hits(qa, answers))
+        results["qa"] = exact_match(*answered)
         write_predictions(out_dir / "qa_predictions.csv", qa, answers)
     dependence = image_dependence(loaded.model, loaded.tokenizer, loaded.prompt, items, data_cfg, int(cfg.batch_size))
     results["image_dependence"] = dependence.summary() if dependence else {}

@@ -39,10 +39,10 @@ class PanoramaBootstrap:
         resample that drew none of their panoramas."""
         if len(values) != len(units):
             raise ValueError(f"{len(values)} values for {len(units)} panorama names")
-        unknown = next((u for u in units if u not in self.position), None)
-        if unknown is not None:
-            raise ValueError(f"{unknown} is not one of the {len(self.units)} panoramas resampled")
-        index = np.array([self.position[u] for u in units], dtype=np.int64)
+        try:
+            index = np.array([self.position[u] for u in units], dtype=np.int64)
+        except KeyError as err:
+            raise ValueError(f"{err.args[0]} is not one of the {len(self.units)} panoramas resampled") from None
         sums = np.bincount(index, weights=np.asarray(values, dtype=np.float64), minlength=len(self.units))
         counts = np.bincount(index, minlength=len(self.units)).astype(np.float64)
         drawn = self.draws @ counts

@@ -47,9 +47,8 @@ def kinds_of(qa_items: list[dict]) -> dict[str, list[int]]:
     return dict(sorted(kinds.items()))
 
 
-def exact_match(qa_items: list[dict], answers: list[str]) -> dict:
-    """Share of answers equal to the reference (case and punctuation ignored), overall and per kind."""
-    hits = answer_hits(qa_items, answers)
+def exact_match(qa_items: list[dict], hits: list[bool]) -> dict:
+    """Share of answers equal to the reference (`answer_hits`), overall and per kind."""
     by_kind = {kind: [hits[i] for i in chosen] for kind, chosen in kinds_of(qa_items).items()}
     return {
         "exact_match": round(sum(hits) / len(hits), 4) if hits else None,
