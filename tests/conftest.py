@@ -324,3 +324,19 @@ def finetune_save_fields(cfg: dict, lora: dict) -> dict:
         init_from=None,
         trainable=[],
     )
+
+
+def write_eval(directory, ciders: list[float], units: list[str], split: str = "test", correct=None):
+    """An eval directory as launch/eval.py leaves it, as far as the comparison reads it."""
+    import json
+
+    from vlm_resampler.evaluation.compare import item_scores_csv
+
+    directory.mkdir(parents=True)
+    items = [{"image": u, "query": "describe the panorama."} for u in units]
+    answered = None
+    if correct is not None:
+        answered = ([{"image": u, "query": "Which colour is the circle in front?"} for u in units], correct)
+    (directory / "item_scores.csv").write_text(item_scores_csv(items, ciders, None, answered))
+    (directory / "metrics.json").write_text(json.dumps({"dataset": "synthpano", "split": split}))
+    return directory

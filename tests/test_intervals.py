@@ -8,6 +8,8 @@ import torch
 
 from vlm_resampler.evaluation.intervals import PanoramaBootstrap, interval_text
 
+from conftest import write_eval
+
 
 def panoramas(n: int, per: int = 1) -> list[str]:
     return [f"pano_{p:03d}.png" for p in range(n) for _ in range(per)]
@@ -118,22 +120,6 @@ def test_each_examples_answer_loss_is_its_loss_alone(smoke_config):
 # ---------------------------------------------------------------------------------------------
 # Two evals of the same items, compared item by item (launch/compare.py).
 # ---------------------------------------------------------------------------------------------
-
-
-def write_eval(directory, ciders: list[float], units: list[str], split: str = "test", correct=None):
-    """An eval directory as launch/eval.py leaves it, as far as the comparison reads it."""
-    import json
-
-    from vlm_resampler.evaluation.compare import item_scores_csv
-
-    directory.mkdir(parents=True)
-    items = [{"image": u, "query": "describe the panorama."} for u in units]
-    answered = None
-    if correct is not None:
-        answered = ([{"image": u, "query": "Which colour is the circle in front?"} for u in units], correct)
-    (directory / "item_scores.csv").write_text(item_scores_csv(items, ciders, None, answered))
-    (directory / "metrics.json").write_text(json.dumps({"dataset": "synthpano", "split": split}))
-    return directory
 
 
 def test_a_small_steady_difference_shows_paired_though_the_two_intervals_overlap(tmp_path):

@@ -163,6 +163,75 @@ def test_objective_is_read_from_the_eval_of_its_split(tmp_path):
         objective_value(stage, "val/METEOR")
 
 
+def finished_trial_job(sweep: Path, job: str, ciders: list[float] | None, units: list[str]) -> None:
+    """A study job as the report reads it: done after the resampler stage, with its val eval
+    (item_scores.csv left out when `ciders` is None)."""
+    from conftest import write_eval
+
+    eval_dir = sweep / job / "resampler" / "eval" / "synthpano-val"
+    write_eval(eval_dir, ciders or [0.0] * len(units), units, split="val")
+    if ciders is None:
+        (eval_dir / "item_scores.csv").unlink()
+    (sweep / job / "status.json").write_text(json.dumps({"status": "done", "completed": ["resampler"]}))
+
+
+def study_of(jobs: dict[str, list[float] | None], same_as: dict[int, int]):
+    """An in-memory study with a completed trial per job, each valued at its mean CIDEr, then a
+    trial per `same_as` entry that reused an earlier trial's job."""
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from vlm_resampler.sweeps.study import JOB_DIR, SAME_AS
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("optimized_metric", "val/CIDEr")
+    names = list(jobs)
+    reused = [(names[earlier], {SAME_AS: earlier}) for earlier in same_as.values()]
+    for number, (job, extra) in enumerate([(job, {}) for job in names] + reused):
+        ciders = jobs[job]
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": number},
+                distributions={"x": IntDistribution(0, 10)},
+                value=sum(ciders) / len(ciders) if ciders else 0.0,
+                user_attrs={JOB_DIR: job, **extra},
+            )
+        )
+    return study
+
+
+def test_each_trial_is_paired_with_the_best_over_the_same_val_panoramas(tmp_path):
+    """The study's best is the maximum of a noisy number: the report says which trials the val
+    panoramas cannot tell from it (trial 1: 0.05 lower on average, +-0.8 per panorama), which
+    they can (trial 2: 0.5 lower on every one), which could not be paired and why (trial 3, no
+    item scores), and a trial that reused the best's job is the best."""
+    from vlm_resampler.sweeps.study_report import paired_with_best
+
+    units = [f"pano_{p:02d}.png" for p in range(40)]
+    difficulty = [float(p % 5) for p in range(40)]
+    jobs = {
+        "job_0": [d + 0.5 for d in difficulty],
+        "job_1": [d + 0.5 + (0.75 if p % 2 else -0.85) for p, d in enumerate(difficulty)],
+        "job_2": difficulty,
+        "job_3": None,
+    }
+    for job, ciders in jobs.items():
+        finished_trial_job(tmp_path, job, ciders, units)
+    cells, lines = paired_with_best(study_of(jobs, same_as={4: 0}), tmp_path)
+    assert cells[0] == cells[4] == "best" and cells[3] == "-"
+    assert cells[2] == "-0.500 [-0.500, -0.500]"
+    low, high = (float(x) for x in cells[1].split("[")[1].rstrip("]").split(", "))
+    assert cells[1].startswith("-0.050 [") and low < 0 < high
+    assert lines[0].startswith("on the 40 val panoramas, trial(s) 1 cannot be told from the best")
+    assert lines[1].startswith("trial(s) 3 not paired with the best:") and "no item_scores.csv" in lines[1]
+
+    apart, lines = paired_with_best(study_of({k: jobs[k] for k in ("job_0", "job_2")}, same_as={}), tmp_path)
+    assert apart == {0: "best", 1: "-0.500 [-0.500, -0.500]"}
+    assert lines == [
+        "on the 40 val panoramas, the best is apart from every other completed trial (no 95% interval holds 0)"
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # A study end to end (hydra/launcher=basic: trials one after another in the launching process).
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +290,9 @@ def test_study_runs_continues_without_repeating_a_trial_and_summarises(tmp_path)
     text = (sweep / dirs.SUMMARY_MD).read_text()
     assert "## Study" in text and "| trial | state | val/CIDEr |" in text
     assert text.count("| complete |") == 2
+    # the trial that is not the best, paired with it over the same val panoramas
+    assert "| val/CIDEr - best [95%] |" in text and "| best |" in text
+    assert "cannot be told from the best" in text or "the best is apart from" in text
     for name in ("study_history.png", "study_importances.png", "study_slice.png", "report.html"):
         assert (sweep / name).stat().st_size > 1000, name
     assert "resampler.num_latents" in (sweep / "report.html").read_text()

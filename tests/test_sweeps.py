@@ -217,12 +217,16 @@ def test_local_launcher_is_submitit_local():
 
 
 def with_sbatch(tmp_path: Path, script: str) -> dict:
-    """The environment with `script` as the `sbatch` on PATH: a stand-in for a cluster's."""
+    """The environment with `script` as the `sbatch` on PATH: a stand-in for a cluster's. An
+    `srun` that is never run stands beside it, for a machine without SLURM: submitit's executor
+    refuses to start where it finds none."""
     import os
 
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "sbatch").write_text(script)
-    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\necho 'srun: not expected in this test' >&2\nexit 1\n")
+    for name in ("sbatch", "srun"):
+        (tmp_path / "bin" / name).chmod(0o755)
     return os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
 
 
@@ -501,16 +505,24 @@ def test_eval_after_builds_its_command_with_the_default_and_with_extra_eval_args
 # ---------------------------------------------------------------------------------------------
 
 
-def finished_job(sweep: Path, num: int, overrides: list[str], cider: float, bounds: list[float], loss: float) -> None:
-    """A job directory as a finished job with an eval leaves it (what summarize reads)."""
+def finished_job(
+    sweep: Path, num: int, overrides: list[str], cider: float, bounds: list[float], loss: float, items=None
+) -> None:
+    """A job directory as a finished job with an eval leaves it (what summarize reads); `items`:
+    (each item's CIDEr, its panorama) for item_scores.csv, which evals before it did not write."""
+    from conftest import write_eval
+
     job = sweep / dirs.job_dir_name(num, overrides)
     out = job / "resampler" / "eval" / "synthpano-test"
-    out.mkdir(parents=True)
+    if items is None:
+        out.mkdir(parents=True)
+    else:
+        write_eval(out, *items)
     (job / dirs.OVERRIDES).write_text(yaml.safe_dump(overrides))
     (job / layout.STATUS).write_text(json.dumps({"status": "done"}))
     (job / "resampler" / layout.TRAIN_METRICS).write_text(json.dumps({"final_loss": loss, "steps": 10}))
-    metrics = {"model": {"CIDEr": cider}, "intervals": {"bounds": {"CIDEr": bounds}}}
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    metrics = {"dataset": "synthpano", "split": "test", "model": {"CIDEr": cider}}
+    (out / "metrics.json").write_text(json.dumps(metrics | {"intervals": {"bounds": {"CIDEr": bounds}}}))
 
 
 def test_summarize_shows_each_eval_interval_and_the_spread_over_seeds(tmp_path):
@@ -550,10 +562,43 @@ def test_summarize_shows_each_eval_interval_and_the_spread_over_seeds(tmp_path):
     finished_job(single, 0, ["resampler=mlp"], 1.0, [0.5, 1.5], 2.0)
     finished_job(single, 1, ["resampler=perceiver"], 2.0, [1.5, 2.5], 2.0)
     write_summary(single, counts=False)
-    assert "Across seeds" not in (single / dirs.SUMMARY_MD).read_text()
+    text = (single / dirs.SUMMARY_MD).read_text()
+    assert "Across seeds" not in text
+    assert "No job paired with the best:" in text and "no item_scores.csv" in text, "evals older than item scores"
     # Its plot's eval panels draw each job's interval as the error bar (below, above the value).
     from vlm_resampler.sweeps.summarize import interval_bars
 
     single_jobs, _, _ = collect(single, counts=False)
     assert interval_bars(single_jobs, "CIDEr") == [[0.5, 0.5], [0.5, 0.5]]
     assert interval_bars(single_jobs, None) is None
+
+
+def test_summarize_pairs_each_job_with_the_best_over_the_same_panoramas(tmp_path):
+    """Job 1 is 0.05 below the best on average but +-0.8 on each panorama: the eval set cannot tell
+    them apart. Job 2 is 0.5 below on every panorama: told apart, though the panoramas' difficulty
+    (CIDEr 0 to 4) makes each job's own interval about 1 wide. Job 3's eval has no item scores."""
+    from vlm_resampler.evaluation.intervals import PanoramaBootstrap
+    from vlm_resampler.sweeps.summarize import write_summary
+
+    sweep = tmp_path / "sweep"
+    units = [f"pano_{p:02d}.png" for p in range(40)]
+    difficulty = [float(p % 5) for p in range(40)]
+    scores = {
+        "mlp": [d + 0.5 for d in difficulty],
+        "perceiver": [d + 0.5 + (0.75 if p % 2 else -0.85) for p, d in enumerate(difficulty)],
+        "qformer": difficulty,
+    }
+    bootstrap = PanoramaBootstrap(units)
+    for num, (resampler, ciders) in enumerate(scores.items()):
+        bounds = bootstrap.interval(ciders, units)
+        finished_job(sweep, num, [f"resampler={resampler}"], sum(ciders) / 40, bounds, 1.0, items=(ciders, units))
+    finished_job(sweep, 3, ["resampler=bimamba"], 0.1, [0.0, 0.2], 1.0)
+    write_summary(sweep, counts=False)
+    section = (sweep / dirs.SUMMARY_MD).read_text().split("## Against the best")[1]
+    names = [dirs.job_dir_name(num, [f"resampler={r}"]) for num, r in enumerate([*scores, "bimamba"])]
+    assert f"| {names[0]} | mlp | best |" in section
+    assert f"| {names[1]} | perceiver | -0.050 [" in section
+    assert f"| {names[2]} | qformer | -0.500 [-0.500, -0.500] |" in section
+    assert f"| {names[3]} | bimamba | - |" in section
+    assert f"- CIDEr: best `{names[0]}`; the eval set cannot tell `{names[1]}` from it" in section
+    assert f"- `{names[3]}` not paired with the best:" in section and "no item_scores.csv" in section

@@ -117,6 +117,47 @@ def compare(a_dir: Path, b_dir: Path) -> dict:
     }
 
 
+def against_best(eval_dirs: dict, best: dict[str, object]) -> dict[str, dict]:
+    """Each eval's difference from the best one, per metric, paired over the same panoramas.
+
+    `eval_dirs` maps a key (a job, a trial) to its eval directory; `best` maps a metric to the key
+    of the best eval on it. Returns metric -> key -> compare()'s numbers for that metric with A the
+    key's eval and B the best's (so `A_minus_B` is this - best), or a string saying why the two could
+    not be paired. The best itself is left out. Each pair is compared once, whatever the metrics."""
+    compared: dict[tuple, dict | str] = {}
+    out: dict[str, dict] = {}
+    for metric, best_key in best.items():
+        rows = out.setdefault(metric, {})
+        for key, eval_dir in eval_dirs.items():
+            if key == best_key:
+                continue
+            if (key, best_key) not in compared:
+                try:
+                    compared[key, best_key] = compare(eval_dir, eval_dirs[best_key])
+                except CompareError as err:
+                    compared[key, best_key] = str(err)
+            result = compared[key, best_key]
+            if isinstance(result, str):
+                rows[key] = result
+            elif metric not in result["metrics"]:
+                rows[key] = f"{metric} has no per-item scores in both evals"
+            else:
+                rows[key] = result["metrics"][metric] | {"panoramas": result["bootstrap"]["panoramas"]}
+    return out
+
+
+def difference_text(numbers: dict, digits: int = 3) -> str:
+    """'-0.123 [-0.402, +0.151]': a difference with its interval."""
+    low, high = numbers["interval"]
+    return f"{numbers['A_minus_B']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def holds_zero(numbers: dict) -> bool:
+    """Whether the interval of the difference holds 0: the test set cannot tell the two apart."""
+    low, high = numbers["interval"]
+    return low <= 0 <= high
+
+
 def comparison_table(result: dict) -> str:
     boot = result["bootstrap"]
     lines = [

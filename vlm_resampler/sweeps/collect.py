@@ -147,20 +147,35 @@ class ObjectiveMissing(RuntimeError):
     """The job finished, but its eval does not hold the optimized metric."""
 
 
-def objective_value(stage_dir: Path, optimized_metric: str) -> float:
-    """`optimized_metric` ("<split>/<name>", e.g. val/CIDEr or val/image_gap) from the eval of
-    `stage_dir` on that split (<stage_dir>/eval/<dataset>-<split>/metrics.json)."""
-    split, _, name = optimized_metric.partition("/")
+def final_stage(job_dir: Path) -> str | None:
+    """The last stage a finished job completed (its status.json), or None while it is not done."""
+    status = read_json_or_none(Path(job_dir) / layout.STATUS) or {}
+    completed = status.get("completed") or []
+    return completed[-1] if status.get("status") == layout.DONE and completed else None
+
+
+def objective_eval_dir(stage_dir: Path, optimized_metric: str) -> Path:
+    """The eval of `stage_dir` on the split of `optimized_metric` ("<split>/<name>"):
+    <stage_dir>/eval/<dataset>-<split>/."""
+    split = optimized_metric.partition("/")[0]
     found = sorted((Path(stage_dir) / "eval").glob(f"*-{split}/metrics.json"))
     if not found:
         raise ObjectiveMissing(
             f"optimized_metric={optimized_metric}: no eval of the {split} split in {Path(stage_dir) / 'eval'} "
             f"(a study's jobs need eval_after=true and eval_args=[split={split}])"
         )
-    numbers = eval_numbers(read_json_or_none(found[0]) or {})
+    return found[0].parent
+
+
+def objective_value(stage_dir: Path, optimized_metric: str) -> float:
+    """`optimized_metric` ("<split>/<name>", e.g. val/CIDEr or val/image_gap) from the eval of
+    `stage_dir` on that split (<stage_dir>/eval/<dataset>-<split>/metrics.json)."""
+    name = optimized_metric.partition("/")[2]
+    found = objective_eval_dir(stage_dir, optimized_metric) / "metrics.json"
+    numbers = eval_numbers(read_json_or_none(found) or {})
     if name not in numbers:
         raise ObjectiveMissing(
-            f"optimized_metric={optimized_metric}: {found[0]} has no {name!r}; it has {', '.join(sorted(numbers))}"
+            f"optimized_metric={optimized_metric}: {found} has no {name!r}; it has {', '.join(sorted(numbers))}"
         )
     return float(numbers[name])
 

@@ -168,14 +168,14 @@ class OptunaStudySweeper(Sweeper):
 
     def result_from_dir(self, job_dir: Path) -> tuple[float | None, str]:
         """(the objective of a job that finished, or None, and why not), from its directory alone."""
-        from vlm_resampler.sweeps.collect import ObjectiveMissing, objective_value, read_json_or_none
+        from vlm_resampler.sweeps.collect import ObjectiveMissing, final_stage, objective_value, read_json_or_none
 
-        status = read_json_or_none(job_dir / layout.STATUS) or {}
-        completed = status.get("completed") or []
-        if status.get("status") != layout.DONE or not completed:
+        stage = final_stage(job_dir)
+        if stage is None:
+            status = read_json_or_none(job_dir / layout.STATUS) or {}
             return None, f"{job_dir.name} is {status.get('status', 'not started')}"
         try:
-            return objective_value(job_dir / completed[-1], str(self.metric)), ""
+            return objective_value(job_dir / stage, str(self.metric)), ""
         except ObjectiveMissing as err:
             return None, str(err)
 
