@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
+from vlm_resampler.sweeps.against_best import best_section
 from vlm_resampler.sweeps.collect import JobSummary, collect
 
 TYPE_KEYS = ("resampler", "experiment")  # overrides that choose a resampler type (lines in the plot)
@@ -168,7 +169,7 @@ def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, ali
     if any(j.intervals for j in jobs):
         lines += ["", "Eval numbers in [brackets]: 95% bootstrap intervals over the test panoramas (metrics.json)."]
     lines += seed_section(jobs, metrics)
-    lines += best_section(jobs)
+    lines += best_section(jobs, swept, {j.dir.name: [_fmt(job_values(j).get(k)) for k in swept] for j in jobs})
     unfinished = [j for j in jobs if not j.finished]
     if unfinished:
         lines += ["", "## Not done", ""]
@@ -239,61 +240,6 @@ def seed_section(jobs: list[JobSummary], metrics: list[str]) -> list[str]:
             mean, sd = mean_sd(present)
             cells.append(f"{mean:.4g} ± {sd:.2g} ({len(present)})" if sd is not None else f"{mean:.4g} (1)")
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def best_section(jobs: list[JobSummary]) -> list[str]:
-    """summary.md's "Against the best" table: each evaluated job's number minus the best job's, per
-    plotted metric, paired over the same panoramas (evaluation/compare.py). Two jobs' intervals
-    can overlap while every panorama favours one; this says which jobs the eval set really ranks."""
-    from vlm_resampler.evaluation.compare import against_best, difference_text, holds_zero
-
-    evaluated = {j.dir.name: j for j in jobs if j.finished and j.eval_dir}
-    best = {}
-    for metric in PLOT_METRICS:
-        scored = [(job.eval[metric], name) for name, job in evaluated.items() if metric in job.eval]
-        if len(scored) > 1:
-            best[metric] = max(scored, key=lambda s: s[0])[1]
-    if not best:
-        return []
-    differences = against_best({name: job.dir / job.eval_dir for name, job in evaluated.items()}, best)
-    reasons = [n for rows in differences.values() for n in rows.values()]
-    if all(isinstance(n, str) for n in reasons):
-        return ["", f"No job paired with the best: {reasons[0]}."]
-    swept = swept_keys(jobs)[0]
-    header = ["job", *swept, *(f"{m} - best [95%]" for m in best)]
-    lines = [
-        "",
-        "## Against the best",
-        "",
-        "Each evaluated job's number minus the best job's, paired over the same eval panoramas (as launch/compare.py "
-        "does): an interval that holds 0 cannot tell the two apart on this eval set.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    unpaired: dict[str, str] = {}
-    for name, job in evaluated.items():
-        values = job_values(job)
-        cells = [name, *(_fmt(values.get(k)) for k in swept)]
-        for metric, best_name in best.items():
-            numbers = differences[metric].get(name)
-            if name == best_name:
-                cells.append("best")
-            elif isinstance(numbers, dict):
-                cells.append(difference_text(numbers))
-            else:
-                cells.append("-")
-                unpaired.setdefault(name, str(numbers))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for metric, best_name in best.items():
-        tied = [name for name, n in differences[metric].items() if isinstance(n, dict) and holds_zero(n)]
-        told = (
-            f"cannot tell {', '.join(f'`{t}`' for t in tied)} from it" if tied else "sets it apart from each job paired"
-        )
-        lines.append(f"- {metric}: best `{best_name}`; the eval set {told}")
-    lines += [f"- `{name}` not paired with the best: {why}" for name, why in unpaired.items()]
     return lines
 
 

@@ -1,0 +1,61 @@
+"""summary.md's "Against the best" table: each evaluated job of a sweep minus the best job, per
+metric, paired over the same eval panoramas (evaluation/compare.py, as launch/compare.py does).
+Two jobs' own intervals can overlap while every panorama favours one of them; this says which
+jobs the eval set really ranks, and names those it cannot tell from the best."""
+
+from __future__ import annotations
+
+from vlm_resampler.evaluation.compare import against_best, difference_text, holds_zero
+from vlm_resampler.sweeps.collect import JobSummary
+
+METRICS = ("CIDEr", "image_gap", "QA")  # higher is better for each
+
+
+def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list[str]]) -> list[str]:
+    """summary.md's "Against the best" lines; `keys` name the columns that tell the jobs apart
+    (the swept keys) and `labels` holds each job's values of them, by job directory name."""
+    evaluated = {j.dir.name: j for j in jobs if j.finished and j.eval_dir}
+    best = {}
+    for metric in METRICS:
+        scored = [(job.eval[metric], name) for name, job in evaluated.items() if metric in job.eval]
+        if len(scored) > 1:
+            best[metric] = max(scored, key=lambda s: s[0])[1]
+    if not best:
+        return []
+    differences = against_best({name: job.dir / job.eval_dir for name, job in evaluated.items()}, best)
+    reasons = [n for rows in differences.values() for n in rows.values()]
+    if all(isinstance(n, str) for n in reasons):
+        return ["", f"No job paired with the best: {reasons[0]}."]
+    header = ["job", *keys, *(f"{m} - best [95%]" for m in best)]
+    lines = [
+        "",
+        "## Against the best",
+        "",
+        "Each evaluated job's number minus the best job's, paired over the same eval panoramas (as launch/compare.py "
+        "does): an interval that holds 0 cannot tell the two apart on this eval set.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    unpaired: dict[str, str] = {}
+    for name in evaluated:
+        cells = [name, *labels[name]]
+        for metric, best_name in best.items():
+            numbers = differences[metric].get(name)
+            if name == best_name:
+                cells.append("best")
+            elif isinstance(numbers, dict):
+                cells.append(difference_text(numbers))
+            else:
+                cells.append("-")
+                unpaired.setdefault(name, str(numbers))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for metric, best_name in best.items():
+        tied = [name for name, n in differences[metric].items() if isinstance(n, dict) and holds_zero(n)]
+        told = (
+            f"cannot tell {', '.join(f'`{t}`' for t in tied)} from it" if tied else "sets it apart from each job paired"
+        )
+        lines.append(f"- {metric}: best `{best_name}`; the eval set {told}")
+    lines += [f"- `{name}` not paired with the best: {why}" for name, why in unpaired.items()]
+    return lines
