@@ -158,6 +158,20 @@ def holds_zero(numbers: dict) -> bool:
     return low <= 0 <= high
 
 
+def cells_against_best(differences: dict, best_key) -> tuple[dict, list, dict]:
+    """For a table of one metric of against_best(): (key -> its cell: "best", the difference with
+    its interval, or "-"; the keys whose interval holds 0; key -> why it was not paired)."""
+    cells, tied, unpaired = {best_key: "best"}, [], {}
+    for key, numbers in differences.items():
+        if isinstance(numbers, dict):
+            cells[key] = difference_text(numbers)
+            if holds_zero(numbers):
+                tied.append(key)
+        else:
+            cells[key], unpaired[key] = "-", str(numbers)
+    return cells, tied, unpaired
+
+
 def comparison_table(result: dict) -> str:
     boot = result["bootstrap"]
     lines = [

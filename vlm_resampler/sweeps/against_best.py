@@ -5,7 +5,7 @@ jobs the eval set really ranks, and names those it cannot tell from the best."""
 
 from __future__ import annotations
 
-from vlm_resampler.evaluation.compare import against_best, difference_text, holds_zero
+from vlm_resampler.evaluation.compare import against_best, cells_against_best
 from vlm_resampler.sweeps.collect import JobSummary
 
 METRICS = ("CIDEr", "image_gap", "QA")  # higher is better for each
@@ -37,25 +37,17 @@ def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    unpaired: dict[str, str] = {}
+    tables = {metric: cells_against_best(differences[metric], best_name) for metric, best_name in best.items()}
     for name in evaluated:
-        cells = [name, *labels[name]]
-        for metric, best_name in best.items():
-            numbers = differences[metric].get(name)
-            if name == best_name:
-                cells.append("best")
-            elif isinstance(numbers, dict):
-                cells.append(difference_text(numbers))
-            else:
-                cells.append("-")
-                unpaired.setdefault(name, str(numbers))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([name, *labels[name], *(tables[m][0][name] for m in best)]) + " |")
     lines.append("")
-    for metric, best_name in best.items():
-        tied = [name for name, n in differences[metric].items() if isinstance(n, dict) and holds_zero(n)]
+    unpaired: dict[str, str] = {}
+    for metric, (_, tied, why_not) in tables.items():
         told = (
             f"cannot tell {', '.join(f'`{t}`' for t in tied)} from it" if tied else "sets it apart from each job paired"
         )
-        lines.append(f"- {metric}: best `{best_name}`; the eval set {told}")
+        lines.append(f"- {metric}: best `{best[metric]}`; the eval set {told}")
+        for name, why in why_not.items():
+            unpaired.setdefault(name, why)
     lines += [f"- `{name}` not paired with the best: {why}" for name, why in unpaired.items()]
     return lines

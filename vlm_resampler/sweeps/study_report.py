@@ -75,7 +75,7 @@ def paired_with_best(study, sweep_dir: Path) -> tuple[dict[int, str], list[str]]
     maximum of a noisy number, so the trials within its noise are as good a choice."""
     from optuna.trial import TrialState
 
-    from vlm_resampler.evaluation.compare import against_best, difference_text, holds_zero
+    from vlm_resampler.evaluation.compare import against_best, cells_against_best
     from vlm_resampler.sweeps.collect import ObjectiveMissing, final_stage, objective_eval_dir
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -99,19 +99,15 @@ def paired_with_best(study, sweep_dir: Path) -> tuple[dict[int, str], list[str]]
         return {}, [f"no paired differences: the best trial's eval is missing ({unpaired.get(best_job, best_job)})"]
     name = metric.partition("/")[2]
     differences = against_best(eval_dirs, {name: best_job})[name] | unpaired
+    job_cells, tied_jobs, why_not = cells_against_best(differences, best_job)
     cells, tied, reasons = {}, [], {}
     for trial in complete:
         job = trial.user_attrs.get(JOB_DIR, "")
-        numbers = differences.get(job)
-        if job == best_job:
-            cells[trial.number] = "best"
-        elif isinstance(numbers, dict):
-            cells[trial.number] = difference_text(numbers)
-            if holds_zero(numbers):
-                tied.append(trial.number)
-        else:
-            cells[trial.number] = "-"
-            reasons.setdefault(str(numbers), []).append(trial.number)
+        cells[trial.number] = job_cells[job]
+        if job in tied_jobs:
+            tied.append(trial.number)
+        if job in why_not:
+            reasons.setdefault(why_not[job], []).append(trial.number)
     paired = [d for d in differences.values() if isinstance(d, dict)]
     lines = []
     if paired:
