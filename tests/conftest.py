@@ -340,3 +340,15 @@ def write_eval(directory, ciders: list[float], units: list[str], split: str = "t
     (directory / "item_scores.csv").write_text(item_scores_csv(items, ciders, None, answered))
     (directory / "metrics.json").write_text(json.dumps({"dataset": "synthpano", "split": split}))
     return directory
+
+
+def best_tied_and_beaten() -> tuple[list[str], list[list[float]]]:
+    """40 panoramas whose difficulty spans CIDEr 0 to 4, and three evals' per-panorama CIDEr: the
+    best; one 0.05 lower on average but +-0.8 on each panorama (no 95% paired interval tells it from
+    the best); one 0.5 lower on every panorama (told apart, though each eval's own interval is
+    about 1 wide)."""
+    units = [f"pano_{p:02d}.png" for p in range(40)]
+    difficulty = [float(p % 5) for p in range(40)]
+    best = [d + 0.5 for d in difficulty]
+    tied = [d + 0.5 + (0.75 if p % 2 else -0.85) for p, d in enumerate(difficulty)]
+    return units, [best, tied, difficulty]

@@ -207,14 +207,10 @@ def test_each_trial_is_paired_with_the_best_over_the_same_val_panoramas(tmp_path
     item scores), and a trial that reused the best's job is the best."""
     from vlm_resampler.sweeps.study_report import paired_with_best
 
-    units = [f"pano_{p:02d}.png" for p in range(40)]
-    difficulty = [float(p % 5) for p in range(40)]
-    jobs = {
-        "job_0": [d + 0.5 for d in difficulty],
-        "job_1": [d + 0.5 + (0.75 if p % 2 else -0.85) for p, d in enumerate(difficulty)],
-        "job_2": difficulty,
-        "job_3": None,
-    }
+    from conftest import best_tied_and_beaten
+
+    units, (best, tied, beaten) = best_tied_and_beaten()
+    jobs = {"job_0": best, "job_1": tied, "job_2": beaten, "job_3": None}
     for job, ciders in jobs.items():
         finished_trial_job(tmp_path, job, ciders, units)
     cells, lines = paired_with_best(study_of(jobs, same_as={4: 0}), tmp_path)

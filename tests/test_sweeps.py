@@ -574,20 +574,16 @@ def test_summarize_shows_each_eval_interval_and_the_spread_over_seeds(tmp_path):
 
 
 def test_summarize_pairs_each_job_with_the_best_over_the_same_panoramas(tmp_path):
-    """Job 1 is 0.05 below the best on average but +-0.8 on each panorama: the eval set cannot tell
-    them apart. Job 2 is 0.5 below on every panorama: told apart, though the panoramas' difficulty
-    (CIDEr 0 to 4) makes each job's own interval about 1 wide. Job 3's eval has no item scores."""
+    """Job 0 is the best, job 1 the eval set cannot tell from it, job 2 is told apart though the
+    two jobs' own intervals overlap (conftest.best_tied_and_beaten); job 3's eval has no item scores."""
     from vlm_resampler.evaluation.intervals import PanoramaBootstrap
     from vlm_resampler.sweeps.summarize import write_summary
 
+    from conftest import best_tied_and_beaten
+
     sweep = tmp_path / "sweep"
-    units = [f"pano_{p:02d}.png" for p in range(40)]
-    difficulty = [float(p % 5) for p in range(40)]
-    scores = {
-        "mlp": [d + 0.5 for d in difficulty],
-        "perceiver": [d + 0.5 + (0.75 if p % 2 else -0.85) for p, d in enumerate(difficulty)],
-        "qformer": difficulty,
-    }
+    units, (best, tied, beaten) = best_tied_and_beaten()
+    scores = {"mlp": best, "perceiver": tied, "qformer": beaten}
     bootstrap = PanoramaBootstrap(units)
     for num, (resampler, ciders) in enumerate(scores.items()):
         bounds = bootstrap.interval(ciders, units)
