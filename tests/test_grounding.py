@@ -107,6 +107,7 @@ def test_the_reader_builds_into_a_hub_style_directory_with_its_record(mini_reade
     directory = ensure_local_backbone("vlm-resampler/tiny-qwen3-reader")
     record = json.loads((directory / "pretraining.json").read_text())
     assert record["recipe"]["steps"] == 4 and len(record["training"]["loss_every_100_steps"]) == 1
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["cpu"]
     assert {c["tokens_per_view"] for c in record["ceiling_with_perfect_codes"]} == {4, 49}
     assert set(record["ceiling_with_perfect_codes"][0]["qa_exact_match"]) == {
         "colour",
@@ -155,6 +156,9 @@ def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(
     directory = ensure_local_backbone("vlm-resampler/tiny-siglip-pretrained")
     record = json.loads((directory / "pretraining.json").read_text())
     assert record["recipe"]["steps"] == 3 and record["training"]["views"] == 4 * 4
+    # the host it was built on: a build is exact on one machine, not across CPUs
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["cpu"]
+    assert record["threads"] == torch.get_num_threads() and record["torch"] == torch.__version__
     assert set(record["held_out"]["accuracy"]) == {"size", "colour", "shape", "nothing"}
     assert record["held_out"]["views"] == 2 * 4
     encoder = load_vision_encoder("vlm-resampler/tiny-siglip-pretrained")

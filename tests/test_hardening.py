@@ -90,6 +90,27 @@ def test_a_truncated_weight_file_is_refused_by_name_also_unverified(saved_stage,
     assert "not verified (--no-verify / verify=false)" in caplog.text
 
 
+def test_a_run_trained_on_another_build_of_its_backbones_is_refused_naming_both(saved_stage, tmp_path):
+    """The offline default's pretrained backbones are built per cache, and another machine's build
+    differs (docs/grounding.md, "Builds differ between machines"): a run trained on one is never
+    loaded on another's. Here the run's record names a build this cache does not hold."""
+    from vlm_resampler import load_from_run
+
+    run = copy_run(saved_stage, tmp_path)
+    meta_path = run / "finetune" / layout.METADATA
+    meta = json.loads(meta_path.read_text())
+    role, backbone = sorted(meta["backbones"].items())[0]
+    here = backbone["fingerprint"]
+    backbone["fingerprint"] = "sha256:" + "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    message = (
+        rf"{role} backbone {re.escape(repr(backbone['name_or_path']))} has fingerprint {re.escape(repr(here))}, "
+        rf"but the checkpoint was trained on 'sha256:0{{64}}'"
+    )
+    with pytest.raises(CheckpointMismatch, match=message):
+        load_from_run(run)
+
+
 def change_dtype(state: dict) -> str:
     key = sorted(state)[0]
     state[key] = state[key].double()

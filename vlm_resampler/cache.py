@@ -30,6 +30,34 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "vlm_resampler"
 
 
+def build_host() -> dict:
+    """What a pretrained build depends on besides its recipe, for its record: a build is exact on
+    one machine, but another CPU's kernels sum floats in another order and the training drifts
+    apart (docs/grounding.md, "Builds differ between machines")."""
+    import platform
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the instruction set ATen dispatches to
+    }
+
+
+def _cpu_model() -> str:
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform's answer
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
 def is_complete(directory: Path) -> bool:
     return (directory / COMPLETE_MARKER).is_file()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import random
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vlm_resampler.cache import build_host
 from vlm_resampler.data.collate import IGNORE_INDEX, left_pad
 from vlm_resampler.data.object_facts import view_directions, view_facts
 from vlm_resampler.data.prompts import DEFAULT_PROMPT, PromptFormat, answer_ids, end_of_turn_id, prompt_ids
@@ -277,8 +277,6 @@ def build_reader(out_dir: Path, base_model_builder, recipe: dict = RECIPE) -> No
         f"{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
         "training": report,
         "ceiling_with_perfect_codes": ceilings,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **build_host(),
     }
     (out_dir / PRETRAINING_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

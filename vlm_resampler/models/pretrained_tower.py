@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from vlm_resampler.cache import build_host
 from vlm_resampler.data.object_facts import ATTRIBUTES, NOTHING, ROLES, view_facts
 from vlm_resampler.data.synthpano.render import render_scene
 from vlm_resampler.data.synthpano.scene import pretext_scene
@@ -165,8 +165,6 @@ def build_pretrained_tower(out_dir: Path, base_model_builder, save_preprocessor,
         f"indices 0..{recipe['scenes'] - 1}; held out: the next {recipe['held_out_scenes']})",
         "training": report,
         "held_out": held_out,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **build_host(),
     }
     (out_dir / PRETRAINING_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -32,7 +32,8 @@ def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list
         "## Against the best",
         "",
         "Each evaluated job's number minus the best job's, paired over the same eval panoramas (as launch/compare.py "
-        "does): an interval that holds 0 cannot tell the two apart on this eval set.",
+        "does): an interval that holds 0 cannot tell the two apart on this eval set. The spread between training "
+        "runs, which a sweep over seed shows, comes on top.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
