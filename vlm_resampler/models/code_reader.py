@@ -30,6 +30,7 @@ from vlm_resampler.data.prompts import DEFAULT_PROMPT, PromptFormat, answer_ids,
 from vlm_resampler.data.synthpano.scene import pretext_scene
 from vlm_resampler.data.synthpano.text import DEFAULT_QUERY, question_answers
 from vlm_resampler.models.object_codes import ObjectCodes
+from vlm_resampler.models.pinned_build import DEFAULT_FLOAT_PATH
 from vlm_resampler.models.vlm import answer_hidden_states, splice_visual
 
 PRETRAINING_FILE = "pretraining.json"
@@ -52,6 +53,8 @@ RECIPE = {
     # The loss's softmax runs over the tokens of SynthPano's answers only (the 151k-row output layer
     # would cost most of each step); generation and the stages still use the full vocabulary.
     "softmax": "answer_tokens",
+    # Trained in a child process on this float path: the same bytes on every x86-64 CPU with AVX2.
+    "float_path": dict(DEFAULT_FLOAT_PATH),
 }
 
 

@@ -36,6 +36,7 @@ from transformers import (
 
 from vlm_resampler.cache import COMPLETE_MARKER, build_atomically, cache_root, is_complete
 from vlm_resampler.errors import UserFacingError
+from vlm_resampler.models import pinned_build
 from vlm_resampler.models.tokenizer import build_qwen3_tokenizer
 
 LOCAL_PREFIX = "vlm-resampler/"
@@ -98,10 +99,16 @@ def _build_tiny_siglip(out_dir: Path) -> None:
 
 def _build_tiny_siglip_pretrained(out_dir: Path) -> None:
     """The tiny SigLIP tower pretrained to name what each view faces (models/pretrained_tower.py),
-    from the random tower's seeded init."""
-    from vlm_resampler.models.pretrained_tower import RECIPE, build_pretrained_tower
+    from the random tower's seeded init, on its recipe's float path (models/pinned_build.py)."""
+    from vlm_resampler.models.pretrained_tower import RECIPE
 
-    build_pretrained_tower(out_dir, tiny_siglip_model, _save_tiny_siglip_preprocessor, RECIPE)
+    pinned_build.build(train_tiny_siglip_pretrained, out_dir, RECIPE)
+
+
+def train_tiny_siglip_pretrained(out_dir: Path, recipe: dict) -> None:
+    from vlm_resampler.models.pretrained_tower import build_pretrained_tower
+
+    build_pretrained_tower(out_dir, tiny_siglip_model, _save_tiny_siglip_preprocessor, recipe)
 
 
 def _build_tiny_siglip2(out_dir: Path) -> None:
@@ -185,10 +192,17 @@ def _build_tiny_qwen3(out_dir: Path) -> None:
 
 
 def _build_tiny_qwen3_reader(out_dir: Path) -> None:
-    """The tiny Qwen3 pretrained to read object codes (models/code_reader.py), from its seeded init."""
-    from vlm_resampler.models.code_reader import RECIPE, build_reader
+    """The tiny Qwen3 pretrained to read object codes (models/code_reader.py), from its seeded init,
+    on its recipe's float path (models/pinned_build.py)."""
+    from vlm_resampler.models.code_reader import RECIPE
 
-    build_reader(out_dir, lambda: tiny_qwen3_model(**RECIPE["llm_shape"]), RECIPE)
+    pinned_build.build(train_tiny_qwen3_reader, out_dir, RECIPE)
+
+
+def train_tiny_qwen3_reader(out_dir: Path, recipe: dict) -> None:
+    from vlm_resampler.models.code_reader import build_reader
+
+    build_reader(out_dir, lambda: tiny_qwen3_model(**recipe["llm_shape"]), recipe)
 
 
 def _build_random_siglip_base(out_dir: Path) -> None:

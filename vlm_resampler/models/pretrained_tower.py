@@ -33,6 +33,7 @@ from vlm_resampler.cache import build_host
 from vlm_resampler.data.object_facts import ATTRIBUTES, NOTHING, ROLES, view_facts
 from vlm_resampler.data.synthpano.render import render_scene
 from vlm_resampler.data.synthpano.scene import pretext_scene
+from vlm_resampler.models.pinned_build import DEFAULT_FLOAT_PATH
 from vlm_resampler.panorama.horizon import HorizonViews
 
 PRETRAINING_FILE = "pretraining.json"
@@ -50,6 +51,8 @@ RECIPE = {
     "warmup_steps": 50,
     "weight_decay": 0.01,
     "normalise": {"mean": 0.5, "std": 0.5},  # SigLIP's image_mean / image_std
+    # Trained in a child process on this float path: the same bytes on every x86-64 CPU with AVX2.
+    "float_path": dict(DEFAULT_FLOAT_PATH),
 }
 
 
