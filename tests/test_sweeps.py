@@ -598,3 +598,12 @@ def test_summarize_pairs_each_job_with_the_best_over_the_same_panoramas(tmp_path
     assert f"| {names[3]} | bimamba | - |" in section
     assert f"- CIDEr: best `{names[0]}`; the eval set cannot tell `{names[1]}` from it" in section
     assert f"- `{names[3]}` not paired with the best:" in section and "no item_scores.csv" in section
+    # summary.csv carries the same differences at full precision, empty where a job was not paired
+    with open(sweep / dirs.SUMMARY_CSV, newline="") as f:
+        rows = {row["dir"]: row for row in csv.DictReader(f)}
+    columns = ("CIDEr_minus_best", "CIDEr_minus_best_low", "CIDEr_minus_best_high")
+    assert [float(rows[names[0]][c]) for c in columns] == [0.0, 0.0, 0.0]
+    assert [float(rows[names[2]][c]) for c in columns] == pytest.approx([-0.5, -0.5, -0.5])
+    tied_low, tied_high = (float(rows[names[1]][c]) for c in columns[1:])
+    assert tied_low < 0 < tied_high
+    assert [rows[names[3]][c] for c in columns] == ["", "", ""]

@@ -11,9 +11,13 @@ from vlm_resampler.sweeps.collect import JobSummary
 METRICS = ("CIDEr", "image_gap", "QA")  # higher is better for each
 
 
-def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list[str]]) -> list[str]:
-    """summary.md's "Against the best" lines; `keys` name the columns that tell the jobs apart
-    (the swept keys) and `labels` holds each job's values of them, by job directory name."""
+Paired = tuple[dict[str, str], dict[str, dict]]
+
+
+def paired_with_best(jobs: list[JobSummary]) -> Paired:
+    """(metric -> the best evaluated job's directory name, metric -> job directory name ->
+    against_best()'s numbers for it, or why it was not paired), for the metrics of METRICS that
+    more than one job was scored on."""
     evaluated = {j.dir.name: j for j in jobs if j.finished and j.eval_dir}
     best = {}
     for metric in METRICS:
@@ -21,8 +25,35 @@ def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list
         if len(scored) > 1:
             best[metric] = max(scored, key=lambda s: s[0])[1]
     if not best:
+        return {}, {}
+    return best, against_best({name: job.dir / job.eval_dir for name, job in evaluated.items()}, best)
+
+
+def csv_columns(paired: Paired) -> tuple[list[str], dict[str, dict]]:
+    """summary.csv's share: per metric `<metric>_minus_best` with its `_low` and `_high` ends, and
+    each job's values of them (0 for the best; none for a job not paired)."""
+    best, differences = paired
+    header = [f"{metric}_minus_best{end}" for metric in best for end in ("", "_low", "_high")]
+    values: dict[str, dict] = {}
+    for metric, best_name in best.items():
+        names = {best_name: (0.0, (0.0, 0.0))}
+        names |= {
+            name: (n["A_minus_B"], n["interval"]) for name, n in differences[metric].items() if isinstance(n, dict)
+        }
+        for name, (difference, (low, high)) in names.items():
+            values.setdefault(name, {}).update(
+                {f"{metric}_minus_best": difference, f"{metric}_minus_best_low": low, f"{metric}_minus_best_high": high}
+            )
+    return header, values
+
+
+def best_section(paired: Paired, keys: list[str], labels: dict[str, list[str]]) -> list[str]:
+    """summary.md's "Against the best" lines; `keys` name the columns that tell the jobs apart
+    (the swept keys) and `labels` holds each evaluated job's values of them, by job directory name, in
+    the order of the table."""
+    best, differences = paired
+    if not best:
         return []
-    differences = against_best({name: job.dir / job.eval_dir for name, job in evaluated.items()}, best)
     reasons = [n for rows in differences.values() for n in rows.values()]
     if all(isinstance(n, str) for n in reasons):
         return ["", f"No job paired with the best: {reasons[0]}."]
@@ -39,7 +70,7 @@ def best_section(jobs: list[JobSummary], keys: list[str], labels: dict[str, list
         "|" + "---|" * len(header),
     ]
     tables = {metric: cells_against_best(differences[metric], best_name) for metric, best_name in best.items()}
-    for name in evaluated:
+    for name in labels:
         lines.append("| " + " | ".join([name, *labels[name], *(tables[m][0][name] for m in best)]) + " |")
     lines.append("")
     unpaired: dict[str, str] = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
-from vlm_resampler.sweeps.against_best import best_section
+from vlm_resampler.sweeps.against_best import Paired, best_section, csv_columns, paired_with_best
 from vlm_resampler.sweeps.collect import JobSummary, collect
 
 TYPE_KEYS = ("resampler", "experiment")  # overrides that choose a resampler type (lines in the plot)
@@ -66,8 +66,9 @@ def stage_order(jobs: list[JobSummary]) -> list[str]:
     return [s for s in layout.STAGE_NAMES if s in present]
 
 
-def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
-    """The CSV: one row per job, every number at full precision."""
+def table(jobs: list[JobSummary], paired: Paired) -> tuple[list[str], list[dict]]:
+    """The CSV: one row per job, every number at full precision, with `paired`'s differences from
+    the best job (against_best.paired_with_best)."""
     swept, _ = swept_keys(jobs)
     modules = [m for m in dict.fromkeys(k for j in jobs for k in j.parameters) if m != "total"]
     stages = stage_order(jobs)
@@ -87,7 +88,9 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
         header += [f"{stage}_final_loss", f"{stage}_samples_per_s", f"{stage}_s_per_step", f"{stage}_steps"]
     bounded = [m for m in metrics if any(m in j.intervals for j in jobs)]
     header += [f"eval_{m}" for m in metrics]
-    header += [f"eval_{m}_{end}" for m in bounded for end in ("low", "high")] + ["eval_dir", "reason"]
+    header += [f"eval_{m}_{end}" for m in bounded for end in ("low", "high")]
+    against_best, paired_values = csv_columns(paired)
+    header += [*against_best, "eval_dir", "reason"]
     rows = []
     for job in jobs:
         values = job_values(job)
@@ -116,6 +119,7 @@ def table(jobs: list[JobSummary]) -> tuple[list[str], list[dict]]:
         for m in bounded:
             low, high = job.intervals.get(m, (None, None))
             row |= {f"eval_{m}_low": low, f"eval_{m}_high": high}
+        row |= paired_values.get(job.dir.name, {})
         rows.append(row)
     return header, rows
 
@@ -132,7 +136,14 @@ def _fmt(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, alive: list[str], plot: str | None) -> str:
+def markdown(
+    sweep_dir: Path,
+    jobs: list[JobSummary],
+    manifest: dict | None,
+    alive: list[str],
+    plot: str | None,
+    paired: Paired,
+) -> str:
     swept, common = swept_keys(jobs)
     stages = stage_order(jobs)
     metrics = [m for m in EVAL_TABLE if any(m in j.eval for j in jobs)]
@@ -169,7 +180,8 @@ def markdown(sweep_dir: Path, jobs: list[JobSummary], manifest: dict | None, ali
     if any(j.intervals for j in jobs):
         lines += ["", "Eval numbers in [brackets]: 95% bootstrap intervals over the test panoramas (metrics.json)."]
     lines += seed_section(jobs, metrics)
-    lines += best_section(jobs, swept, {j.dir.name: [_fmt(job_values(j).get(k)) for k in swept] for j in jobs})
+    evaluated = [j for j in jobs if j.finished and j.eval_dir]
+    lines += best_section(paired, swept, {j.dir.name: [_fmt(job_values(j).get(k)) for k in swept] for j in evaluated})
     unfinished = [j for j in jobs if not j.finished]
     if unfinished:
         lines += ["", "## Not done", ""]
@@ -367,14 +379,15 @@ def write_summary(sweep_dir: Path, counts: bool = True) -> tuple[list[JobSummary
         raise FileNotFoundError(
             f"{sweep_dir}: no jobs (no {dirs.MANIFEST}, and no job directory with an overrides.yaml)"
         )
-    header, rows = table(jobs)
+    paired = paired_with_best(jobs)
+    header, rows = table(jobs, paired)
     with open(sweep_dir / dirs.SUMMARY_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
     plotted = plot(sweep_dir / dirs.SUMMARY_PNG, jobs)
     (sweep_dir / dirs.SUMMARY_MD).write_text(
-        markdown(sweep_dir, jobs, manifest, alive, dirs.SUMMARY_PNG if plotted else None)
+        markdown(sweep_dir, jobs, manifest, alive, dirs.SUMMARY_PNG if plotted else None, paired)
     )
     lines = [f"{sum(j.finished for j in jobs)} of {len(jobs)} job(s) done in {sweep_dir}"]
     lines += [f"  {j.dir.name}: {j.reason}" for j in jobs if not j.finished]
