@@ -4,6 +4,7 @@ the code-reading LLM's build, the object-code target of a stage, cached tower fe
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,9 @@ def test_the_pretrained_tower_builds_into_a_hub_style_directory_with_its_record(
     assert record["recipe"]["float_path"] == {"isa": "avx2", "threads": 2}
     assert record["cpu_capability"] == pinned_capability() and record["cpu"]
     assert record["threads"] == 2 and record["torch"] == torch.__version__
+    assert record["float_environment"]["OMP_NUM_THREADS"] == "2"
+    if platform.machine().lower() in {"x86_64", "amd64"}:  # elsewhere only the threads are pinned
+        assert record["float_environment"]["MKL_CBWR"] == "AVX2"
     assert set(record["held_out"]["accuracy"]) == {"size", "colour", "shape", "nothing"}
     assert record["held_out"]["views"] == 2 * 4
     encoder = load_vision_encoder("vlm-resampler/tiny-siglip-pretrained")
@@ -200,8 +204,6 @@ def test_the_pretrained_tower_build_is_deterministic(mini_tower, tmp_path):
 
 def pinned_capability() -> str:
     """The ISA a pinned build's kernels run: AVX2 on an x86-64 CPU that has it, else the native one."""
-    import platform
-
     cpuinfo = Path("/proc/cpuinfo")
     has_avx2 = cpuinfo.is_file() and " avx2 " in f" {cpuinfo.read_text()} ".replace("\n", " ")
     if platform.machine().lower() in {"x86_64", "amd64"} and has_avx2:

@@ -20,6 +20,15 @@ from pathlib import Path
 CACHE_ENV_VAR = "VLM_RESAMPLER_CACHE"
 COMPLETE_MARKER = ".complete"
 _TMP_INFIX = ".tmp-"
+# The environment variables that choose the kernels' instruction sets and threads when torch loads.
+FLOAT_PATH_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 def cache_root() -> Path:
@@ -44,6 +53,8 @@ def build_host() -> dict:
         "machine": platform.machine(),
         "cpu": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the instruction set ATen dispatches to
+        # what set the float path (models/pinned_build.py), MKL's branch included, which nothing else shows
+        "float_environment": {name: os.environ[name] for name in FLOAT_PATH_VARIABLES if name in os.environ},
     }
 
 
