@@ -89,8 +89,8 @@ def table(jobs: list[JobSummary], paired: Paired) -> tuple[list[str], list[dict]
     bounded = [m for m in metrics if any(m in j.intervals for j in jobs)]
     header += [f"eval_{m}" for m in metrics]
     header += [f"eval_{m}_{end}" for m in bounded for end in ("low", "high")]
-    against_best, paired_values = csv_columns(paired)
-    header += [*against_best, "eval_dir", "reason"]
+    best_columns, paired_values = csv_columns(paired)
+    header += [*best_columns, "eval_dir", "reason"]
     rows = []
     for job in jobs:
         values = job_values(job)
