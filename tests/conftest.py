@@ -122,11 +122,10 @@ def offline_default_backbones():
     built once into the suite's cache."""
     from vlm_resampler.models.local_backbones import ensure_local_backbone
 
-    names = ["vlm-resampler/tiny-qwen3-reader", "vlm-resampler/tiny-siglip-pretrained"]
-    # Workers start on different builds, so a fresh cache builds both at once; a worker that
-    # reaches a build another is making waits for it (the cache's build lock).
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    for name in names[worker % 2 :] + names[: worker % 2]:
+    # One at a time, in the same order on every worker: each build trains on 2 threads of its own
+    # (models/pinned_build.py), so two at once would oversubscribe 2 cores; a worker that reaches a
+    # build another is making sleeps on the cache's build lock until it is done.
+    for name in ["vlm-resampler/tiny-qwen3-reader", "vlm-resampler/tiny-siglip-pretrained"]:
         ensure_local_backbone(name)
 
 

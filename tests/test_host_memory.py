@@ -215,14 +215,19 @@ def refusal(argv: list[str], capsys) -> tuple[int, str]:
     return 0, capsys.readouterr().err
 
 
-def test_a_slurm_sweep_whose_nodes_cannot_hold_their_processes_is_refused(checkpoints, tmp_path, capsys):
+def test_a_slurm_sweep_whose_nodes_cannot_hold_their_processes_is_refused(checkpoints, tmp_path, capsys, monkeypatch):
     """Eight GPUs' processes each loading a bf16 LLM as float32: mem_gb must hold eight copies
     plus eight runtimes, or nothing is submitted."""
     import shutil
 
+    from vlm_resampler.models import code_reader
     from vlm_resampler.models.local_backbones import ensure_local_backbone
 
-    # The default's LLM with its weights stored in bfloat16 (the tokenizer and config unchanged).
+    # The default's LLM, built by a few-step recipe into a private cache (the real build trains for
+    # minutes; only its shape and files matter here), with its weights stored in bfloat16.
+    monkeypatch.setenv("VLM_RESAMPLER_CACHE", str(tmp_path / "cache"))
+    few_steps = dict(code_reader.RECIPE, steps=4, scenes=24, held_out_scenes=3, batch_size=4)
+    monkeypatch.setattr(code_reader, "RECIPE", few_steps)
     llm = tmp_path / "llm-bf16"
     shutil.copytree(ensure_local_backbone("vlm-resampler/tiny-qwen3-reader"), llm)
     from safetensors.torch import load_file, save_file
