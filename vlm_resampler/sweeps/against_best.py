@@ -14,11 +14,16 @@ METRICS = ("CIDEr", "image_gap", "QA")  # higher is better for each
 Paired = tuple[dict[str, str], dict[str, dict]]
 
 
+def evaluated_jobs(jobs: list[JobSummary]) -> list[JobSummary]:
+    """The jobs that are paired with the best: finished, with an eval."""
+    return [j for j in jobs if j.finished and j.eval_dir]
+
+
 def paired_with_best(jobs: list[JobSummary]) -> Paired:
     """(metric -> the best evaluated job's directory name, metric -> job directory name ->
     against_best()'s numbers for it, or why it was not paired), for the metrics of METRICS that
     more than one job was scored on."""
-    evaluated = {j.dir.name: j for j in jobs if j.finished and j.eval_dir}
+    evaluated = {j.dir.name: j for j in evaluated_jobs(jobs)}
     best = {}
     for metric in METRICS:
         scored = [(job.eval[metric], name) for name, job in evaluated.items() if metric in job.eval]

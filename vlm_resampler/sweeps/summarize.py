@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vlm_resampler.runs import layout
 from vlm_resampler.sweeps import dirs
-from vlm_resampler.sweeps.against_best import Paired, best_section, csv_columns, paired_with_best
+from vlm_resampler.sweeps.against_best import Paired, best_section, csv_columns, evaluated_jobs, paired_with_best
 from vlm_resampler.sweeps.collect import JobSummary, collect
 
 TYPE_KEYS = ("resampler", "experiment")  # overrides that choose a resampler type (lines in the plot)
@@ -180,8 +180,8 @@ def markdown(
     if any(j.intervals for j in jobs):
         lines += ["", "Eval numbers in [brackets]: 95% bootstrap intervals over the test panoramas (metrics.json)."]
     lines += seed_section(jobs, metrics)
-    evaluated = [j for j in jobs if j.finished and j.eval_dir]
-    lines += best_section(paired, swept, {j.dir.name: [_fmt(job_values(j).get(k)) for k in swept] for j in evaluated})
+    labels = {j.dir.name: [_fmt(job_values(j).get(k)) for k in swept] for j in evaluated_jobs(jobs)}
+    lines += best_section(paired, swept, labels)
     unfinished = [j for j in jobs if not j.finished]
     if unfinished:
         lines += ["", "## Not done", ""]
